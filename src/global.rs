@@ -1,0 +1,73 @@
+//! The default pool behind the free [`asyncify`](crate::asyncify), sized by the
+//! `async_max_workers` setting.
+//!
+//! DSPy's `asyncify` takes a global limiter whose size is `async_max_workers` as in force at the
+//! call, and makes a new one when the setting changed. Here the default pool is resized to the
+//! value in force at each call, before the job is queued, so both a `configure` and a
+//! `context`/`scope` override count. With callers using different values at the same time the
+//! pool follows the most recent call.
+
+use std::sync::OnceLock;
+
+use crate::pool::WorkerPool;
+use crate::program::AsyncProgram;
+use crate::settings::{self, ASYNC_MAX_WORKERS};
+
+/// The default pool, started on first use with `async_max_workers` threads.
+///
+/// # Examples
+///
+/// ```
+/// let pool = asyncify_pool::default_pool();
+/// assert!(pool.threads() >= 1);
+/// ```
+pub fn default_pool() -> &'static WorkerPool {
+    static POOL: OnceLock<WorkerPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        WorkerPool::builder()
+            .threads(workers_setting())
+            .thread_name("asyncify")
+            .build()
+            .unwrap_or_else(|e| panic!("asyncify-pool: cannot start the default pool: {e}"))
+    })
+}
+
+/// The `async_max_workers` in force here; 8 if the value is missing or unusable (a bad value is
+/// refused by `configure`, but an override can still hold anything).
+fn workers_setting() -> usize {
+    match settings::get::<usize>(ASYNC_MAX_WORKERS) {
+        Some(n) if n > 0 => n,
+        _ => 8,
+    }
+}
+
+pub(crate) fn follow_setting(pool: &WorkerPool) {
+    let wanted = workers_setting();
+    if pool.threads() != wanted {
+        // Only fails after a shutdown, and then the call itself resolves to `ShutDown`.
+        let _ = pool.set_threads(wanted);
+    }
+}
+
+/// Wraps `program` so that each call runs on the default pool, whose thread count follows the
+/// `async_max_workers` setting in force at the call (default 8), as `dspy.asyncify` does.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{asyncify, settings::{self, Overrides}};
+///
+/// let program = asyncify(|question: &'static str| format!("answer to {question}"));
+/// let out = settings::context(Overrides::new().with("async_max_workers", 4usize), || {
+///     let handle = program.call("life");
+///     assert_eq!(asyncify_pool::default_pool().threads(), 4);
+///     handle
+/// });
+/// assert_eq!(pollster::block_on(out).unwrap(), "answer to life");
+/// ```
+pub fn asyncify<P>(program: P) -> AsyncProgram<P> {
+    let pool = default_pool().clone();
+    let program = AsyncProgram::new(program, pool, true);
+    debug_assert!(program.follows_setting());
+    program
+}

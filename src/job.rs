@@ -1,0 +1,532 @@
+//! A job and its handle: the unit that travels from a call to a worker and back.
+//!
+//! # One allocation per call
+//!
+//! A call makes one `Arc<Cell>`. The queue holds it as a [`Job`] (type-erased: "something to
+//! run"), the caller holds it as a [`JobHandle<T>`] (type-erased the other way: "something that
+//! will produce a `T`"). Inside sits one small mutex-protected [`Slot`] with the job's stage and
+//! the waker of whoever awaits it, next to the `cancelled` flag that [`is_cancelled`] reads.
+//!
+//! # Stages
+//!
+//! Every move between stages happens under the slot's mutex, so the three parties (the worker,
+//! the handle, and a shutdown that drops the queued job) can never both "win":
+//!
+//! * `Queued(work)`: accepted, not started. The worker moves it to `Running` and takes `work`.
+//!   A dropped handle moves it to `Closed` and drops `work`: the job never runs. A dropped
+//!   queue entry (shutdown) moves it to `Done(Err(ShutDown))`: the caller is told.
+//! * `Running`: the worker owns the work. A dropped handle only sets `cancelled`.
+//! * `Done(result)`: the worker stored the result (or shutdown stored `ShutDown`) and woke the
+//!   waker. The handle takes the result and moves it to `Closed`.
+//! * `Closed`: nobody wants anything more from this job.
+//!
+//! # Why this is memory-safe on the cancel path
+//!
+//! oneshot 0.1.11–0.2.1 can free its channel under a sender that is still waking a receiver
+//! being dropped (faern/oneshot#87). Here both sides hold an `Arc` to the cell, so it lives until
+//! the last of them lets go; the waker is taken out of the slot under the mutex and woken after,
+//! from the worker's own clone. There is no `unsafe` in this crate at all.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use tracing::{Dispatch, Span};
+
+use crate::error::JobError;
+use crate::settings::{self, Overrides};
+
+/// What was in force on the caller's thread at the call, and is put in force on the worker for
+/// exactly that job: the settings overrides, and (when any tracing subscriber exists at all) the
+/// caller's dispatcher and current span.
+pub(crate) struct Captured {
+    overrides: Overrides,
+    trace: Option<(Dispatch, Span)>,
+}
+
+impl Captured {
+    /// Captures the calling thread's context. O(1) in the number of overrides; when no tracing
+    /// dispatcher was ever set in the process, the tracing part costs one relaxed load.
+    pub(crate) fn here() -> Self {
+        let trace = tracing::dispatcher::has_been_set()
+            .then(|| (tracing::dispatcher::get_default(Dispatch::clone), Span::current()));
+        Captured {
+            overrides: settings::current(),
+            trace,
+        }
+    }
+
+    /// Runs `f` with the captured context in force, and restores the thread afterwards, also if
+    /// `f` panics (every piece is a guard).
+    fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        let _installed = settings::install(self.overrides);
+        match self.trace {
+            None => f(),
+            Some((dispatch, span)) => {
+                tracing::dispatcher::with_default(&dispatch, || span.in_scope(f))
+            }
+        }
+    }
+}
+
+struct Work<F> {
+    f: F,
+    captured: Captured,
+}
+
+enum Stage<F, T> {
+    Queued(Work<F>),
+    Running,
+    Done(Result<T, JobError>),
+    Closed,
+}
+
+struct Slot<F, T> {
+    stage: Stage<F, T>,
+    waker: Option<Waker>,
+}
+
+/// The one allocation behind a call. See the module docs for its stages.
+struct Cell<F, T> {
+    slot: Mutex<Slot<F, T>>,
+    /// Set when the handle is dropped while the job runs; read by [`is_cancelled`] without the lock.
+    cancelled: AtomicBool,
+}
+
+impl<F, T> Cell<F, T> {
+    fn lock(&self) -> MutexGuard<'_, Slot<F, T>> {
+        // Nothing panics while holding this lock except a user waker's `clone`; the slot is
+        // consistent at every such point, so a poisoned lock is still a usable lock.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drops a value that user code owns (an input, an output, a panic payload) without letting its
+/// destructor's panic take down a worker.
+fn drop_quietly<V>(value: V) {
+    if catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
+        tracing::warn!("a value dropped by asyncify-pool panicked in its destructor");
+    }
+}
+
+fn wake_quietly(waker: Waker) {
+    if catch_unwind(AssertUnwindSafe(move || waker.wake())).is_err() {
+        tracing::warn!("a waker panicked while asyncify-pool woke it");
+    }
+}
+
+/// The queue's view of a cell: something to run, or to give up on.
+pub(crate) trait Runnable: Send + Sync + 'static {
+    /// Runs the job if it is still queued; does nothing if its handle was dropped first.
+    fn run(self: Arc<Self>);
+    /// Resolves a still-queued job with `error` (it will never run); false if it had left the queue.
+    fn revoke(&self, error: JobError) -> bool;
+    /// True once the handle was dropped.
+    fn is_cancelled(&self) -> bool;
+    /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
+    /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs).
+    fn complete(&self, result: &mut dyn Any);
+}
+
+/// The handle's view of a cell: something that will produce a `T`.
+trait Completion<T>: Send + Sync {
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>>;
+    fn is_done(&self) -> bool;
+    fn cancel(&self);
+    fn revoke(&self, error: JobError) -> bool;
+}
+
+thread_local! {
+    /// The job running on this thread, innermost first when a waiting worker runs another.
+    static CURRENT: RefCell<Option<Arc<dyn Runnable>>> = const { RefCell::new(None) };
+}
+
+impl<F, T> Runnable for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>) {
+        let work = {
+            let mut slot = self.lock();
+            match std::mem::replace(&mut slot.stage, Stage::Running) {
+                Stage::Queued(work) => work,
+                other => {
+                    slot.stage = other;
+                    return;
+                }
+            }
+        };
+        let Work { f, captured } = work;
+        let previous = CURRENT.with(|c| c.replace(Some(self)));
+        let result = catch_unwind(AssertUnwindSafe(|| captured.run(f))).map_err(|payload| {
+            let error = JobError::from_panic(&*payload);
+            drop_quietly(payload);
+            error
+        });
+        let this = CURRENT
+            .with(|c| c.replace(previous))
+            .expect("the running job is in CURRENT");
+        this.complete(&mut Some(result));
+    }
+
+    fn complete(&self, result: &mut dyn Any) {
+        let result = result
+            .downcast_mut::<Option<Result<T, JobError>>>()
+            .and_then(Option::take)
+            .expect("complete is called with this cell's own result type");
+        let mut slot = self.lock();
+        if self.cancelled.load(Ordering::Relaxed) {
+            // The handle is gone (it set the flag under this lock): nobody wants the result.
+            slot.stage = Stage::Closed;
+            drop(slot);
+            drop_quietly(result);
+        } else {
+            slot.stage = Stage::Done(result);
+            let waker = slot.waker.take();
+            drop(slot);
+            if let Some(waker) = waker {
+                wake_quietly(waker);
+            }
+        }
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Queued(_)) {
+            return false;
+        }
+        let Stage::Queued(work) = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)))
+        else {
+            unreachable!("checked above")
+        };
+        let waker = slot.waker.take();
+        drop(slot);
+        drop_quietly(work);
+        if let Some(waker) = waker {
+            wake_quietly(waker);
+        }
+        true
+    }
+
+    fn is_cancelled(&self) -> bool {
+        // ORDERING: a hint for cooperative code; Relaxed is enough, the decision that matters
+        // (run or not, deliver or not) is taken under the lock.
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+impl<F, T> Completion<T> for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
+        let mut slot = self.lock();
+        match std::mem::replace(&mut slot.stage, Stage::Closed) {
+            Stage::Done(result) => Poll::Ready(result),
+            Stage::Closed => panic!("JobHandle polled after it returned its result"),
+            pending => {
+                slot.stage = pending;
+                if let Some(cx) = cx {
+                    match &mut slot.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        w => *w = Some(cx.waker().clone()),
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+    }
+
+    fn cancel(&self) {
+        let mut slot = self.lock();
+        slot.waker = None;
+        match std::mem::replace(&mut slot.stage, Stage::Closed) {
+            Stage::Queued(work) => {
+                drop(slot);
+                drop_quietly(work);
+            }
+            Stage::Running => {
+                slot.stage = Stage::Running;
+                self.cancelled.store(true, Ordering::Relaxed);
+            }
+            Stage::Done(result) => {
+                drop(slot);
+                drop(result); // on the caller's thread, like any value it drops
+            }
+            Stage::Closed => {}
+        }
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        Runnable::revoke(self, error)
+    }
+}
+
+/// A job in the queue. Dropping it unrun (the queue was torn down at shutdown, or the pool
+/// refused it) tells its caller [`JobError::ShutDown`]: an accepted job is never silently lost.
+pub(crate) struct Job(Option<Arc<dyn Runnable>>);
+
+impl Job {
+    pub(crate) fn run(mut self) {
+        if let Some(cell) = self.0.take() {
+            cell.run();
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            cell.revoke(JobError::shut_down());
+        }
+    }
+}
+
+/// Makes a job for `f`, running under `captured`, and the handle that receives its result.
+pub(crate) fn new_job<F, T>(f: F, captured: Captured) -> (Job, JobHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = Arc::new(Cell {
+        slot: Mutex::new(Slot {
+            stage: Stage::Queued(Work { f, captured }),
+            waker: None,
+        }),
+        cancelled: AtomicBool::new(false),
+    });
+    let handle = JobHandle {
+        inner: Some(Arc::clone(&cell) as Arc<dyn Completion<T>>),
+    };
+    (Job(Some(cell)), handle)
+}
+
+/// True inside a job: `asyncify_pool::is_cancelled` and `settings::configure` ask this.
+pub(crate) fn in_job() -> bool {
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
+/// True inside a running job once its caller has dropped the [`JobHandle`] (a timeout, a
+/// `select!` that went the other way, a cancelled task): the result will be thrown away, so a
+/// long program may stop early. False outside jobs.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{is_cancelled, WorkerPool};
+/// use std::time::Duration;
+///
+/// let pool = WorkerPool::new(1);
+/// let (started_tx, started_rx) = std::sync::mpsc::channel();
+/// let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+/// let handle = pool.spawn(move || {
+///     started_tx.send(()).unwrap();
+///     while !is_cancelled() {
+///         std::thread::sleep(Duration::from_millis(1));
+///     }
+///     stopped_tx.send("noticed").unwrap();
+/// });
+/// started_rx.recv().unwrap();
+/// drop(handle); // the caller gives up
+/// assert_eq!(stopped_rx.recv().unwrap(), "noticed");
+/// assert!(!is_cancelled()); // not in a job here
+/// ```
+pub fn is_cancelled() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|job| job.is_cancelled()))
+}
+
+/// The result of one call: a future, and a blocking [`wait`](Self::wait) for sync callers.
+///
+/// * Awaiting it gives the program's output, or a [`JobError`]. It works on any executor: the
+///   worker wakes whatever waker polled it last, and no runtime is needed.
+/// * Dropping it before the job starts means the job never runs; dropping it while the job runs
+///   lets the job finish, discards the result, and makes [`is_cancelled`] true inside the job.
+///   So `tokio::time::timeout(d, handle)` abandons a call cleanly.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::WorkerPool;
+///
+/// let pool = WorkerPool::new(2);
+/// let handle = pool.spawn(|| 6 * 7);
+/// assert_eq!(futures::executor::block_on(handle), Ok(42));
+/// assert_eq!(pool.spawn(|| "sync").wait(), Ok("sync"));
+/// ```
+#[must_use = "dropping a JobHandle cancels the job if it has not started"]
+pub struct JobHandle<T> {
+    /// `None` once the result was handed out.
+    inner: Option<Arc<dyn Completion<T>>>,
+}
+
+impl<T: Send + 'static> JobHandle<T> {
+    /// A handle that is already resolved, for calls refused before a job was made.
+    pub(crate) fn ready(result: Result<T, JobError>) -> Self {
+        let cell: Cell<fn() -> T, T> = Cell {
+            slot: Mutex::new(Slot {
+                stage: Stage::Done(result),
+                waker: None,
+            }),
+            cancelled: AtomicBool::new(false),
+        };
+        JobHandle {
+            inner: Some(Arc::new(cell)),
+        }
+    }
+}
+
+impl<T> JobHandle<T> {
+    /// Blocks the current thread until the job finishes, and returns its result.
+    ///
+    /// On a worker thread of a pool (inside a job), the waiting worker runs other queued jobs of
+    /// its pool meanwhile, as rayon does, so waiting on a job of the same pool never deadlocks,
+    /// even with one thread. Anywhere else it parks the thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let inner = pool.clone();
+    /// // The only worker waits on a job queued behind it, and runs it itself.
+    /// let outer = pool.spawn(move || inner.spawn(|| 1).wait().unwrap() + 1);
+    /// assert_eq!(outer.wait(), Ok(2));
+    /// ```
+    pub fn wait(mut self) -> Result<T, JobError> {
+        if let Some(result) = crate::pool::wait_on_worker(&mut self) {
+            return result;
+        }
+        THREAD_WAKER.with(|waker| {
+            let mut cx = Context::from_waker(waker);
+            loop {
+                if let Poll::Ready(result) = self.poll_with(Some(&mut cx)) {
+                    return result;
+                }
+                thread::park();
+            }
+        })
+    }
+
+    /// Like [`wait`](Self::wait), but gives up after `timeout` and returns `None`, keeping the
+    /// handle (and so the job) alive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    /// use std::time::Duration;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let mut slow = pool.spawn(|| std::thread::sleep(Duration::from_millis(200)));
+    /// assert_eq!(slow.wait_timeout(Duration::from_millis(1)), None);
+    /// assert_eq!(slow.wait_timeout(Duration::from_secs(30)), Some(Ok(())));
+    /// ```
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<T, JobError>> {
+        let deadline = Instant::now() + timeout;
+        THREAD_WAKER.with(|waker| {
+            let mut cx = Context::from_waker(waker);
+            loop {
+                if let Poll::Ready(result) = self.poll_with(Some(&mut cx)) {
+                    return Some(result);
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                thread::park_timeout(deadline - now);
+            }
+        })
+    }
+
+    /// True once the result is ready (or was already taken), so awaiting would not wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let mut h = pool.spawn(|| 1);
+    /// h.wait_timeout(std::time::Duration::from_secs(30)).unwrap().unwrap();
+    /// assert!(h.is_finished());
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        match &self.inner {
+            None => true,
+            Some(inner) => inner.is_done(),
+        }
+    }
+
+    /// Resolves a still-queued job with `error` so it never runs. True if it was still queued.
+    pub(crate) fn revoke(&self, error: JobError) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.revoke(error))
+    }
+
+    pub(crate) fn poll_with(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
+        let inner = self
+            .inner
+            .as_ref()
+            .expect("JobHandle polled after it returned its result");
+        let out = inner.poll_done(cx);
+        if out.is_ready() {
+            self.inner = None;
+        }
+        out
+    }
+}
+
+impl<T> Future for JobHandle<T> {
+    type Output = Result<T, JobError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_with(Some(cx))
+    }
+}
+
+impl<T> Drop for JobHandle<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.cancel();
+        }
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("returned", &self.inner.is_none())
+            .finish()
+    }
+}
+
+/// Wakes a thread parked in [`JobHandle::wait`].
+struct Unparker(Thread);
+
+impl Wake for Unparker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    /// One waker per thread for `wait`, so a blocking wait allocates nothing.
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(Unparker(thread::current())));
+}

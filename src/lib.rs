@@ -1,0 +1,72 @@
+//! Run blocking programs on a dedicated pool of worker threads and `.await` them from any
+//! executor, with the caller's settings overrides and tracing span in force on the worker for
+//! exactly that call. The Rust form of DSPy's `dspy.asyncify`.
+//!
+//! Use it when async code has to call slow, blocking code (an LLM client, model inference, file
+//! or database work) with a bound on how many run at once, per-call configuration, and clean
+//! cancellation, without tying the library to one runtime. Do not use it for CPU-parallel
+//! data work (use rayon) or for non-blocking async I/O (await it directly).
+//!
+//! # Example
+//!
+//! ```
+//! use asyncify_pool::{settings::{self, Overrides}, WorkerPool};
+//!
+//! // A blocking "LLM call" that reads its model from the settings in force.
+//! fn answer(question: String) -> String {
+//!     let model = settings::get::<&str>("lm").unwrap_or("default-model");
+//!     format!("[{model}] {question}")
+//! }
+//!
+//! let pool = WorkerPool::new(4);
+//! let program = pool.asyncify(answer);
+//!
+//! let out = pollster::block_on(async {
+//!     // Overrides in force at the call travel with it to the worker.
+//!     let handle = settings::context(Overrides::new().with("lm", "small-fast"), || {
+//!         program.call("what is 2 + 2?".to_owned())
+//!     });
+//!     handle.await
+//! });
+//! assert_eq!(out.unwrap(), "[small-fast] what is 2 + 2?");
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **Bounded.** At most [`WorkerPool::threads`] jobs run at once; jobs start in submission
+//!   order. [`WorkerPool::set_threads`] changes the bound at run time.
+//! * **Context.** The overrides ([`settings`]) and the tracing span and dispatcher in force at
+//!   [`AsyncProgram::call`] / [`WorkerPool::spawn`] are in force on the worker for exactly that
+//!   job, and the worker is clean again afterwards, panic or not.
+//! * **Cancellation.** Dropping a [`JobHandle`] before its job starts means the job never runs;
+//!   after it started, the result is discarded and [`is_cancelled`] turns true in the job.
+//! * **Panics.** A panicking program gives [`JobError::Panicked`] with the message; the worker
+//!   lives on.
+//! * **Shutdown.** [`WorkerPool::shutdown`] runs everything accepted, then joins the threads;
+//!   later calls resolve at once to [`JobError::ShutDown`]. Every accepted job either runs and
+//!   delivers its result, or its caller is told why not.
+//! * **Any executor.** A [`JobHandle`] is a plain `Future` woken by the worker (tokio, smol,
+//!   `futures::executor`, pollster…), and [`JobHandle::wait`] blocks for sync callers.
+//!
+//! # Inside a job
+//!
+//! A job may call into the pool again. [`JobHandle::wait`] on a worker runs other queued jobs
+//! while it waits, so it never deadlocks, even on a one-thread pool. A job that instead runs
+//! its own executor (`pollster::block_on(handle)`) simply blocks its worker until the handle
+//! resolves: on a pool with a free thread that works, on a pool whose every thread does it, it
+//! waits forever; prefer `wait()` inside jobs.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod error;
+mod global;
+mod job;
+mod pool;
+mod program;
+pub mod settings;
+
+pub use error::{JobError, PoolError, SettingsError};
+pub use global::{asyncify, default_pool};
+pub use job::{is_cancelled, JobHandle};
+pub use pool::{Builder, ShutdownTimeout, WorkerPool};
+pub use program::{AsyncProgram, Program};

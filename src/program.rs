@@ -1,0 +1,164 @@
+//! Programs and their async face: what `asyncify` takes and what it gives back.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::job::JobHandle;
+use crate::pool::WorkerPool;
+
+/// A blocking program that can be asyncified: anything that turns an `I` into an output on a
+/// worker thread.
+///
+/// Every `Fn(I) -> O + Send + Sync + 'static` closure or function is a `Program<I>`. A module
+/// type of your own can implement it directly (or be wrapped in a closure).
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{Program, WorkerPool};
+///
+/// struct Classifier { labels: Vec<&'static str> }
+///
+/// impl Program<String> for Classifier {
+///     type Output = &'static str;
+///     fn run(&self, text: String) -> &'static str {
+///         self.labels[text.len() % self.labels.len()]
+///     }
+/// }
+///
+/// let pool = WorkerPool::new(2);
+/// let classify = pool.asyncify(Classifier { labels: vec!["short", "long"] });
+/// assert_eq!(classify.call("abc".to_owned()).wait(), Ok("long"));
+/// ```
+pub trait Program<I>: Send + Sync + 'static {
+    /// What one run produces.
+    type Output: Send + 'static;
+
+    /// Runs the program once. Called on a worker thread, with the caller's overrides in force.
+    fn run(&self, input: I) -> Self::Output;
+}
+
+impl<F, I, O> Program<I> for F
+where
+    F: Fn(I) -> O + Send + Sync + 'static,
+    O: Send + 'static,
+{
+    type Output = O;
+
+    fn run(&self, input: I) -> O {
+        self(input)
+    }
+}
+
+/// A program bound to a pool: a cheap, cloneable async callable.
+///
+/// Made by [`WorkerPool::asyncify`] or the free function [`asyncify`](crate::asyncify). The
+/// program is held once, behind an `Arc`; clones and calls share it.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::WorkerPool;
+///
+/// let pool = WorkerPool::new(2);
+/// let shout = pool.asyncify(|s: &'static str| s.to_uppercase());
+/// let again = shout.clone(); // shares the program and the pool
+/// let (a, b) = pollster::block_on(async { (shout.call("hi").await, again.call("yo").await) });
+/// assert_eq!((a.unwrap(), b.unwrap()), ("HI".to_owned(), "YO".to_owned()));
+/// ```
+pub struct AsyncProgram<P> {
+    program: Arc<P>,
+    pool: WorkerPool,
+    /// Made by the free `asyncify`: resize the default pool to `async_max_workers` before each call.
+    follows_setting: bool,
+}
+
+impl<P> AsyncProgram<P> {
+    pub(crate) fn new(program: P, pool: WorkerPool, follows_setting: bool) -> Self {
+        AsyncProgram {
+            program: Arc::new(program),
+            pool,
+            follows_setting,
+        }
+    }
+
+    /// Queues one run of the program on `input` and returns its handle at once.
+    ///
+    /// The settings overrides and the tracing span in force here and now are captured and are
+    /// in force on the worker for exactly this run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::{settings::{self, Overrides}, WorkerPool};
+    ///
+    /// let pool = WorkerPool::new(2);
+    /// let greet = pool.asyncify(|name: &'static str| {
+    ///     format!("{}, {name}", settings::get::<&str>("greeting").unwrap_or("hello"))
+    /// });
+    /// let handle = settings::context(Overrides::new().with("greeting", "bonjour"), || greet.call("Ada"));
+    /// assert_eq!(handle.wait().unwrap(), "bonjour, Ada");
+    /// ```
+    pub fn call<I>(&self, input: I) -> JobHandle<P::Output>
+    where
+        P: Program<I>,
+        I: Send + 'static,
+    {
+        if self.follows_setting {
+            crate::global::follow_setting(&self.pool);
+        }
+        let program = Arc::clone(&self.program);
+        self.pool.spawn(move || program.run(input))
+    }
+
+    /// The pool the calls run on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(3);
+    /// let p = pool.asyncify(|x: u8| x);
+    /// assert_eq!(p.pool().threads(), 3);
+    /// ```
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
+    /// The wrapped program.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let p = pool.asyncify(|x: u8| x + 1);
+    /// assert_eq!((p.program())(1), 2);
+    /// ```
+    pub fn program(&self) -> &P {
+        &self.program
+    }
+
+    /// Whether this program follows the `async_max_workers` setting (made by the free
+    /// [`asyncify`](crate::asyncify)) or keeps its pool's size (made by [`WorkerPool::asyncify`]).
+    pub(crate) fn follows_setting(&self) -> bool {
+        self.follows_setting
+    }
+}
+
+impl<P> Clone for AsyncProgram<P> {
+    fn clone(&self) -> Self {
+        AsyncProgram {
+            program: Arc::clone(&self.program),
+            pool: self.pool.clone(),
+            follows_setting: self.follows_setting,
+        }
+    }
+}
+
+impl<P> fmt::Debug for AsyncProgram<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncProgram")
+            .field("pool", &self.pool)
+            .field("follows_async_max_workers", &self.follows_setting)
+            .finish_non_exhaustive()
+    }
+}

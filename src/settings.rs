@@ -1,0 +1,516 @@
+//! DSPy-style settings: one global configuration plus scoped overrides that follow the code that
+//! runs under them, across threads (every pool job carries its caller's overrides) and across
+//! awaits (a [`scope`]d future carries its own).
+//!
+//! # The model
+//!
+//! * The **global configuration** is an immutable map swapped atomically by [`configure`]:
+//!   readers see the old map or the new one, never a mix. It starts with the library's
+//!   defaults, `async_max_workers = 8usize` and `max_errors = 10usize`.
+//! * The **overrides** in force are per thread (and per [`scope`]d future). [`context`] layers
+//!   some on top for the length of a closure, [`scope`] for every poll of a future; the inner
+//!   layer wins key by key, and the outer layer is back in force afterwards, also on panic.
+//! * A lookup ([`get`]) asks the overrides first, then the global configuration.
+//! * [`current`] is an O(1) snapshot of the overrides in force. Every pool call takes one, so the
+//!   cost of a call does not grow with the number of overrides.
+//!
+//! # Who may configure
+//!
+//! DSPy lets only the thread that configured first call `configure` again, and its users keep
+//! running into that in web servers and notebooks, where "the first thread" is an accident.
+//! Here any thread may call [`configure`], because the global map is swapped atomically, with
+//! one exception: not from inside a pool job, where a global change would race with every other
+//! job and is almost always meant as a [`context`]. That call returns
+//! [`SettingsError::InsideJob`].
+//!
+//! # Values of another type
+//!
+//! [`get::<T>`](get) returns `None` when the key is missing *or* holds another type than `T`;
+//! [`try_get`] tells the two apart with [`SettingsError::WrongType`]. An override of the wrong
+//! type still shadows the global value: the override is what is in force.
+//!
+//! # Examples
+//!
+//! ```
+//! use asyncify_pool::settings::{self, Overrides};
+//!
+//! settings::configure(Overrides::new().with("model", "small")).unwrap();
+//! settings::context(Overrides::new().with("model", "large"), || {
+//!     assert_eq!(settings::get::<&str>("model"), Some("large"));
+//! });
+//! assert_eq!(settings::get::<&str>("model"), Some("small"));
+//! ```
+
+use std::any::{type_name, Any};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
+
+pub use crate::error::SettingsError;
+
+/// A stored value and the name of its type, for error messages.
+#[derive(Clone)]
+struct Value {
+    value: Arc<dyn Any + Send + Sync>,
+    type_name: &'static str,
+}
+
+type Map = HashMap<Box<str>, Value>;
+
+/// An immutable, cheaply cloned map from string keys to values of any `Send + Sync + 'static`
+/// type.
+///
+/// Cloning is one reference-count increment whatever the number of entries; [`with`](Self::with)
+/// copies the map only when it is shared.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::Overrides;
+///
+/// let o = Overrides::new().with("lm", "gpt-4o-mini").with("temperature", 0.7f64);
+/// assert_eq!(o.len(), 2);
+/// assert_eq!(o.get::<f64>("temperature"), Some(0.7));
+/// assert_eq!(o.get::<u32>("temperature"), None); // another type
+/// ```
+#[derive(Clone, Default)]
+pub struct Overrides {
+    map: Option<Arc<Map>>,
+}
+
+impl Overrides {
+    /// An empty set of overrides. Allocates nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(asyncify_pool::settings::Overrides::new().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Overrides { map: None }
+    }
+
+    /// These overrides with `key` set to `value` (replacing an earlier value of the key).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// let o = Overrides::new().with("k", 1u8).with("k", 2u8);
+    /// assert_eq!(o.get::<u8>("k"), Some(2));
+    /// ```
+    #[must_use]
+    pub fn with<V: Any + Send + Sync>(mut self, key: impl Into<String>, value: V) -> Self {
+        let value = Value {
+            value: Arc::new(value),
+            type_name: type_name::<V>(),
+        };
+        let map = Arc::make_mut(self.map.get_or_insert_with(Default::default));
+        map.insert(key.into().into_boxed_str(), value);
+        self
+    }
+
+    /// The value under `key` if it is there and is a `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// assert_eq!(Overrides::new().with("n", 3usize).get::<usize>("n"), Some(3));
+    /// ```
+    pub fn get<T: Any + Clone>(&self, key: &str) -> Option<T> {
+        self.try_get(key).ok().flatten()
+    }
+
+    /// The value under `key`: `Ok(None)` if absent, an error if it holds another type.
+    ///
+    /// # Errors
+    ///
+    /// [`SettingsError::WrongType`] when the key holds a value that is not a `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// let o = Overrides::new().with("n", 3usize);
+    /// assert!(o.try_get::<String>("n").is_err());
+    /// assert_eq!(o.try_get::<usize>("missing"), Ok(None));
+    /// ```
+    pub fn try_get<T: Any + Clone>(&self, key: &str) -> Result<Option<T>, SettingsError> {
+        match self.map.as_ref().and_then(|m| m.get(key)) {
+            None => Ok(None),
+            Some(v) => downcast(key, v).map(Some),
+        }
+    }
+
+    /// True if `key` has a value here, of whatever type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// assert!(Overrides::new().with("k", ()).contains_key("k"));
+    /// ```
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.map.as_ref().is_some_and(|m| m.contains_key(key))
+    }
+
+    /// The number of keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// assert_eq!(Overrides::new().with("a", 1).with("b", 2).len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// True if there are no keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(asyncify_pool::settings::Overrides::default().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys, in no particular order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::settings::Overrides;
+    /// let o = Overrides::new().with("a", 1);
+    /// assert_eq!(o.keys().collect::<Vec<_>>(), ["a"]);
+    /// ```
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.map.iter().flat_map(|m| m.keys().map(|k| &**k))
+    }
+
+    /// `self` with every key of `top` laid over it (`top` wins). Costs nothing when either is empty.
+    fn layered(&self, top: &Overrides) -> Overrides {
+        match (&self.map, &top.map) {
+            (_, None) => self.clone(),
+            (None, Some(_)) => top.clone(),
+            (Some(base), Some(top)) => {
+                let mut map = Map::clone(base);
+                map.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Overrides {
+                    map: Some(Arc::new(map)),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<_> = self.keys().collect();
+        keys.sort_unstable();
+        f.debug_struct("Overrides").field("keys", &keys).finish()
+    }
+}
+
+fn downcast<T: Any + Clone>(key: &str, v: &Value) -> Result<T, SettingsError> {
+    v.value
+        .downcast_ref::<T>()
+        .cloned()
+        .ok_or_else(|| SettingsError::WrongType {
+            key: key.to_owned(),
+            expected: type_name::<T>(),
+            found: v.type_name,
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The global configuration.
+//
+// Readers take a thread-local copy of the `Arc` and refresh it only when the version counter
+// moved, so a `get` on the hot path is one atomic load and no shared write.
+
+struct Global {
+    map: RwLock<Arc<Map>>,
+    version: AtomicU64,
+}
+
+fn global() -> &'static Global {
+    static GLOBAL: OnceLock<Global> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let defaults = Overrides::new()
+            .with(ASYNC_MAX_WORKERS, 8usize)
+            .with(MAX_ERRORS, 10usize);
+        Global {
+            map: RwLock::new(defaults.map.unwrap_or_default()),
+            version: AtomicU64::new(0),
+        }
+    })
+}
+
+/// The setting that sizes the default pool behind [`asyncify`](crate::asyncify) (a `usize`,
+/// default 8).
+pub const ASYNC_MAX_WORKERS: &str = "async_max_workers";
+/// The setting that bounds the failures a batch tolerates (a `usize`, default 10).
+pub const MAX_ERRORS: &str = "max_errors";
+
+thread_local! {
+    static OVERRIDES: RefCell<Overrides> = RefCell::new(Overrides::new());
+    static GLOBAL_CACHE: RefCell<(u64, Option<Arc<Map>>)> = const { RefCell::new((0, None)) };
+}
+
+fn with_global<R>(f: impl FnOnce(&Map) -> R) -> R {
+    let g = global();
+    // ORDERING: Acquire pairs with the Release increment in `configure`, which happens after the
+    // new map is stored, so a reader that sees the new version also sees the new map.
+    let version = g.version.load(Ordering::Acquire);
+    GLOBAL_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.1.is_none() || cache.0 != version {
+            let map = Arc::clone(&g.map.read().unwrap_or_else(|e| e.into_inner()));
+            *cache = (version, Some(map));
+        }
+        f(cache.1.as_deref().expect("filled above"))
+    })
+}
+
+/// Checks the values the library itself reads, so a bad one fails at `configure`, not later.
+fn validate(o: &Overrides) -> Result<(), SettingsError> {
+    for key in [ASYNC_MAX_WORKERS, MAX_ERRORS] {
+        if o.contains_key(key) {
+            let n: usize = o.try_get(key)?.expect("key present");
+            if key == ASYNC_MAX_WORKERS && n == 0 {
+                return Err(SettingsError::InvalidValue {
+                    key: key.to_owned(),
+                    reason: "it must be at least 1",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges `overrides` into the global configuration, atomically: readers see the old
+/// configuration or the new one, never a mix. Keys not given keep their values.
+///
+/// # Errors
+///
+/// * [`SettingsError::InsideJob`] when called from inside a pool job (use [`context`] there).
+/// * [`SettingsError::WrongType`] / [`SettingsError::InvalidValue`] when a setting the library
+///   reads is unusable (`async_max_workers` must be a `usize` of at least 1, `max_errors` a
+///   `usize`). Nothing is changed then.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides};
+///
+/// settings::configure(Overrides::new().with("temperature", 0.0f64)).unwrap();
+/// assert_eq!(settings::get::<f64>("temperature"), Some(0.0));
+/// assert_eq!(settings::get::<usize>("async_max_workers"), Some(8)); // a default, kept
+/// ```
+pub fn configure(overrides: Overrides) -> Result<(), SettingsError> {
+    if crate::job::in_job() {
+        return Err(SettingsError::InsideJob);
+    }
+    validate(&overrides)?;
+    let Some(new) = overrides.map else {
+        return Ok(());
+    };
+    let g = global();
+    let mut map = g.map.write().unwrap_or_else(|e| e.into_inner());
+    let mut merged = Map::clone(&map);
+    merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+    *map = Arc::new(merged);
+    // ORDERING: Release, after the store above and while still holding the lock; see `with_global`.
+    g.version.fetch_add(1, Ordering::Release);
+    Ok(())
+}
+
+/// The value of `key` in force here: the overrides first, then the global configuration.
+/// `None` if the key is unset or holds another type than `T` (see [`try_get`]).
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides};
+///
+/// assert_eq!(settings::get::<usize>("async_max_workers"), Some(8));
+/// settings::context(Overrides::new().with("async_max_workers", 2usize), || {
+///     assert_eq!(settings::get::<usize>("async_max_workers"), Some(2));
+/// });
+/// ```
+pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
+    try_get(key).ok().flatten()
+}
+
+/// Like [`get`], but a value of another type is an error rather than `None`.
+///
+/// # Errors
+///
+/// [`SettingsError::WrongType`] when the value in force under `key` is not a `T`.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, SettingsError};
+///
+/// let err = settings::try_get::<String>("async_max_workers").unwrap_err();
+/// assert!(matches!(err, SettingsError::WrongType { found: "usize", .. }));
+/// ```
+pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
+    let local = OVERRIDES.with(|o| {
+        let o = o.borrow();
+        o.map
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map(|v| downcast::<T>(key, v))
+    });
+    match local {
+        Some(found) => found.map(Some),
+        None => with_global(|m| m.get(key).map(|v| downcast(key, v)).transpose()),
+    }
+}
+
+/// A snapshot of the overrides in force here (not the global configuration, which every thread
+/// shares). O(1): one reference-count increment.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides};
+///
+/// assert!(settings::current().is_empty());
+/// settings::context(Overrides::new().with("k", 1), || {
+///     assert_eq!(settings::current().get::<i32>("k"), Some(1));
+/// });
+/// ```
+pub fn current() -> Overrides {
+    OVERRIDES.with(|o| o.borrow().clone())
+}
+
+/// Puts `overrides` in force on this thread until the guard is dropped (also during a panic),
+/// then restores what was there. The building block of [`context`], [`scope`] and the workers.
+pub(crate) struct Installed {
+    previous: Option<Overrides>,
+}
+
+pub(crate) fn install(overrides: Overrides) -> Installed {
+    let previous = OVERRIDES.with(|o| std::mem::replace(&mut *o.borrow_mut(), overrides));
+    Installed {
+        previous: Some(previous),
+    }
+}
+
+impl Installed {
+    /// Restores the previous overrides and hands back the ones that were installed.
+    pub(crate) fn restore(mut self) -> Overrides {
+        self.swap_back()
+    }
+
+    fn swap_back(&mut self) -> Overrides {
+        let previous = self.previous.take().unwrap_or_default();
+        OVERRIDES.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous))
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if self.previous.is_some() {
+            self.swap_back();
+        }
+    }
+}
+
+/// Runs `f` with `overrides` layered on the current ones (inner wins per key) on this thread,
+/// and restores the current ones afterwards, also if `f` panics.
+///
+/// Pool calls made inside `f` carry the layered overrides to their worker.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{settings::{self, Overrides}, WorkerPool};
+///
+/// let pool = WorkerPool::new(1);
+/// let seen = settings::context(Overrides::new().with("lm", "local"), || {
+///     pool.spawn(|| settings::get::<&str>("lm")).wait().unwrap()
+/// });
+/// assert_eq!(seen, Some("local"));
+/// assert_eq!(settings::get::<&str>("lm"), None);
+/// ```
+pub fn context<R>(overrides: Overrides, f: impl FnOnce() -> R) -> R {
+    let layered = current().layered(&overrides);
+    let _installed = install(layered);
+    f()
+}
+
+/// Wraps `future` so that `overrides`, layered on the overrides in force *now*, are in force
+/// during every poll of it, and only then: they survive awaits and moves between threads of a
+/// multi-thread executor, and never leak into other tasks polled on the same thread.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides};
+///
+/// let fut = settings::scope(Overrides::new().with("k", 7), async {
+///     settings::get::<i32>("k")
+/// });
+/// assert_eq!(settings::get::<i32>("k"), None); // not in force outside the future
+/// assert_eq!(pollster::block_on(fut), Some(7));
+/// ```
+pub fn scope<F: Future>(overrides: Overrides, future: F) -> Scoped<F> {
+    Scoped {
+        overrides: Some(current().layered(&overrides)),
+        future: Box::pin(future),
+    }
+}
+
+/// A future with its own overrides, made by [`scope`].
+///
+/// The inner future is boxed once, at `scope`, so that this crate needs no `unsafe` pin
+/// projection; `Scoped` itself is `Unpin`.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides, Scoped};
+///
+/// let fut: Scoped<_> = settings::scope(Overrides::new(), async { 1 });
+/// assert_eq!(pollster::block_on(fut), 1);
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Scoped<F> {
+    overrides: Option<Overrides>,
+    future: Pin<Box<F>>,
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped")
+            .field("overrides", &self.overrides)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let installed = install(this.overrides.take().unwrap_or_default());
+        // If the inner poll panics, `installed` still restores the thread's overrides (this
+        // future's own are dropped then, which only matters to a caller that polls it again).
+        let out = this.future.as_mut().poll(cx);
+        this.overrides = Some(installed.restore());
+        out
+    }
+}
