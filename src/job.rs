@@ -56,8 +56,12 @@ impl Captured {
     /// Captures the calling thread's context. O(1) in the number of overrides; when no tracing
     /// dispatcher was ever set in the process, the tracing part costs one relaxed load.
     pub(crate) fn here() -> Self {
-        let trace = tracing::dispatcher::has_been_set()
-            .then(|| (tracing::dispatcher::get_default(Dispatch::clone), Span::current()));
+        let trace = tracing::dispatcher::has_been_set().then(|| {
+            (
+                tracing::dispatcher::get_default(Dispatch::clone),
+                Span::current(),
+            )
+        });
         Captured {
             overrides: settings::current(),
             trace,
@@ -123,10 +127,23 @@ fn wake_quietly(waker: Waker) {
     }
 }
 
+/// What became of a job a worker took off the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It ran and returned.
+    Completed,
+    /// It ran and panicked.
+    Panicked,
+    /// It did not run: its caller had dropped the handle (or its batch had cancelled it).
+    Skipped,
+}
+
 /// The queue's view of a cell: something to run, or to give up on.
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the job if it is still queued; does nothing if its handle was dropped first.
-    fn run(self: Arc<Self>);
+    /// `record` learns the outcome before the caller is woken, so a caller that has its result
+    /// finds it counted in the pool's stats.
+    fn run(self: Arc<Self>, record: &dyn Fn(Outcome));
     /// Resolves a still-queued job with `error` (it will never run); false if it had left the queue.
     fn revoke(&self, error: JobError) -> bool;
     /// True once the handle was dropped.
@@ -154,13 +171,15 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn run(self: Arc<Self>) {
+    fn run(self: Arc<Self>, record: &dyn Fn(Outcome)) {
         let work = {
             let mut slot = self.lock();
             match std::mem::replace(&mut slot.stage, Stage::Running) {
                 Stage::Queued(work) => work,
                 other => {
                     slot.stage = other;
+                    drop(slot);
+                    record(Outcome::Skipped);
                     return;
                 }
             }
@@ -175,6 +194,10 @@ where
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
+        record(match result {
+            Err(JobError::Panicked { .. }) => Outcome::Panicked,
+            _ => Outcome::Completed,
+        });
         this.complete(&mut Some(result));
     }
 
@@ -281,9 +304,9 @@ where
 pub(crate) struct Job(Option<Arc<dyn Runnable>>);
 
 impl Job {
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
         if let Some(cell) = self.0.take() {
-            cell.run();
+            cell.run(record);
         }
     }
 }
@@ -311,6 +334,7 @@ where
     });
     let handle = JobHandle {
         inner: Some(Arc::clone(&cell) as Arc<dyn Completion<T>>),
+        pending: None,
     };
     (Job(Some(cell)), handle)
 }
@@ -371,6 +395,15 @@ pub fn is_cancelled() -> bool {
 pub struct JobHandle<T> {
     /// `None` once the result was handed out.
     inner: Option<Arc<dyn Completion<T>>>,
+    /// The job, while a bounded queue had no room for it yet (see `Builder::queue_capacity`).
+    pending: Option<Box<dyn Submit>>,
+}
+
+/// A job that still has to be put into a full bounded queue; polled by its handle.
+pub(crate) trait Submit: Send {
+    /// Ready once the job is queued (or was resolved without queueing, e.g. at shutdown).
+    /// With a context, registers it to be woken when the queue has room.
+    fn poll_submit(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()>;
 }
 
 impl<T: Send + 'static> JobHandle<T> {
@@ -385,6 +418,7 @@ impl<T: Send + 'static> JobHandle<T> {
         };
         JobHandle {
             inner: Some(Arc::new(cell)),
+            pending: None,
         }
     }
 }
@@ -472,12 +506,38 @@ impl<T> JobHandle<T> {
         }
     }
 
+    /// True while the job waits for room in a full bounded queue (it is not queued yet).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// assert!(!pool.spawn(|| ()).is_waiting_for_room()); // unbounded queue: always queued
+    /// ```
+    pub fn is_waiting_for_room(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Resolves a still-queued job with `error` so it never runs. True if it was still queued.
     pub(crate) fn revoke(&self, error: JobError) -> bool {
         self.inner.as_ref().is_some_and(|i| i.revoke(error))
     }
 
-    pub(crate) fn poll_with(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
+    /// Hands the handle a job that must still be queued when the bounded queue has room.
+    pub(crate) fn set_pending(&mut self, submit: Box<dyn Submit>) {
+        self.pending = Some(submit);
+    }
+
+    pub(crate) fn poll_with(
+        &mut self,
+        mut cx: Option<&mut Context<'_>>,
+    ) -> Poll<Result<T, JobError>> {
+        if let Some(pending) = &mut self.pending {
+            if pending.poll_submit(cx.as_deref_mut()).is_pending() {
+                return Poll::Pending;
+            }
+            self.pending = None;
+        }
         let inner = self
             .inner
             .as_ref()
@@ -510,6 +570,7 @@ impl<T> fmt::Debug for JobHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobHandle")
             .field("returned", &self.inner.is_none())
+            .field("waiting_for_room", &self.pending.is_some())
             .finish()
     }
 }

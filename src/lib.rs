@@ -68,5 +68,5 @@ pub mod settings;
 pub use error::{JobError, PoolError, SettingsError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, JobHandle};
-pub use pool::{Builder, ShutdownTimeout, WorkerPool};
+pub use pool::{Builder, ShutdownTimeout, Stats, TryCallError, WorkerPool};
 pub use program::{AsyncProgram, Program};

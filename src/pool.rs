@@ -14,6 +14,12 @@
 //!   surplus workers retire at their next job boundary; idle ones are woken with one `Wake`
 //!   message each so they notice. A running job is never interrupted.
 //! * **Order.** One FIFO queue: jobs are taken in submission order.
+//! * **Backpressure.** Unbounded by default. With `queue_capacity(n)`, at most `n` jobs wait
+//!   in the queue; a call that finds it full returns a handle that holds the job and queues it
+//!   when a worker makes room (the handle is woken, no thread spins or blocks for it), and
+//!   `try_spawn`/`try_call` refuse instead, handing the input back.
+//! * **Counting.** Each worker counts what it ran in its own cache line; `stats()` adds them
+//!   up, so counting costs the hot path no shared write.
 //! * **Shutdown.** `shutdown` closes the pool (later calls resolve at once to `ShutDown`) and
 //!   queues one `Stop` per worker behind everything accepted, so the queue drains before the
 //!   workers leave; then it joins them. A job that slips into the queue behind the `Stop`s is
@@ -26,7 +32,10 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle};
@@ -35,7 +44,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{JobError, PoolError};
-use crate::job::{new_job, Captured, Job, JobHandle};
+use crate::job::{new_job, Captured, Job, JobHandle, Outcome, Submit};
 use crate::program::AsyncProgram;
 
 /// The most threads a pool may have (the permit counter keeps counts in 32 bits).
@@ -59,6 +68,7 @@ type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 /// | [`thread_name`](Self::thread_name) | `"asyncify"`, threads are named `asyncify-0`, `asyncify-1`, … |
 /// | [`stack_size`](Self::stack_size) | the standard library's default (2 MiB, or `RUST_MIN_STACK`) |
 /// | [`on_thread_start`](Self::on_thread_start) / [`on_thread_stop`](Self::on_thread_stop) | none |
+/// | [`queue_capacity`](Self::queue_capacity) | unbounded |
 ///
 /// # Examples
 ///
@@ -83,6 +93,7 @@ pub struct Builder {
     stack_size: Option<usize>,
     on_start: Option<Hook>,
     on_stop: Option<Hook>,
+    queue_capacity: Option<usize>,
 }
 
 impl Builder {
@@ -175,6 +186,38 @@ impl Builder {
         self
     }
 
+    /// Bounds the queue to `capacity` waiting jobs (running ones not counted).
+    ///
+    /// When the queue is full, [`WorkerPool::spawn`] and [`AsyncProgram::call`] still return a
+    /// handle at once, but the job waits inside the handle until a worker makes room: awaiting
+    /// the handle waits asynchronously, [`JobHandle::wait`] blocks, and dropping the handle
+    /// meanwhile queues nothing. [`WorkerPool::try_spawn`] and [`AsyncProgram::try_call`] return
+    /// the input back instead. A capacity of 0 is taken as 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = WorkerPool::builder().threads(1).queue_capacity(1).build().unwrap();
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let (started_tx, started) = mpsc::channel();
+    /// let busy = pool.spawn(move || { started_tx.send(()).unwrap(); gate.recv().unwrap() });
+    /// started.recv().unwrap();                  // the worker is busy
+    /// let queued = pool.spawn(|| 1);            // takes the one queue slot
+    /// let waiting = pool.spawn(|| 2);           // no room: held by its handle
+    /// assert!(waiting.is_waiting_for_room());
+    /// assert!(pool.try_spawn(|| 3).unwrap_err().is_full());
+    /// release.send(()).unwrap();
+    /// assert_eq!((queued.wait(), waiting.wait()), (Ok(1), Ok(2)));
+    /// # busy.wait().unwrap();
+    /// ```
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = Some(capacity.max(1));
+        self
+    }
+
     /// Starts the pool's threads.
     ///
     /// # Errors
@@ -205,9 +248,16 @@ impl Builder {
             ctrl: Mutex::new(Ctrl {
                 rx: Some(rx),
                 threads: Vec::new(),
+                counters: Vec::new(),
                 next_index: 0,
             }),
             exited: Condvar::new(),
+            capacity: self.queue_capacity,
+            slots_used: AtomicUsize::new(0),
+            room: Mutex::new(Vec::new()),
+            room_waiters: AtomicUsize::new(0),
+            pills: AtomicUsize::new(0),
+            retired: Counters::default(),
             name: self.name,
             stack_size: self.stack_size,
             on_start: self.on_start,
@@ -231,6 +281,7 @@ impl fmt::Debug for Builder {
             .field("threads", &self.threads)
             .field("thread_name", &self.name)
             .field("stack_size", &self.stack_size)
+            .field("queue_capacity", &self.queue_capacity)
             .finish_non_exhaustive()
     }
 }
@@ -285,6 +336,16 @@ struct Shared {
     ctrl: Mutex<Ctrl>,
     /// Signalled when `live` reaches 0.
     exited: Condvar,
+    /// `Some(n)`: at most `n` jobs wait in the queue; `slots_used` counts them.
+    capacity: Option<usize>,
+    slots_used: AtomicUsize,
+    /// Wakers of handles waiting for room in a full bounded queue.
+    room: Mutex<Vec<Waker>>,
+    room_waiters: AtomicUsize,
+    /// `Wake`/`Stop` messages in the queue, so `stats().queued` counts only jobs.
+    pills: AtomicUsize,
+    /// What retired workers counted.
+    retired: Counters,
     name: String,
     stack_size: Option<usize>,
     on_start: Option<Hook>,
@@ -296,7 +357,83 @@ struct Ctrl {
     /// is torn down and anything left in it tells its caller `ShutDown`.
     rx: Option<Receiver<Message>>,
     threads: Vec<JoinHandle<()>>,
+    /// The counters of the live workers.
+    counters: Vec<Arc<Counters>>,
     next_index: usize,
+}
+
+/// One worker's tally, written only by that worker (so a plain load and store, no locked
+/// instruction) and read by `stats()`. Aligned to keep workers off each other's cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct Counters {
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Completed => &self.completed,
+            Outcome::Panicked => &self.panicked,
+            Outcome::Skipped => &self.cancelled,
+        };
+        // ORDERING: single writer; readers want a recent value, not a synchronising one.
+        counter.store(counter.load(Relaxed) + 1, Relaxed);
+    }
+
+    fn add_to(&self, stats: &mut Stats) {
+        stats.completed += self.completed.load(Relaxed);
+        stats.panicked += self.panicked.load(Relaxed);
+        stats.cancelled += self.cancelled.load(Relaxed);
+    }
+
+    /// Folds a retiring worker's tally into the pool's (under `ctrl`, so not racing).
+    fn absorb(&self, other: &Counters) {
+        for (mine, theirs) in [
+            (&self.completed, &other.completed),
+            (&self.panicked, &other.panicked),
+            (&self.cancelled, &other.cancelled),
+        ] {
+            mine.fetch_add(theirs.load(Relaxed), Relaxed);
+        }
+    }
+}
+
+/// A snapshot of what a pool is doing and has done, from [`WorkerPool::stats`].
+///
+/// The counts are read one after another while the pool runs, so under load they are each
+/// recent but not one atomic picture; once the pool is quiet they add up exactly:
+/// every accepted job is `queued`, `running`, `completed`, `panicked` or `cancelled`.
+///
+/// # Examples
+///
+/// ```
+/// let pool = asyncify_pool::WorkerPool::new(2);
+/// pool.spawn(|| ()).wait().unwrap();
+/// let _ = pool.spawn(|| panic!("no")).wait();
+/// let stats = pool.stats();
+/// assert_eq!((stats.completed, stats.panicked, stats.threads), (1, 1, 2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Jobs waiting in the queue (not those still held by a handle waiting for room).
+    pub queued: usize,
+    /// Jobs running now.
+    pub running: usize,
+    /// Jobs that ran and returned.
+    pub completed: u64,
+    /// Jobs that ran and panicked.
+    pub panicked: u64,
+    /// Jobs taken off the queue without running because their caller had dropped the handle
+    /// (or their batch had cancelled them).
+    pub cancelled: u64,
+    /// The thread count asked for ([`WorkerPool::threads`]).
+    pub threads: usize,
+    /// Worker threads alive now (above `threads` for a moment after a shrink).
+    pub live_threads: usize,
 }
 
 const fn pack(target: usize, running: usize) -> u64 {
@@ -334,7 +471,10 @@ impl Shared {
         let mut gate = lock(&self.gate);
         self.gate_waiters.fetch_add(1, SeqCst);
         while !self.try_acquire() {
-            gate = self.gate_cv.wait(gate).unwrap_or_else(PoisonError::into_inner);
+            gate = self
+                .gate_cv
+                .wait(gate)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         self.gate_waiters.fetch_sub(1, SeqCst);
     }
@@ -378,11 +518,14 @@ impl Shared {
             }
             let shared = Arc::clone(self);
             let rx = rx.clone();
-            match builder.spawn(move || worker_main(shared, rx, index)) {
+            let counters = Arc::new(Counters::default());
+            let mine = Arc::clone(&counters);
+            match builder.spawn(move || worker_main(shared, rx, index, mine)) {
                 Ok(handle) => {
                     ctrl.next_index += 1;
                     self.live.fetch_add(1, SeqCst);
                     ctrl.threads.push(handle);
+                    ctrl.counters.push(counters);
                 }
                 Err(e) => {
                     // Keep the target honest: the pool has what it has.
@@ -403,14 +546,86 @@ impl Shared {
         }
         ctrl.rx = None;
         for _ in 0..self.live.load(SeqCst) {
-            let _ = self.tx.send(Message::Stop);
+            self.send_pill(Message::Stop);
         }
+        drop(ctrl);
+        // Handles waiting for room must learn that no room will come.
+        self.wake_room();
         true
     }
 
-    /// Called by a worker before it exits, whatever the reason.
-    fn worker_exited(&self, ctrl: &mut Ctrl) {
-        let _ = ctrl;
+    fn send_pill(&self, pill: Message) {
+        self.pills.fetch_add(1, Relaxed);
+        if self.tx.send(pill).is_err() {
+            self.pills.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Bookkeeping for every message a worker takes off the queue.
+    fn took(&self, message: &Message) {
+        match message {
+            Message::Run(_) => {
+                if self.capacity.is_some() {
+                    self.release_slot();
+                }
+            }
+            Message::Wake | Message::Stop => {
+                self.pills.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Takes a queue slot: always for an unbounded queue, if one is free for a bounded one.
+    fn try_take_slot(&self) -> bool {
+        match self.capacity {
+            None => true,
+            Some(capacity) => self
+                .slots_used
+                .fetch_update(SeqCst, SeqCst, |used| (used < capacity).then_some(used + 1))
+                .is_ok(),
+        }
+    }
+
+    fn release_slot(&self) {
+        // ORDERING: SeqCst against `room_waiters`, Dekker-style as for the permits: a waiter
+        // registers, then retries the slot; a releaser frees the slot, then looks for waiters.
+        self.slots_used.fetch_sub(1, SeqCst);
+        if self.room_waiters.load(SeqCst) > 0 {
+            self.wake_room();
+        }
+    }
+
+    fn wake_room(&self) {
+        let wakers = {
+            let mut room = lock(&self.room);
+            self.room_waiters.store(0, SeqCst);
+            std::mem::take(&mut *room)
+        };
+        // Wake them all: one that was dropped meanwhile must not swallow the only wake-up.
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    fn wait_for_room(&self, waker: &Waker) {
+        let mut room = lock(&self.room);
+        room.push(waker.clone());
+        self.room_waiters.fetch_add(1, SeqCst);
+    }
+
+    /// Puts a job whose slot is taken into the queue.
+    fn push(&self, job: Job) {
+        // A failed send hands the message back and drops it, which resolves the handle
+        // to `ShutDown` (see `Job`'s `Drop`).
+        let _ = self.tx.send(Message::Run(job));
+    }
+
+    /// Called by a worker, under `ctrl`, when it leaves the live count, whatever the reason.
+    fn worker_exited(&self, ctrl: &mut Ctrl, counters: &Arc<Counters>) {
+        if let Some(i) = ctrl.counters.iter().position(|c| Arc::ptr_eq(c, counters)) {
+            ctrl.counters.swap_remove(i);
+            self.retired.absorb(counters);
+        }
         if self.live.fetch_sub(1, SeqCst) == 1 {
             self.exited.notify_all();
         }
@@ -418,7 +633,7 @@ impl Shared {
 
     /// True if this worker is surplus (more live threads than the target) and has taken itself
     /// off the count; it must exit then.
-    fn retire_if_surplus(&self) -> bool {
+    fn retire_if_surplus(&self, counters: &Arc<Counters>) -> bool {
         if self.live.load(SeqCst) <= self.target() {
             return false;
         }
@@ -426,7 +641,7 @@ impl Shared {
         if self.live.load(SeqCst) <= self.target() {
             return false;
         }
-        self.worker_exited(&mut ctrl);
+        self.worker_exited(&mut ctrl, counters);
         true
     }
 }
@@ -437,8 +652,9 @@ thread_local! {
 }
 
 struct WorkerContext {
-    pool: *const Shared,
+    pool: Arc<Shared>,
     rx: Receiver<Message>,
+    counters: Arc<Counters>,
     /// A nested wait took a `Stop` meant for this worker: it exits after the current job.
     stop_seen: bool,
 }
@@ -451,35 +667,40 @@ fn run_hook(hook: &Option<Hook>, index: usize, which: &str) {
     }
 }
 
-fn worker_main(shared: Arc<Shared>, rx: Receiver<Message>, index: usize) {
+fn worker_main(shared: Arc<Shared>, rx: Receiver<Message>, index: usize, counters: Arc<Counters>) {
     run_hook(&shared.on_start, index, "on_thread_start");
     WORKER.with(|w| {
         *w.borrow_mut() = Some(WorkerContext {
-            pool: Arc::as_ptr(&shared),
+            pool: Arc::clone(&shared),
             rx: rx.clone(),
+            counters: Arc::clone(&counters),
             stop_seen: false,
         })
     });
-    let retired = worker_loop(&shared, &rx);
+    let retired = worker_loop(&shared, &rx, &counters);
     drop(rx);
     WORKER.with(|w| w.borrow_mut().take());
     run_hook(&shared.on_stop, index, "on_thread_stop");
     if !retired {
         let mut ctrl = shared.lock_ctrl();
-        shared.worker_exited(&mut ctrl);
+        shared.worker_exited(&mut ctrl, &counters);
     }
 }
 
 /// Returns true if the worker retired (already off the live count).
-fn worker_loop(shared: &Shared, rx: &Receiver<Message>) -> bool {
+fn worker_loop(shared: &Shared, rx: &Receiver<Message>, counters: &Arc<Counters>) -> bool {
     loop {
-        if shared.retire_if_surplus() {
+        if shared.retire_if_surplus(counters) {
             return true;
         }
-        match rx.recv() {
+        let message = rx.recv();
+        if let Ok(message) = &message {
+            shared.took(message);
+        }
+        match message {
             Ok(Message::Run(job)) => {
                 shared.acquire();
-                job.run();
+                job.run(&|outcome| counters.record(outcome));
                 shared.release();
                 if WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.stop_seen)) {
                     return false;
@@ -506,7 +727,11 @@ impl Wake for ChannelWaker {
 /// `JobHandle::wait` on a worker thread: run queued jobs of this worker's pool while waiting.
 /// Returns `None` off worker threads.
 pub(crate) fn wait_on_worker<T>(handle: &mut JobHandle<T>) -> Option<Result<T, JobError>> {
-    let rx = WORKER.with(|w| w.borrow().as_ref().map(|w| w.rx.clone()))?;
+    let (shared, rx, counters) = WORKER.with(|w| {
+        w.borrow()
+            .as_ref()
+            .map(|w| (Arc::clone(&w.pool), w.rx.clone(), Arc::clone(&w.counters)))
+    })?;
     let (notify_tx, notify_rx) = crossbeam_channel::bounded(1);
     let waker = Waker::from(Arc::new(ChannelWaker(notify_tx)));
     let mut cx = Context::from_waker(&waker);
@@ -521,10 +746,10 @@ pub(crate) fn wait_on_worker<T>(handle: &mut JobHandle<T>) -> Option<Result<T, J
             continue;
         }
         crossbeam_channel::select! {
-            recv(rx) -> message => match message {
+            recv(rx) -> message => match message.map(|m| { shared.took(&m); m }) {
                 // This thread already holds a permit (it is running the job that waits), so
                 // the helped job runs under it.
-                Ok(Message::Run(job)) => job.run(),
+                Ok(Message::Run(job)) => job.run(&|outcome| counters.record(outcome)),
                 // A surplus worker will be retired when this one reaches its loop again.
                 Ok(Message::Wake) => {}
                 Ok(Message::Stop) => WORKER.with(|w| {
@@ -543,7 +768,7 @@ fn on_worker_of(shared: &Shared) -> bool {
     WORKER.with(|w| {
         w.borrow()
             .as_ref()
-            .is_some_and(|w| std::ptr::eq(w.pool, shared))
+            .is_some_and(|w| std::ptr::eq(Arc::as_ptr(&w.pool), shared))
     })
 }
 
@@ -588,6 +813,7 @@ impl WorkerPool {
             stack_size: None,
             on_start: None,
             on_stop: None,
+            queue_capacity: None,
         }
     }
 
@@ -630,10 +856,96 @@ impl WorkerPool {
         if shared.closed.load(SeqCst) {
             return JobHandle::ready(Err(JobError::shut_down()));
         }
-        let (job, handle) = new_job(f, Captured::here());
-        // A failed send hands the message back and drops it, which resolves the handle.
-        let _ = shared.tx.send(Message::Run(job));
+        let (job, mut handle) = new_job(f, Captured::here());
+        if shared.try_take_slot() {
+            shared.push(job);
+        } else {
+            handle.set_pending(Box::new(WaitingForRoom {
+                job: Some(job),
+                shared: Arc::clone(shared),
+            }));
+        }
         handle
+    }
+
+    /// Like [`spawn`](Self::spawn), but refuses instead of waiting when the bounded queue is
+    /// full (see [`Builder::queue_capacity`]), or when the pool is shut down, handing `f` back.
+    ///
+    /// # Errors
+    ///
+    /// [`TryCallError`] carrying `f`, saying whether the queue was full or the pool shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// assert_eq!(pool.try_spawn(|| 5).unwrap().wait(), Ok(5));
+    /// pool.shutdown();
+    /// let refused = pool.try_spawn(|| 5).unwrap_err();
+    /// assert!(refused.is_shut_down());
+    /// assert_eq!((refused.into_input())(), 5);
+    /// ```
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<JobHandle<T>, TryCallError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.reserve() {
+            Ok(reserved) => Ok(self.spawn_reserved(reserved, f)),
+            Err(reason) => Err(TryCallError { input: f, reason }),
+        }
+    }
+
+    /// Takes a queue slot for one job, or says why not.
+    pub(crate) fn reserve(&self) -> Result<Reserved, Refusal> {
+        let shared = &self.handle.shared;
+        if shared.closed.load(SeqCst) {
+            return Err(Refusal::ShutDown);
+        }
+        if !shared.try_take_slot() {
+            return Err(Refusal::Full);
+        }
+        Ok(Reserved {
+            shared: Some(Arc::clone(shared)),
+        })
+    }
+
+    /// Queues `f` in a slot taken by [`reserve`](Self::reserve).
+    pub(crate) fn spawn_reserved<F, T>(&self, reserved: Reserved, f: F) -> JobHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (job, handle) = new_job(f, Captured::here());
+        reserved.fill(job);
+        handle
+    }
+
+    /// A snapshot of the pool's counters (see [`Stats`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(3);
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.threads, stats.queued, stats.running, stats.completed), (3, 0, 0, 0));
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let shared = &self.handle.shared;
+        let word = shared.permits.load(SeqCst);
+        let mut stats = Stats {
+            queued: shared.tx.len().saturating_sub(shared.pills.load(Relaxed)),
+            running: running_of(word),
+            threads: target_of(word),
+            live_threads: shared.live.load(SeqCst),
+            ..Stats::default()
+        };
+        let ctrl = shared.lock_ctrl();
+        shared.retired.add_to(&mut stats);
+        for counters in &ctrl.counters {
+            counters.add_to(&mut stats);
+        }
+        stats
     }
 
     /// The number of threads the pool runs (the most jobs it runs at once).
@@ -684,7 +996,7 @@ impl WorkerPool {
             shared.spawn_workers(&mut ctrl, threads - live)?;
         } else {
             for _ in threads..live {
-                let _ = shared.tx.send(Message::Wake);
+                shared.send_pill(Message::Wake);
             }
         }
         if threads > old {
@@ -869,6 +1181,154 @@ impl fmt::Display for ShutdownTimeout {
 }
 
 impl std::error::Error for ShutdownTimeout {}
+
+/// A job held by its handle until the bounded queue has room.
+struct WaitingForRoom {
+    job: Option<Job>,
+    shared: Arc<Shared>,
+}
+
+impl Submit for WaitingForRoom {
+    fn poll_submit(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
+        let shared = &self.shared;
+        let mut registered = false;
+        loop {
+            if shared.closed.load(SeqCst) {
+                // Dropping the job tells the handle `ShutDown`.
+                self.job = None;
+                return Poll::Ready(());
+            }
+            if shared.try_take_slot() {
+                if let Some(job) = self.job.take() {
+                    shared.push(job);
+                }
+                return Poll::Ready(());
+            }
+            match (&cx, registered) {
+                (Some(cx), false) => {
+                    // Register, then try once more: a slot freed in between is not missed.
+                    shared.wait_for_room(cx.waker());
+                    registered = true;
+                }
+                _ => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A queue slot taken for one job; given back if unused.
+pub(crate) struct Reserved {
+    /// `None` once filled.
+    shared: Option<Arc<Shared>>,
+}
+
+impl Reserved {
+    fn fill(mut self, job: Job) {
+        if let Some(shared) = self.shared.take() {
+            shared.push(job);
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            if shared.capacity.is_some() {
+                shared.release_slot();
+            }
+        }
+    }
+}
+
+/// Why a `try_` call refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Full,
+    ShutDown,
+}
+
+/// A [`WorkerPool::try_spawn`] or [`AsyncProgram::try_call`] that was refused, with the input
+/// handed back.
+///
+/// # Examples
+///
+/// ```
+/// let pool = asyncify_pool::WorkerPool::new(1);
+/// let double = pool.asyncify(|x: u32| x * 2);
+/// pool.shutdown();
+/// let err = double.try_call(21).unwrap_err();
+/// assert!(err.is_shut_down() && !err.is_full());
+/// assert_eq!(err.into_input(), 21);
+/// ```
+pub struct TryCallError<I> {
+    input: I,
+    reason: Refusal,
+}
+
+impl<I> TryCallError<I> {
+    pub(crate) fn new(input: I, reason: Refusal) -> Self {
+        TryCallError { input, reason }
+    }
+
+    /// True if the bounded queue was full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// assert!(!pool.try_spawn(|| ()).unwrap_err().is_full());
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.reason == Refusal::Full
+    }
+
+    /// True if the pool was shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// assert!(pool.try_spawn(|| ()).unwrap_err().is_shut_down());
+    /// ```
+    pub fn is_shut_down(&self) -> bool {
+        self.reason == Refusal::ShutDown
+    }
+
+    /// The input that was not queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// let p = pool.asyncify(|s: String| s.len());
+    /// assert_eq!(p.try_call("kept".to_owned()).unwrap_err().into_input(), "kept");
+    /// ```
+    pub fn into_input(self) -> I {
+        self.input
+    }
+}
+
+impl<I> fmt::Debug for TryCallError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryCallError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I> fmt::Display for TryCallError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            Refusal::Full => f.write_str("the pool's queue is full"),
+            Refusal::ShutDown => f.write_str("the pool has been shut down"),
+        }
+    }
+}
+
+impl<I> std::error::Error for TryCallError<I> {}
 
 #[cfg(test)]
 mod tests {

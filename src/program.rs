@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::job::JobHandle;
-use crate::pool::WorkerPool;
+use crate::pool::{TryCallError, WorkerPool};
 
 /// A blocking program that can be asyncified: anything that turns an `I` into an output on a
 /// worker thread.
@@ -109,6 +109,40 @@ impl<P> AsyncProgram<P> {
         }
         let program = Arc::clone(&self.program);
         self.pool.spawn(move || program.run(input))
+    }
+
+    /// Like [`call`](Self::call), but refuses instead of waiting when the pool's bounded queue
+    /// is full (see [`Builder::queue_capacity`](crate::Builder::queue_capacity)) or the pool is
+    /// shut down, handing the input back.
+    ///
+    /// # Errors
+    ///
+    /// [`TryCallError`] carrying `input`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let len = pool.asyncify(|s: String| s.len());
+    /// assert_eq!(len.try_call("four".to_owned()).unwrap().wait(), Ok(4));
+    /// ```
+    pub fn try_call<I>(&self, input: I) -> Result<JobHandle<P::Output>, TryCallError<I>>
+    where
+        P: Program<I>,
+        I: Send + 'static,
+    {
+        if self.follows_setting {
+            crate::global::follow_setting(&self.pool);
+        }
+        match self.pool.reserve() {
+            Ok(reserved) => {
+                let program = Arc::clone(&self.program);
+                Ok(self
+                    .pool
+                    .spawn_reserved(reserved, move || program.run(input)))
+            }
+            Err(reason) => Err(TryCallError::new(input, reason)),
+        }
     }
 
     /// The pool the calls run on.
