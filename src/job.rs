@@ -33,8 +33,8 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use tracing::{Dispatch, Span};
 
 use crate::error::JobError;
 use crate::settings::{self, Overrides};
+use crate::sync::{AtomicBool, Mutex, MutexGuard};
 
 /// What was in force on the caller's thread at the call, and is put in force on the worker for
 /// exactly that job: the settings overrides, and (when any tracing subscriber exists at all) the
@@ -109,7 +110,7 @@ impl<F, T> Cell<F, T> {
     fn lock(&self) -> MutexGuard<'_, Slot<F, T>> {
         // Nothing panics while holding this lock except a user waker's `clone`; the slot is
         // consistent at every such point, so a poisoned lock is still a usable lock.
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.slot)
     }
 }
 
@@ -590,4 +591,113 @@ impl Wake for Unparker {
 thread_local! {
     /// One waker per thread for `wait`, so a blocking wait allocates nothing.
     static THREAD_WAKER: Waker = Waker::from(Arc::new(Unparker(thread::current())));
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The decisions taken under a cell's lock, checked over every interleaving:
+    //! `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::thread;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    fn nothing_captured() -> Captured {
+        Captured {
+            overrides: Overrides::new(),
+            trace: None,
+        }
+    }
+
+    fn outcome_code(o: Outcome) -> usize {
+        match o {
+            Outcome::Completed => 1,
+            Outcome::Panicked => 2,
+            Outcome::Skipped => 3,
+        }
+    }
+
+    /// The caller drops its handle while a worker takes the job: the job runs to completion
+    /// or is skipped, and the worker's report agrees with what happened.
+    #[test]
+    fn dropped_handle_races_the_worker() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let outcome = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, handle) = new_job(move || r.fetch_add(1, SeqCst), nothing_captured());
+            let o = outcome.clone();
+            let worker = thread::spawn(move || job.run(&|x| o.store(outcome_code(x), SeqCst)));
+            drop(handle);
+            worker.join().unwrap();
+            match outcome.load(SeqCst) {
+                1 => assert_eq!(runs.load(SeqCst), 1),
+                3 => assert_eq!(runs.load(SeqCst), 0),
+                other => panic!("unexpected outcome {other}"),
+            }
+        });
+    }
+
+    /// A batch revokes a queued job while a worker takes it: the caller gets the value (and the
+    /// job ran once) or `Cancelled` (and it never ran); never both, never neither.
+    #[test]
+    fn revoke_races_the_worker() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, mut handle) = new_job(
+                move || {
+                    r.fetch_add(1, SeqCst);
+                    7
+                },
+                nothing_captured(),
+            );
+            let worker = thread::spawn(move || job.run(&|_| {}));
+            let revoked = handle.revoke(JobError::cancelled());
+            worker.join().unwrap();
+            let result = match handle.poll_with(None) {
+                Poll::Ready(r) => r,
+                Poll::Pending => panic!("both sides are done, the handle must be ready"),
+            };
+            if revoked {
+                assert_eq!(result, Err(JobError::cancelled()));
+                assert_eq!(runs.load(SeqCst), 0);
+            } else {
+                assert_eq!(result, Ok(7));
+                assert_eq!(runs.load(SeqCst), 1);
+            }
+        });
+    }
+
+    /// The queue is torn down (shutdown) while the caller polls: the caller is either woken
+    /// with `ShutDown` or finds it on its next poll; no wake-up is lost.
+    #[test]
+    fn shutdown_drop_races_a_poll() {
+        loom::model(|| {
+            let (job, mut handle) = new_job(|| 1, nothing_captured());
+            let wakes = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let dropper = thread::spawn(move || drop(job));
+            let first = handle.poll_with(Some(&mut Context::from_waker(&waker)));
+            dropper.join().unwrap();
+            match first {
+                Poll::Ready(r) => assert_eq!(r, Err(JobError::shut_down())),
+                Poll::Pending => {
+                    assert_eq!(wakes.0.load(SeqCst), 1, "the pending poll must be woken");
+                    assert_eq!(
+                        handle.poll_with(None),
+                        Poll::Ready(Err(JobError::shut_down()))
+                    );
+                }
+            }
+        });
+    }
+
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
 }

@@ -61,9 +61,11 @@
 mod error;
 mod global;
 mod job;
+mod permits;
 mod pool;
 mod program;
 pub mod settings;
+mod sync;
 
 pub use error::{JobError, PoolError, SettingsError};
 pub use global::{asyncify, default_pool};

@@ -45,10 +45,11 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{JobError, PoolError};
 use crate::job::{new_job, Captured, Job, JobHandle, Outcome, Submit};
+use crate::permits::Permits;
 use crate::program::AsyncProgram;
 
 /// The most threads a pool may have (the permit counter keeps counts in 32 bits).
-const MAX_THREADS: usize = u32::MAX as usize;
+const MAX_THREADS: usize = crate::permits::MAX;
 
 pub(crate) enum Message {
     Run(Job),
@@ -239,12 +240,9 @@ impl Builder {
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             tx,
-            permits: AtomicU64::new(pack(threads, 0)),
+            permits: Permits::new(threads),
             live: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            gate: Mutex::new(()),
-            gate_cv: Condvar::new(),
-            gate_waiters: AtomicUsize::new(0),
             ctrl: Mutex::new(Ctrl {
                 rx: Some(rx),
                 threads: Vec::new(),
@@ -322,17 +320,11 @@ impl Drop for Handle {
 
 struct Shared {
     tx: Sender<Message>,
-    /// `target` (the thread count asked for) in the high 32 bits, `running` (jobs started and not
-    /// finished) in the low 32. One word, so "take a permit if running < target" and "lower
-    /// the target" are totally ordered.
-    permits: AtomicU64,
+    /// The concurrency limit (see `permits`).
+    permits: Permits,
     /// Worker threads alive. Changed only under `ctrl`, read anywhere.
     live: AtomicUsize,
     closed: AtomicBool,
-    /// Where a worker that holds a job but no permit (just after a shrink) sleeps.
-    gate: Mutex<()>,
-    gate_cv: Condvar,
-    gate_waiters: AtomicUsize,
     ctrl: Mutex<Ctrl>,
     /// Signalled when `live` reaches 0.
     exited: Condvar,
@@ -436,18 +428,6 @@ pub struct Stats {
     pub live_threads: usize,
 }
 
-const fn pack(target: usize, running: usize) -> u64 {
-    ((target as u64) << 32) | running as u64
-}
-
-const fn target_of(word: u64) -> usize {
-    (word >> 32) as usize
-}
-
-const fn running_of(word: u64) -> usize {
-    (word & 0xffff_ffff) as usize
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The pool's own critical sections do not panic (hooks and jobs run outside them).
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -459,53 +439,7 @@ impl Shared {
     }
 
     fn target(&self) -> usize {
-        target_of(self.permits.load(SeqCst))
-    }
-
-    /// Takes a permit to start a job, waiting while `running >= target` (only ever true
-    /// between a shrink and the retirement of the surplus workers).
-    fn acquire(&self) {
-        if self.try_acquire() {
-            return;
-        }
-        let mut gate = lock(&self.gate);
-        self.gate_waiters.fetch_add(1, SeqCst);
-        while !self.try_acquire() {
-            gate = self
-                .gate_cv
-                .wait(gate)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        self.gate_waiters.fetch_sub(1, SeqCst);
-    }
-
-    fn try_acquire(&self) -> bool {
-        // ORDERING: SeqCst on every access to `permits` and `gate_waiters`: a releaser that reads
-        // `gate_waiters == 0` must be ordered before the waiter's increment, so the waiter's next
-        // `try_acquire` sees the released permit (Dekker's pattern).
-        self.permits
-            .fetch_update(SeqCst, SeqCst, |w| {
-                (running_of(w) < target_of(w)).then_some(w + 1)
-            })
-            .is_ok()
-    }
-
-    fn release(&self) {
-        self.permits.fetch_sub(1, SeqCst);
-        if self.gate_waiters.load(SeqCst) > 0 {
-            self.wake_gate();
-        }
-    }
-
-    fn wake_gate(&self) {
-        let _gate = lock(&self.gate);
-        self.gate_cv.notify_all();
-    }
-
-    fn set_target(&self, target: usize) {
-        let _ = self
-            .permits
-            .fetch_update(SeqCst, SeqCst, |w| Some(pack(target, running_of(w))));
+        self.permits.target()
     }
 
     fn spawn_workers(self: &Arc<Self>, ctrl: &mut Ctrl, count: usize) -> Result<(), PoolError> {
@@ -529,7 +463,7 @@ impl Shared {
                 }
                 Err(e) => {
                     // Keep the target honest: the pool has what it has.
-                    self.set_target(self.live.load(SeqCst).max(1));
+                    self.permits.set_target(self.live.load(SeqCst).max(1));
                     return Err(PoolError::Spawn(e));
                 }
             }
@@ -699,9 +633,9 @@ fn worker_loop(shared: &Shared, rx: &Receiver<Message>, counters: &Arc<Counters>
         }
         match message {
             Ok(Message::Run(job)) => {
-                shared.acquire();
+                shared.permits.acquire();
                 job.run(&|outcome| counters.record(outcome));
-                shared.release();
+                shared.permits.release();
                 if WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.stop_seen)) {
                     return false;
                 }
@@ -932,11 +866,11 @@ impl WorkerPool {
     /// ```
     pub fn stats(&self) -> Stats {
         let shared = &self.handle.shared;
-        let word = shared.permits.load(SeqCst);
+        let (threads, running) = shared.permits.load();
         let mut stats = Stats {
             queued: shared.tx.len().saturating_sub(shared.pills.load(Relaxed)),
-            running: running_of(word),
-            threads: target_of(word),
+            running,
+            threads,
             live_threads: shared.live.load(SeqCst),
             ..Stats::default()
         };
@@ -988,8 +922,7 @@ impl WorkerPool {
         if shared.closed.load(SeqCst) {
             return Err(PoolError::ShutDown);
         }
-        let old = shared.target();
-        shared.set_target(threads);
+        shared.permits.set_target(threads);
         ctrl.threads.retain(|t| !t.is_finished());
         let live = shared.live.load(SeqCst);
         if threads > live {
@@ -998,9 +931,6 @@ impl WorkerPool {
             for _ in threads..live {
                 shared.send_pill(Message::Wake);
             }
-        }
-        if threads > old {
-            shared.wake_gate();
         }
         Ok(())
     }
@@ -1071,7 +1001,7 @@ impl WorkerPool {
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(ShutdownTimeout {
-                            running: running_of(shared.permits.load(SeqCst)),
+                            running: shared.permits.load().1,
                             threads: shared.live.load(SeqCst),
                         });
                     }
@@ -1334,31 +1264,6 @@ impl<I> std::error::Error for TryCallError<I> {}
 mod tests {
     use super::*;
     use std::pin::Pin;
-
-    #[test]
-    fn permits_pack_and_split() {
-        let w = pack(7, 3);
-        assert_eq!((target_of(w), running_of(w)), (7, 3));
-        let w = pack(MAX_THREADS, MAX_THREADS - 1);
-        assert_eq!(target_of(w), MAX_THREADS);
-        assert_eq!(running_of(w), MAX_THREADS - 1);
-    }
-
-    #[test]
-    fn acquire_respects_target_and_release_frees() {
-        let pool = WorkerPool::new(1);
-        let shared = &pool.handle.shared;
-        // Quiet pool: no job running, so the permit counter is ours to probe.
-        shared.set_target(2);
-        assert!(shared.try_acquire());
-        assert!(shared.try_acquire());
-        assert!(!shared.try_acquire());
-        shared.release();
-        assert!(shared.try_acquire());
-        shared.release();
-        shared.release();
-        assert_eq!(running_of(shared.permits.load(SeqCst)), 0);
-    }
 
     #[test]
     fn pin_is_not_needed_for_handles() {
