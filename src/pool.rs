@@ -245,6 +245,7 @@ impl Builder {
             closed: AtomicBool::new(false),
             ctrl: Mutex::new(Ctrl {
                 rx: Some(rx),
+                closing_rx: None,
                 threads: Vec::new(),
                 counters: Vec::new(),
                 next_index: 0,
@@ -348,6 +349,9 @@ struct Ctrl {
     /// Kept to start new workers; dropped at close, so that once the workers are gone the queue
     /// is torn down and anything left in it tells its caller `ShutDown`.
     rx: Option<Receiver<Message>>,
+    /// The same receiver from close until the last worker leaves, so that a shutdown that runs
+    /// out of time can take the queued jobs out (see `abandon_queued`).
+    closing_rx: Option<Receiver<Message>>,
     threads: Vec<JoinHandle<()>>,
     /// The counters of the live workers.
     counters: Vec<Arc<Counters>>,
@@ -478,7 +482,7 @@ impl Shared {
         if self.closed.swap(true, SeqCst) {
             return false;
         }
-        ctrl.rx = None;
+        ctrl.closing_rx = ctrl.rx.take().filter(|_| self.live.load(SeqCst) > 0);
         for _ in 0..self.live.load(SeqCst) {
             self.send_pill(Message::Stop);
         }
@@ -561,8 +565,28 @@ impl Shared {
             self.retired.absorb(counters);
         }
         if self.live.fetch_sub(1, SeqCst) == 1 {
+            // Tear the queue down: a job that slipped in behind the `Stop`s resolves `ShutDown`.
+            ctrl.closing_rx = None;
             self.exited.notify_all();
         }
+    }
+
+    /// After a shutdown ran out of time: takes the jobs still queued out of the queue, so their
+    /// callers are told `ShutDown` now instead of waiting behind a job that may never return.
+    /// The `Stop`s go back for the workers still busy. Drop the jobs returned outside `ctrl`
+    /// (dropping one wakes its caller).
+    fn abandon_queued(&self, ctrl: &mut Ctrl) -> Vec<Message> {
+        let Some(rx) = &ctrl.closing_rx else {
+            return Vec::new();
+        };
+        let taken: Vec<_> = rx.try_iter().collect();
+        for message in &taken {
+            self.took(message);
+            if let Message::Stop = message {
+                self.send_pill(Message::Stop);
+            }
+        }
+        taken
     }
 
     /// True if this worker is surplus (more live threads than the target) and has taken itself
@@ -966,7 +990,7 @@ impl WorkerPool {
     ///
     /// [`ShutdownTimeout`] if threads were still running when time ran out. They go on with
     /// the job they run and exit after it; the jobs still queued then will not run, and their
-    /// callers are told [`JobError::ShutDown`] when the last worker leaves.
+    /// callers are told [`JobError::ShutDown`] at once.
     ///
     /// # Examples
     ///
@@ -1000,10 +1024,14 @@ impl WorkerPool {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(ShutdownTimeout {
+                        let timeout = ShutdownTimeout {
                             running: shared.permits.load().1,
                             threads: shared.live.load(SeqCst),
-                        });
+                        };
+                        let abandoned = shared.abandon_queued(&mut ctrl);
+                        drop(ctrl);
+                        drop(abandoned);
+                        return Err(timeout);
                     }
                     ctrl = shared
                         .exited
