@@ -1,0 +1,389 @@
+//! Bad input and misuse: each gives a clear error or a documented panic, and the pool lives on.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use asyncify_pool::settings::{self, Overrides, SettingsError};
+use asyncify_pool::{JobError, PoolError, WorkerPool};
+
+/// Turns a hang into a failure; never reached by a passing run.
+const HANG: Duration = Duration::from_secs(60);
+
+/// The panics these tests provoke on purpose are noise in the output; keep the others.
+fn quiet_planned_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let planned = payload.is::<u32>()
+                || payload.is::<PanicsOnDrop>()
+                || payload
+                    .downcast_ref::<&str>()
+                    .is_some_and(|m| m.starts_with("planned"))
+                || payload
+                    .downcast_ref::<String>()
+                    .is_some_and(|m| m.starts_with("planned"));
+            if !planned {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn wait<T>(mut handle: asyncify_pool::JobHandle<T>) -> Result<T, JobError> {
+    handle.wait_timeout(HANG).expect("a job hung")
+}
+
+#[test]
+#[should_panic(expected = "WorkerPool::new(0): a pool needs at least one thread")]
+fn zero_threads_is_a_documented_panic() {
+    let _ = WorkerPool::new(0);
+}
+
+#[test]
+fn zero_threads_in_the_builder_means_one_per_cpu() {
+    let pool = WorkerPool::builder().threads(0).build().unwrap();
+    assert_eq!(pool.threads(), num_cpus::get());
+    assert_eq!(wait(pool.spawn(|| 1)), Ok(1));
+}
+
+#[test]
+fn set_threads_zero_is_an_error_and_changes_nothing() {
+    let pool = WorkerPool::new(3);
+    let err = pool.set_threads(0).unwrap_err();
+    assert!(matches!(err, PoolError::ZeroThreads));
+    assert_eq!(err.to_string(), "a worker pool needs at least one thread");
+    assert_eq!(pool.threads(), 3);
+    assert_eq!(pool.stats().threads, 3);
+    assert_eq!(wait(pool.spawn(|| "still works")), Ok("still works"));
+
+    pool.shutdown();
+    assert!(matches!(pool.set_threads(0), Err(PoolError::ZeroThreads)));
+    assert!(matches!(pool.set_threads(2), Err(PoolError::ShutDown)));
+}
+
+#[test]
+fn shutdown_twice_and_from_several_threads_at_once() {
+    let pool = WorkerPool::new(2);
+    let queued: Vec<_> = (0..200u32).map(|i| pool.spawn(move || i * 2)).collect();
+    let closers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.shutdown())
+        })
+        .collect();
+    pool.shutdown();
+    for closer in closers {
+        closer.join().unwrap();
+    }
+    pool.shutdown();
+    assert_eq!(pool.shutdown_timeout(Duration::ZERO), Ok(()));
+    assert!(pool.is_shut_down());
+
+    // Everything accepted before the first shutdown ran, exactly once, in order of results.
+    let results: Vec<_> = queued.into_iter().map(|h| wait(h).unwrap()).collect();
+    assert_eq!(results, (0..200).map(|i| i * 2).collect::<Vec<_>>());
+    let err = wait(pool.spawn(|| ())).unwrap_err();
+    assert!(err.is_shut_down(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the pool was shut down before the job could run"
+    );
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.queued, stats.running), (200, 0, 0));
+    assert_eq!(stats.live_threads, 0);
+}
+
+#[test]
+fn shutdown_from_inside_a_job_closes_without_deadlock() {
+    // One thread: the worst case, the job that shuts down is the only worker.
+    let pool = WorkerPool::new(1);
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let inner = pool.clone();
+    let closer = pool.spawn(move || {
+        go_rx.recv_timeout(HANG).expect("the test never said go");
+        inner.shutdown();
+        let again = inner.shutdown_timeout(Duration::ZERO);
+        let refused = inner.spawn(|| ()).wait();
+        (inner.is_shut_down(), again, refused)
+    });
+    // Accepted before the shutdown: they must still run.
+    let behind: Vec<_> = (0..20u32).map(|i| pool.spawn(move || i)).collect();
+    go_tx.send(()).unwrap();
+
+    let (closed, again, refused) = wait(closer).unwrap();
+    assert!(closed);
+    assert_eq!(
+        again,
+        Ok(()),
+        "shutdown_timeout inside a job returns at once"
+    );
+    assert!(refused.unwrap_err().is_shut_down());
+    let results: Vec<_> = behind.into_iter().map(|h| wait(h).unwrap()).collect();
+    assert_eq!(results, (0..20).collect::<Vec<_>>());
+
+    // From outside, shutdown joins the worker the job could not join.
+    pool.shutdown();
+    assert_eq!(pool.stats().live_threads, 0);
+    assert!(wait(pool.spawn(|| ())).unwrap_err().is_shut_down());
+}
+
+#[test]
+fn dropping_the_last_pool_handle_inside_a_job() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel::<()>();
+    let inner = pool.clone();
+    let handle = pool.spawn(move || {
+        rx.recv_timeout(HANG).expect("the test never said go");
+        drop(inner); // the last `WorkerPool`: the pool closes from its own worker
+        "dropped"
+    });
+    let queued = pool.spawn(|| "queued before the close");
+    drop(pool);
+    tx.send(()).unwrap();
+    assert_eq!(wait(handle), Ok("dropped"));
+    assert_eq!(wait(queued), Ok("queued before the close"));
+}
+
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("planned panic in a destructor");
+        }
+    }
+}
+
+#[test]
+fn non_string_panic_payloads_and_panicking_destructors() {
+    quiet_planned_panics();
+    let pool = WorkerPool::new(1);
+    let worker = wait(pool.spawn(|| std::thread::current().id())).unwrap();
+
+    // A payload that is not a string.
+    let err = wait(pool.spawn(|| -> u8 { std::panic::panic_any(42u32) })).unwrap_err();
+    let JobError::Panicked { message, .. } = &err else {
+        panic!("expected Panicked, got {err:?}");
+    };
+    assert!(message.contains("not a string"), "{message}");
+    assert!(err.to_string().starts_with("the job panicked"), "{err}");
+
+    // A `String` payload keeps its text.
+    let err = wait(pool.spawn(|| -> u8 { panic!("planned: {}", 7) })).unwrap_err();
+    assert!(
+        matches!(&err, JobError::Panicked { message, .. } if message == "planned: 7"),
+        "{err:?}"
+    );
+
+    // A payload whose destructor panics too: the worker drops it without dying.
+    let err = wait(pool.spawn(|| -> u8 { std::panic::panic_any(PanicsOnDrop) })).unwrap_err();
+    assert!(err.is_panic(), "{err:?}");
+
+    // An output whose destructor panics, thrown away because its caller left while it ran.
+    let (started_tx, started_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let abandoned = pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        go_rx.recv_timeout(HANG).expect("the test never said go");
+        PanicsOnDrop
+    });
+    started_rx.recv_timeout(HANG).unwrap();
+    drop(abandoned);
+    go_tx.send(()).unwrap();
+
+    // The one worker survived all of it, and is the same thread.
+    assert_eq!(wait(pool.spawn(|| std::thread::current().id())), Ok(worker));
+    let stats = pool.stats();
+    assert_eq!((stats.panicked, stats.live_threads), (3, 1));
+    assert_eq!(stats.completed, 3, "two probes and the abandoned job");
+}
+
+#[test]
+fn a_job_that_never_returns_blocks_only_its_own_thread() {
+    let (stopped_tx, stopped_rx) = mpsc::channel();
+    let pool = WorkerPool::builder()
+        .threads(2)
+        .on_thread_stop(move |i| {
+            let _ = stopped_tx.send(i);
+        })
+        .build()
+        .unwrap();
+
+    // The stuck job waits on a channel nobody sends to until the very end of the test.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel();
+    let stuck = pool.spawn(move || {
+        started_tx.send(std::thread::current().id()).unwrap();
+        release_rx
+            .recv_timeout(HANG)
+            .expect("the test never released the job");
+        "released"
+    });
+    let stuck_thread = started_rx.recv_timeout(HANG).unwrap();
+
+    // The others still run, all on the other thread.
+    let others: Vec<_> = (0..200u32)
+        .map(|i| pool.spawn(move || (i, std::thread::current().id())))
+        .collect();
+    for (i, h) in others.into_iter().enumerate() {
+        let (n, thread) = wait(h).unwrap();
+        assert_eq!(n as usize, i);
+        assert_ne!(thread, stuck_thread);
+    }
+
+    // Shrink to one thread: the free worker retires, the stuck one holds the only permit.
+    pool.set_threads(1).unwrap();
+    stopped_rx
+        .recv_timeout(HANG)
+        .expect("the free worker never retired");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queued: Vec<_> = (0..10)
+        .map(|_| {
+            let ran = Arc::clone(&ran);
+            pool.spawn(move || ran.fetch_add(1, SeqCst))
+        })
+        .collect();
+    assert_eq!(pool.stats().queued, 10);
+
+    let err = pool
+        .shutdown_timeout(Duration::from_millis(50))
+        .unwrap_err();
+    assert_eq!((err.running(), err.threads()), (1, 1));
+    assert_eq!(
+        err.to_string(),
+        "shutdown timed out with 1 job(s) still running on 1 thread(s)"
+    );
+    assert!(pool.is_shut_down());
+    assert!(wait(pool.spawn(|| 0)).unwrap_err().is_shut_down());
+
+    // The jobs still queued when the time ran out will not run, and their callers are told
+    // `ShutDown` now, while the stuck job still holds its thread.
+    for h in queued {
+        let err = wait(h).unwrap_err();
+        assert!(err.is_shut_down(), "{err:?}");
+    }
+    assert_eq!(pool.stats().queued, 0);
+
+    // Release the stuck job: it delivers its result, and nothing queued ran after it.
+    release_tx.send(()).unwrap();
+    assert_eq!(wait(stuck), Ok("released"));
+    pool.shutdown();
+    assert_eq!(
+        ran.load(SeqCst),
+        0,
+        "a queued job ran after shutdown_timeout"
+    );
+    assert_eq!(pool.stats().live_threads, 0);
+}
+
+#[test]
+fn a_huge_input_is_moved_not_copied() {
+    const LEN: usize = 64 << 20;
+    let pool = WorkerPool::new(2);
+    let program = pool.asyncify(|v: Vec<u8>| (v.as_ptr() as usize, v.len(), v[LEN - 1], v));
+    let mut input = vec![0u8; LEN];
+    input[LEN - 1] = 0xAB;
+    let address = input.as_ptr() as usize;
+    let (seen_address, len, last, back) = wait(program.call(input)).unwrap();
+    assert_eq!((len, last), (LEN, 0xAB));
+    assert_eq!(
+        seen_address, address,
+        "the input reached the worker without a copy"
+    );
+    assert_eq!(back.as_ptr() as usize, address, "and came back without one");
+}
+
+#[test]
+fn settings_get_with_the_wrong_type() {
+    let o = Overrides::new().with("misuse.n", 5u32);
+    settings::context(o, || {
+        assert_eq!(settings::get::<u32>("misuse.n"), Some(5));
+        assert_eq!(settings::get::<String>("misuse.n"), None);
+        let err = settings::try_get::<String>("misuse.n").unwrap_err();
+        assert_eq!(
+            err,
+            SettingsError::WrongType {
+                key: "misuse.n".to_owned(),
+                expected: std::any::type_name::<String>(),
+                found: "u32",
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "setting `misuse.n` holds a `u32`, not the `alloc::string::String` asked for"
+        );
+        // Inside a job, the same answers.
+        let pool = WorkerPool::new(1);
+        let seen = pool
+            .spawn(|| {
+                (
+                    settings::get::<u32>("misuse.n"),
+                    settings::get::<i64>("misuse.n"),
+                    settings::try_get::<i64>("misuse.n").is_err(),
+                )
+            })
+            .wait();
+        assert_eq!(seen, Ok((Some(5), None, true)));
+    });
+    assert_eq!(settings::try_get::<u32>("misuse.n"), Ok(None));
+
+    // The library's own settings refuse a value of another type, and nothing changes.
+    let err = settings::configure(Overrides::new().with("async_max_workers", 4u32)).unwrap_err();
+    assert!(
+        matches!(err, SettingsError::WrongType { found: "u32", .. }),
+        "{err:?}"
+    );
+    assert_eq!(settings::get::<usize>("async_max_workers"), Some(8));
+}
+
+#[test]
+fn configure_from_inside_a_job_is_refused() {
+    let pool = WorkerPool::new(1);
+    let inner = pool.clone();
+    let (outer, nested) = pool
+        .spawn(move || {
+            let outer = settings::configure(Overrides::new().with("misuse.global", 1u8));
+            // Also from a job that a waiting worker runs on its own stack.
+            let nested = inner
+                .spawn(|| settings::configure(Overrides::new().with("misuse.global", 2u8)))
+                .wait()
+                .unwrap();
+            (outer, nested)
+        })
+        .wait()
+        .unwrap();
+    assert_eq!(outer, Err(SettingsError::InsideJob));
+    assert_eq!(nested, Err(SettingsError::InsideJob));
+    assert!(SettingsError::InsideJob
+        .to_string()
+        .contains("use settings::context"));
+    assert_eq!(
+        settings::get::<u8>("misuse.global"),
+        None,
+        "nothing was configured"
+    );
+
+    // Outside jobs it works, and a job sees it.
+    settings::configure(Overrides::new().with("misuse.global", 3u8)).unwrap();
+    assert_eq!(
+        pool.spawn(|| settings::get::<u8>("misuse.global")).wait(),
+        Ok(Some(3))
+    );
+}
+
+#[test]
+#[should_panic(expected = "JobHandle polled after it returned its result")]
+fn polling_a_handle_after_its_result_panics_clearly() {
+    use std::future::Future;
+    use std::task::Context;
+
+    let pool = WorkerPool::new(1);
+    let mut handle = pool.spawn(|| 1);
+    assert_eq!(handle.wait_timeout(HANG), Some(Ok(1)));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let _ = std::pin::Pin::new(&mut handle).poll(&mut cx);
+}
