@@ -1,0 +1,441 @@
+//! The bounded queue (`Builder::queue_capacity`): a call on a full queue returns a handle that
+//! waits for room before its job is queued (asynchronously when awaited, blocking in `wait()`),
+//! without spinning; dropping it meanwhile queues nothing; `try_call`/`try_spawn` hand the input
+//! back; and under load every job still resolves exactly once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use asyncify_pool::{JobError, JobHandle, WorkerPool};
+
+/// Turns a hang into a failure; never reached by a passing run.
+const HANG: Duration = Duration::from_secs(60);
+
+fn bounded_pool(threads: usize, capacity: usize) -> WorkerPool {
+    WorkerPool::builder()
+        .threads(threads)
+        .queue_capacity(capacity)
+        .build()
+        .unwrap()
+}
+
+fn wait<T>(mut handle: JobHandle<T>) -> Result<T, JobError> {
+    handle.wait_timeout(HANG).expect("a job hung")
+}
+
+/// Occupies one worker until released; returns once the job has started.
+struct Blocker {
+    release: mpsc::Sender<()>,
+    handle: JobHandle<&'static str>,
+}
+
+impl Blocker {
+    fn start(pool: &WorkerPool) -> Self {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let handle = pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            release_rx
+                .recv_timeout(HANG)
+                .expect("the blocker was never released");
+            "blocker"
+        });
+        started_rx
+            .recv_timeout(HANG)
+            .expect("the blocker never started");
+        Blocker { release, handle }
+    }
+
+    fn release(self) {
+        self.release.send(()).unwrap();
+        assert_eq!(wait(self.handle), Ok("blocker"));
+    }
+}
+
+/// Records the order in which jobs ran.
+fn recorder(order: &Arc<Mutex<Vec<&'static str>>>, name: &'static str) -> impl FnOnce() -> usize {
+    let order = Arc::clone(order);
+    move || {
+        order.lock().unwrap().push(name);
+        name.len()
+    }
+}
+
+/// A future that counts its polls, around a handle.
+struct Counted<T> {
+    handle: JobHandle<T>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl<T> Future for Counted<T> {
+    type Output = Result<T, JobError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.polls.fetch_add(1, SeqCst);
+        Pin::new(&mut self.handle).poll(cx)
+    }
+}
+
+#[test]
+fn an_awaited_handle_waits_for_room_without_blocking_its_runtime_thread() {
+    let pool = bounded_pool(1, 2);
+    let blocker = Blocker::start(&pool);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let q1 = pool.spawn(recorder(&order, "q1"));
+    let q2 = pool.spawn(recorder(&order, "q2"));
+    assert!(!q1.is_waiting_for_room() && !q2.is_waiting_for_room());
+    let third = pool.spawn(recorder(&order, "third"));
+    assert!(third.is_waiting_for_room(), "the queue holds 2");
+    assert_eq!(pool.stats().queued, 2, "the third job is held, not queued");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let out = rt.block_on(async {
+        let task = tokio::spawn(Counted {
+            handle: third,
+            polls: Arc::clone(&polls),
+        });
+        // This runtime has one thread. That this loop runs while the task waits shows that
+        // waiting for room blocks no thread; that the task is polled once in 100 turns shows
+        // it does not spin (a future that woke itself would be polled on every turn).
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(SeqCst), 1, "polled again with no room made");
+        assert!(!task.is_finished());
+        assert_eq!(pool.stats().queued, 2);
+        assert!(order.lock().unwrap().is_empty());
+
+        // Room appears once the worker moves on: the task is woken, queues, and resolves.
+        blocker.release.send(()).unwrap();
+        tokio::time::timeout(HANG, task)
+            .await
+            .expect("the waiting handle never resolved")
+            .unwrap()
+    });
+    assert_eq!(out, Ok("third".len()));
+    assert_eq!(*order.lock().unwrap(), ["q1", "q2", "third"]);
+    assert!(polls.load(SeqCst) <= 5, "{} polls", polls.load(SeqCst));
+    assert_eq!(wait(blocker.handle), Ok("blocker"));
+    assert_eq!((wait(q1), wait(q2)), (Ok(2), Ok(2)));
+}
+
+#[test]
+fn wait_blocks_until_room_appears() {
+    let pool = bounded_pool(1, 1);
+    let blocker = Blocker::start(&pool);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let q1 = pool.spawn(recorder(&order, "q1"));
+    let held = pool.spawn(recorder(&order, "held"));
+    assert!(held.is_waiting_for_room());
+
+    let (done_tx, done_rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || done_tx.send(held.wait()).unwrap());
+    // The only worker is held and the queue is full: the waiter cannot be answered yet.
+    assert!(matches!(done_rx.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    assert!(order.lock().unwrap().is_empty());
+
+    blocker.release();
+    let out = done_rx.recv_timeout(HANG).expect("wait() never returned");
+    assert_eq!(out, Ok("held".len()));
+    waiter.join().unwrap();
+    assert_eq!(wait(q1), Ok(2));
+    assert_eq!(*order.lock().unwrap(), ["q1", "held"]);
+}
+
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn dropping_a_waiting_handle_queues_nothing() {
+    let pool = bounded_pool(1, 1);
+    let blocker = Blocker::start(&pool);
+    let q1 = pool.spawn(|| "q1");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let job = |ran: &Arc<AtomicUsize>| {
+        let ran = Arc::clone(ran);
+        move || {
+            ran.fetch_add(1, SeqCst);
+        }
+    };
+
+    // One never polled, one polled (so its waker is registered for room), one awaited from a
+    // task that is then dropped: none of them may ever run.
+    let never_polled = pool.spawn(job(&ran));
+    let mut polled = pool.spawn(job(&ran));
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&wakes));
+    assert!(Pin::new(&mut polled)
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    assert_eq!(wakes.0.load(SeqCst), 0, "no wake-up without room");
+    let in_task = pool.spawn(job(&ran));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let task = tokio::spawn(in_task);
+        tokio::task::yield_now().await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+    });
+    assert!(never_polled.is_waiting_for_room() && polled.is_waiting_for_room());
+    drop(never_polled);
+    drop(polled);
+
+    blocker.release();
+    assert_eq!(wait(q1), Ok("q1"));
+    // A job queued after them runs after anything they could have queued.
+    assert_eq!(wait(pool.spawn(|| "after")), Ok("after"));
+    pool.shutdown();
+    assert_eq!(
+        ran.load(SeqCst),
+        0,
+        "a dropped waiting handle queued its job"
+    );
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.cancelled, stats.queued), (3, 0, 0));
+}
+
+#[test]
+fn try_call_and_try_spawn_on_a_full_queue_hand_the_input_back() {
+    let pool = bounded_pool(1, 2);
+    let blocker = Blocker::start(&pool);
+    let len = pool.asyncify(|s: String| s.len());
+    let a = len.try_call("a".to_owned()).unwrap();
+    let bb = len.try_call("bb".to_owned()).unwrap();
+
+    let refused = len.try_call("kept intact".to_owned()).unwrap_err();
+    assert!(refused.is_full() && !refused.is_shut_down());
+    assert_eq!(refused.to_string(), "the pool's queue is full");
+    assert_eq!(refused.into_input(), "kept intact");
+
+    let refused = pool.try_spawn(|| 41 + 1).unwrap_err();
+    assert!(refused.is_full());
+    assert_eq!((refused.into_input())(), 42, "the same closure came back");
+    assert_eq!(pool.stats().queued, 2);
+
+    blocker.release();
+    assert_eq!((wait(a), wait(bb)), (Ok(1), Ok(2)));
+    assert_eq!(wait(len.try_call("room again".to_owned()).unwrap()), Ok(10));
+
+    pool.shutdown();
+    let refused = len.try_call("late".to_owned()).unwrap_err();
+    assert!(refused.is_shut_down() && !refused.is_full());
+    assert_eq!(refused.into_input(), "late");
+}
+
+#[test]
+fn a_waiting_handle_is_told_shut_down_and_its_job_never_runs() {
+    let pool = bounded_pool(1, 1);
+    let blocker = Blocker::start(&pool);
+    let q1 = pool.spawn(|| "accepted");
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    let held = pool.spawn(move || flag.store(true, SeqCst));
+    assert!(held.is_waiting_for_room());
+    let (done_tx, done_rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || done_tx.send(held.wait()).unwrap());
+
+    // Shut down from another thread: it waits for the blocker, but the waiting handle is
+    // answered at once, while the blocker still holds the worker.
+    let closer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.shutdown())
+    };
+    let out = done_rx.recv_timeout(HANG).expect("the waiting handle hung");
+    assert!(out.unwrap_err().is_shut_down());
+    waiter.join().unwrap();
+
+    blocker.release();
+    closer.join().unwrap();
+    assert_eq!(
+        wait(q1),
+        Ok("accepted"),
+        "accepted before the shutdown: it runs"
+    );
+    assert!(!ran.load(SeqCst));
+}
+
+#[test]
+fn the_only_worker_waiting_on_a_full_queue_does_not_deadlock() {
+    let pool = bounded_pool(1, 1);
+    let inner = pool.clone();
+    let out = pool.spawn(move || {
+        // The first fills the queue; the others wait for room that only this worker can make.
+        let handles: Vec<_> = (0..4u32).map(|i| inner.spawn(move || i * 10)).collect();
+        let held = handles.iter().filter(|h| h.is_waiting_for_room()).count();
+        let results: Vec<_> = handles.into_iter().map(|h| h.wait().unwrap()).collect();
+        (held, results)
+    });
+    let (held, results) = wait(out).unwrap();
+    assert_eq!(held, 3);
+    assert_eq!(results, [0, 10, 20, 30]);
+}
+
+const UNANSWERED: u8 = 0;
+const OK: u8 = 1;
+const DROPPED: u8 = 2;
+
+#[test]
+fn under_load_every_job_resolves_exactly_once() {
+    const CAPACITY: usize = 8;
+    const PER: usize = 20_000;
+    const SUBMITTERS: usize = 6;
+    let pool = bounded_pool(3, CAPACITY);
+    let total = PER * SUBMITTERS;
+    let executions: Arc<Vec<AtomicU8>> = Arc::new((0..total).map(|_| AtomicU8::new(0)).collect());
+    let answers: Arc<Vec<AtomicU8>> =
+        Arc::new((0..total).map(|_| AtomicU8::new(UNANSWERED)).collect());
+    let (refusals, held, max_queued) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let program = {
+        let executions = Arc::clone(&executions);
+        pool.asyncify(move |id: usize| {
+            executions[id].fetch_add(1, SeqCst);
+            id * 7
+        })
+    };
+    let answer = |answers: &[AtomicU8], id: usize, result: Result<usize, JobError>| {
+        assert_eq!(result, Ok(id * 7), "call {id}");
+        let before = answers[id].swap(OK, SeqCst);
+        assert_eq!(before, UNANSWERED, "call {id} answered twice");
+    };
+
+    let submitters: Vec<_> = (0..SUBMITTERS)
+        .map(|s| {
+            let (program, answers) = (program.clone(), Arc::clone(&answers));
+            let (refusals, held, max_queued) = (
+                Arc::clone(&refusals),
+                Arc::clone(&held),
+                Arc::clone(&max_queued),
+            );
+            std::thread::spawn(move || {
+                let ids = s * PER..(s + 1) * PER;
+                match s % 3 {
+                    // Blocking callers, a few handles outstanding, a tenth dropped.
+                    0 => {
+                        let mut window = std::collections::VecDeque::new();
+                        for id in ids {
+                            let h = program.call(id);
+                            if h.is_waiting_for_room() {
+                                held.fetch_add(1, SeqCst);
+                            }
+                            if id % 10 == 3 {
+                                drop(h);
+                                answers[id].store(DROPPED, SeqCst);
+                                continue;
+                            }
+                            window.push_back((id, h));
+                            if window.len() > 16 {
+                                let (id, h) = window.pop_front().unwrap();
+                                answer(&answers, id, wait(h));
+                            }
+                            if id % 16 == 0 {
+                                let queued = program.pool().stats().queued;
+                                max_queued.fetch_max(queued, SeqCst);
+                            }
+                        }
+                        for (id, h) in window {
+                            answer(&answers, id, wait(h));
+                        }
+                    }
+                    // `try_call`, falling back to a waiting `call` with the input handed back.
+                    1 => {
+                        for id in ids {
+                            let h = match program.try_call(id) {
+                                Ok(h) => h,
+                                Err(refused) => {
+                                    assert!(refused.is_full());
+                                    refusals.fetch_add(1, SeqCst);
+                                    program.call(refused.into_input())
+                                }
+                            };
+                            answer(&answers, id, wait(h));
+                        }
+                    }
+                    // Async callers: 64 awaited at once on a current-thread runtime, some of
+                    // them cut short by a timeout of zero (dropped while waiting or queued).
+                    _ => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                            .unwrap();
+                        let ids: Vec<_> = ids.collect();
+                        for chunk in ids.chunks(64) {
+                            let calls = chunk.iter().map(|&id| {
+                                let h = program.call(id);
+                                if h.is_waiting_for_room() {
+                                    held.fetch_add(1, SeqCst);
+                                }
+                                async move {
+                                    if id % 10 == 7 {
+                                        let r = tokio::time::timeout(Duration::ZERO, h).await;
+                                        (id, r.ok())
+                                    } else {
+                                        (id, Some(h.await))
+                                    }
+                                }
+                            });
+                            let results = rt.block_on(futures::future::join_all(calls));
+                            for (id, r) in results {
+                                match r {
+                                    Some(r) => answer(&answers, id, r),
+                                    None => answers[id].store(DROPPED, SeqCst),
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().expect("a submitter failed");
+    }
+    pool.shutdown();
+
+    let (mut ran, mut dropped, mut dropped_unrun) = (0u64, 0, 0u64);
+    for id in 0..total {
+        let n = executions[id].load(SeqCst);
+        match answers[id].load(SeqCst) {
+            OK => assert_eq!(n, 1, "call {id} answered Ok but ran {n} times"),
+            DROPPED => {
+                assert!(n <= 1, "dropped call {id} ran {n} times");
+                dropped += 1;
+                dropped_unrun += u64::from(n == 0);
+            }
+            other => panic!("call {id} has answer {other}"),
+        }
+        ran += u64::from(n);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.completed, ran, "{stats:?}");
+    assert_eq!((stats.queued, stats.running, stats.panicked), (0, 0, 0));
+    assert!(stats.cancelled <= dropped_unrun, "{stats:?}");
+    let max_queued = max_queued.load(SeqCst);
+    assert!(max_queued <= CAPACITY, "the queue held {max_queued} jobs");
+    let (held, refusals) = (held.load(SeqCst), refusals.load(SeqCst));
+    assert!(held > 0 && refusals > 0, "the queue was never full");
+    eprintln!(
+        "backpressure under load: {total} calls, {ran} ran, {dropped} dropped ({dropped_unrun} \
+         never ran, {} counted cancelled), {held} handles waited for room, {refusals} try_call \
+         refusals, queue depth seen at most {max_queued} of {CAPACITY}",
+        stats.cancelled
+    );
+}
