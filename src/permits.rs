@@ -3,27 +3,33 @@
 //!
 //! # Protocol
 //!
-//! `target` and `running` share one atomic word (high and low 32 bits), so "start a job if
-//! `running < target`" (one compare-and-swap) and "set `target`" are totally ordered: once
-//! `set_target(n)` has returned, no compare-and-swap can succeed against the old target.
+//! One atomic word holds `target` (high 32 bits), a `WAITING` flag (bit 31) and `running`
+//! (low 31 bits). "Start a job if `running < target`" is one compare-and-swap on it, and
+//! "set `target`" one update of it, so the two are totally ordered: once `set_target(n)` has
+//! returned, no start can succeed against the old target.
 //!
 //! A worker that holds a job but finds no permit (only possible between a shrink and the
-//! retirement of the surplus workers) sleeps on a condition variable. Releasing a permit
-//! wakes sleepers only when `waiters` says there are some, so the common path is one
-//! compare-and-swap to start and one subtraction to finish, and no lock. Waiter and releaser
-//! follow Dekker's pattern on `waiters` and the word (all `SeqCst`): the waiter announces
-//! itself, then retries; the releaser frees its permit, then looks. One of them sees the other.
+//! retirement of the surplus workers) sleeps on a condition variable. It sets `WAITING` in the
+//! same word before its last try, under the gate lock, and `release` reads the flag from the
+//! very subtraction that frees its permit. Both touch one memory location, whose modification
+//! order is total, so either the sleeper's last try sees the freed permit or the releaser sees
+//! the flag and wakes it (after the sleeper has released the gate lock by waiting). The common
+//! path is one compare-and-swap to start and one subtraction to finish, and no lock.
 
-use crate::sync::{lock, AtomicU64, AtomicUsize, Condvar, Mutex};
-use std::sync::atomic::Ordering::SeqCst;
+use crate::sync::{lock, AtomicU64, Condvar, Mutex};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
 /// The most a pool may have of either count.
-pub(crate) const MAX: usize = u32::MAX as usize;
+pub(crate) const MAX: usize = (1 << 31) - 1;
+
+/// Set while some worker sleeps in `acquire`.
+const WAITING: u64 = 1 << 31;
+const RUNNING: u64 = WAITING - 1;
 
 pub(crate) struct Permits {
     word: AtomicU64,
-    waiters: AtomicUsize,
-    gate: Mutex<()>,
+    /// How many workers sleep in `acquire`; `WAITING` is set while this is non-zero.
+    gate: Mutex<usize>,
     gate_cv: Condvar,
 }
 
@@ -36,22 +42,21 @@ const fn target_of(word: u64) -> usize {
 }
 
 const fn running_of(word: u64) -> usize {
-    (word & 0xffff_ffff) as usize
+    (word & RUNNING) as usize
 }
 
 impl Permits {
     pub(crate) fn new(target: usize) -> Self {
         Permits {
             word: AtomicU64::new(pack(target.min(MAX), 0)),
-            waiters: AtomicUsize::new(0),
-            gate: Mutex::new(()),
+            gate: Mutex::new(0),
             gate_cv: Condvar::new(),
         }
     }
 
     /// `(target, running)`, read together.
     pub(crate) fn load(&self) -> (usize, usize) {
-        let word = self.word.load(SeqCst);
+        let word = self.word.load(Acquire);
         (target_of(word), running_of(word))
     }
 
@@ -64,48 +69,58 @@ impl Permits {
         if self.try_acquire() {
             return;
         }
-        let mut gate = lock(&self.gate);
-        self.waiters.fetch_add(1, SeqCst);
-        while !self.try_acquire() {
-            gate = self
+        let mut sleepers = lock(&self.gate);
+        *sleepers += 1;
+        loop {
+            // ORDERING: the flag and the permits live in one word; see the protocol above.
+            self.word.fetch_or(WAITING, AcqRel);
+            if self.try_acquire() {
+                break;
+            }
+            sleepers = self
                 .gate_cv
-                .wait(gate)
+                .wait(sleepers)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        self.waiters.fetch_sub(1, SeqCst);
+        *sleepers -= 1;
+        if *sleepers == 0 {
+            self.word.fetch_and(!WAITING, AcqRel);
+        }
     }
 
     pub(crate) fn try_acquire(&self) -> bool {
-        // ORDERING: SeqCst, see the protocol above.
+        // ORDERING: AcqRel orders the job's start after the permit; the decision itself needs
+        // only the word's total modification order.
         self.word
-            .fetch_update(SeqCst, SeqCst, |w| {
+            .fetch_update(AcqRel, Acquire, |w| {
                 (running_of(w) < target_of(w)).then_some(w + 1)
             })
             .is_ok()
     }
 
     pub(crate) fn release(&self) {
-        self.word.fetch_sub(1, SeqCst);
-        if self.waiters.load(SeqCst) > 0 {
+        if self.word.fetch_sub(1, AcqRel) & WAITING != 0 {
             self.wake();
         }
     }
 
-    /// Sets the target; returns the old one. Raising it wakes waiters.
+    /// Sets the target; returns the old one.
     pub(crate) fn set_target(&self, target: usize) -> usize {
         let target = target.min(MAX);
-        let old = self
+        let previous = self
             .word
-            .fetch_update(SeqCst, SeqCst, |w| Some(pack(target, running_of(w))))
-            .map_or_else(target_of, target_of);
-        if target > old && self.waiters.load(SeqCst) > 0 {
+            .fetch_update(AcqRel, Acquire, |w| {
+                Some(pack(target, 0) | (w & !(u64::MAX << 32)))
+            })
+            .unwrap_or_else(|w| w);
+        if previous & WAITING != 0 {
             self.wake();
         }
-        old
+        target_of(previous)
     }
 
     fn wake(&self) {
-        let _gate = lock(&self.gate);
+        let _sleepers = lock(&self.gate);
         self.gate_cv.notify_all();
     }
 }
@@ -146,7 +161,7 @@ mod tests {
             let p = p.clone();
             std::thread::spawn(move || p.acquire())
         };
-        while p.waiters.load(SeqCst) == 0 {
+        while p.word.load(Acquire) & WAITING == 0 {
             std::thread::yield_now();
         }
         p.set_target(2);
@@ -161,6 +176,7 @@ mod loom_tests {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
     use loom::thread;
+    use std::sync::atomic::Ordering::SeqCst;
 
     /// Two workers start and finish a job each while a third thread shrinks the target from 2
     /// to 1: after `set_target` returns, never more than one job starts while another runs,
