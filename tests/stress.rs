@@ -1,6 +1,8 @@
 //! Stress: several threads submit tens of thousands of calls with planned panics, dropped
 //! handles (before and after a first poll), contexts, nested calls, awaits and waits, while
-//! another thread keeps resizing the pool and `shutdown()` arrives in the middle.
+//! another thread keeps resizing the pool and `shutdown()` arrives in the middle. Five rounds:
+//! the shutdown at a quarter, a half and nine tenths of the calls, one round on a bounded queue,
+//! and one where `shutdown_timeout(0)` gives up on a deep queue before `shutdown()` joins.
 //!
 //! Every call has an id. Jobs count their executions per id; callers record the one answer they
 //! got. Afterwards every id must be consistent: `Ok`/`Panicked` ⇔ ran exactly once, `ShutDown`
@@ -164,8 +166,10 @@ impl Ledger {
 }
 
 /// The job of call `id`.
-fn job(ledger: &Ledger, pool: &WorkerPool, id: usize) -> usize {
+fn job(ledger: &Ledger, pool: &WorkerPool, id: usize, work: u64) -> usize {
     ledger.executions[id].fetch_add(1, SeqCst);
+    // Some rounds make jobs slower than submitters, so the queue grows deep.
+    std::hint::black_box((0..work).fold(id as u64, |h, i| mix(h ^ i)));
     let (behaviour, _) = plan(id);
     let seen = settings::get::<usize>("stress.id");
     match behaviour {
@@ -206,6 +210,8 @@ struct Figures {
     panics: usize,
     dropped: usize,
     refused: usize,
+    /// Accepted, then taken out of the queue by `shutdown_timeout`.
+    abandoned: usize,
     resizes: usize,
     elapsed: Duration,
 }
@@ -217,7 +223,9 @@ fn round(
     shutdown_after: usize,
     threads: usize,
     capacity: Option<usize>,
+    impatient: bool,
 ) -> Figures {
+    let work = if impatient { 2_000 } else { 0 };
     quiet_planned_panics();
     let started = Instant::now();
     let total = SUBMITTERS * calls_per_submitter;
@@ -259,15 +267,32 @@ fn round(
             std::thread::spawn(move || {
                 let inner_pool = pool.clone();
                 let inner_ledger = Arc::clone(&ledger);
-                let program = pool.asyncify(move |id: usize| job(&inner_ledger, &inner_pool, id));
+                let program =
+                    pool.asyncify(move |id: usize| job(&inner_ledger, &inner_pool, id, work));
                 let mut window: VecDeque<(usize, JobHandle<usize>)> = VecDeque::new();
                 let waker = futures::task::noop_waker();
                 for i in 0..calls_per_submitter {
                     let id = s * calls_per_submitter + i;
-                    if submitted.fetch_add(1, SeqCst) == shutdown_after {
+                    let n = submitted.fetch_add(1, SeqCst);
+                    // The impatient round gives up while the never-blocking submitter is
+                    // half-way, its queue deep.
+                    let now = if impatient {
+                        s == SUBMITTERS - 1 && i == calls_per_submitter / 2
+                    } else {
+                        n == shutdown_after
+                    };
+                    if now {
                         let _ = halfway.send(());
                     }
                     let (behaviour, answer) = plan(id);
+                    // In the impatient round the last submitter never blocks, so the queue is
+                    // deep when the shutdown gives up on it.
+                    let answer = match answer {
+                        Answer::Wait | Answer::Await if impatient && s == SUBMITTERS - 1 => {
+                            Answer::Later
+                        }
+                        other => other,
+                    };
                     if ledger.closed.load(SeqCst) {
                         ledger.called_after[id].store(true, SeqCst);
                     }
@@ -327,6 +352,11 @@ fn round(
         .recv_timeout(HANG)
         .expect("submitters never got halfway");
     ledger.closing.store(true, SeqCst);
+    if impatient {
+        // Give up on the queue at once: what is queued is abandoned (told `ShutDown`), what
+        // runs finishes; then join. Accepted jobs may be refused here, so that check is off.
+        let _ = pool.shutdown_timeout(Duration::ZERO);
+    }
     pool.shutdown();
     ledger.closed.store(true, SeqCst);
     let stats_at_shutdown = pool.stats();
@@ -350,6 +380,7 @@ fn round(
         panics: 0,
         dropped: 0,
         refused: 0,
+        abandoned: 0,
         resizes,
         elapsed,
     };
@@ -362,7 +393,7 @@ fn round(
         let (behaviour, _) = plan(id);
         let ok = match answer {
             OK | PANICKED => ran == 1 && !after,
-            SHUT_DOWN => ran == 0 && !accepted,
+            SHUT_DOWN => ran == 0 && (impatient || !accepted),
             DROPPED => ran <= 1 && !(after && ran == 1),
             _ => false,
         };
@@ -376,7 +407,10 @@ fn round(
             figures.panics += 1;
         }
         match answer {
-            SHUT_DOWN => figures.refused += 1,
+            SHUT_DOWN => {
+                figures.refused += 1;
+                figures.abandoned += usize::from(accepted);
+            }
             DROPPED => {
                 figures.dropped += 1;
                 if ran == 0 {
@@ -395,6 +429,11 @@ fn round(
     assert_eq!(stats, stats_at_shutdown, "a closed pool's stats stay put");
     assert_eq!((stats.queued, stats.running, stats.live_threads), (0, 0, 0));
     let inner = ledger.inner_ran.load(SeqCst);
+    // Dropped jobs accepted before the shutdown that no worker took off the queue: only a
+    // `shutdown_timeout` takes them out.
+    let discarded = dropped_unrun_accepted.saturating_sub(stats.cancelled);
+    assert!(impatient || discarded == 0);
+    figures.abandoned += discarded as usize;
     assert_eq!(stats.panicked, figures.panics as u64, "{stats:?}");
     assert_eq!(
         stats.completed,
@@ -405,26 +444,27 @@ fn round(
     // before the shutdown began are ahead of the `Stop`s, so a worker takes every one of them;
     // one that slipped in behind the `Stop`s is discarded with the queue instead.
     assert!(
-        (dropped_unrun_accepted..=dropped_unrun).contains(&stats.cancelled),
+        (if impatient { 0 } else { dropped_unrun_accepted }..=dropped_unrun)
+            .contains(&stats.cancelled),
         "cancelled {} not in {dropped_unrun_accepted}..={dropped_unrun}",
         stats.cancelled
     );
+    let when = if impatient {
+        "shutdown_timeout(0) with the last submitter half-way".to_owned()
+    } else {
+        format!("shutdown() after {shutdown_after} calls")
+    };
     eprintln!(
-        "stress round: {} calls ({} inner), {} ran, {} planned panics, {} dropped handles \
-         ({} never ran), {} refused, {} resizes, {} threads at first, queue capacity {:?}, shutdown after {} calls, \
-         stats {:?}, {:.1} s",
+        "stress round: {threads} threads at first, queue capacity {capacity:?}, {when}: {} calls \
+         ({inner} inner), {} ran, {} planned panics, {} dropped handles ({dropped_unrun} never \
+         ran), {} refused ({} accepted, then abandoned), {} resizes, {stats:?}, {:.1} s",
         figures.calls,
-        inner,
         figures.ran,
         figures.panics,
         figures.dropped,
-        dropped_unrun,
         figures.refused,
+        figures.abandoned,
         figures.resizes,
-        threads,
-        capacity,
-        shutdown_after,
-        stats,
         figures.elapsed.as_secs_f64()
     );
     figures
@@ -443,13 +483,14 @@ fn every_call_gets_one_answer_consistent_with_what_ran() {
     let started = Instant::now();
     let total = SUBMITTERS * n;
     let rounds: Vec<_> = [
-        (total / 4, 1, None),
-        (total / 2, 2, None),
-        (total * 9 / 10, 3, None),
-        (total * 3 / 4, 2, Some(32)),
+        (total / 4, 1, None, false),
+        (total / 2, 2, None, false),
+        (total * 9 / 10, 3, None, false),
+        (total * 3 / 4, 2, Some(32), false),
+        (total / 2, 3, None, true),
     ]
     .into_iter()
-    .map(|(at, threads, capacity)| round(n, at, threads, capacity))
+    .map(|(at, threads, capacity, impatient)| round(n, at, threads, capacity, impatient))
     .collect();
     for r in &rounds {
         assert!(r.refused > 0, "the shutdown came too late to matter");
