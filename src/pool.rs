@@ -255,6 +255,7 @@ impl Builder {
             slots_used: AtomicUsize::new(0),
             room: Mutex::new(Vec::new()),
             room_waiters: AtomicUsize::new(0),
+            room_round: AtomicUsize::new(0),
             pills: AtomicUsize::new(0),
             retired: Counters::default(),
             name: self.name,
@@ -335,6 +336,8 @@ struct Shared {
     /// Wakers of handles waiting for room in a full bounded queue.
     room: Mutex<Vec<Waker>>,
     room_waiters: AtomicUsize,
+    /// Bumped each time `room` is emptied, so a handle knows whether its waker is still there.
+    room_round: AtomicUsize,
     /// `Wake`/`Stop` messages in the queue, so `stats().queued` counts only jobs.
     pills: AtomicUsize,
     /// What retired workers counted.
@@ -537,6 +540,7 @@ impl Shared {
         let wakers = {
             let mut room = lock(&self.room);
             self.room_waiters.store(0, SeqCst);
+            self.room_round.fetch_add(1, SeqCst);
             std::mem::take(&mut *room)
         };
         // Wake them all: one that was dropped meanwhile must not swallow the only wake-up.
@@ -545,10 +549,12 @@ impl Shared {
         }
     }
 
-    fn wait_for_room(&self, waker: &Waker) {
+    /// Registers `waker` to be woken when a slot frees; returns the round it is registered in.
+    fn wait_for_room(&self, waker: &Waker) -> usize {
         let mut room = lock(&self.room);
         room.push(waker.clone());
         self.room_waiters.fetch_add(1, SeqCst);
+        self.room_round.load(SeqCst)
     }
 
     /// Puts a job whose slot is taken into the queue.
@@ -821,6 +827,7 @@ impl WorkerPool {
             handle.set_pending(Box::new(WaitingForRoom {
                 job: Some(job),
                 shared: Arc::clone(shared),
+                registered: None,
             }));
         }
         handle
@@ -1144,6 +1151,10 @@ impl std::error::Error for ShutdownTimeout {}
 struct WaitingForRoom {
     job: Option<Job>,
     shared: Arc<Shared>,
+    /// The waker registered in `shared.room`, and the round it was registered in: polled again
+    /// in the same round by the same task, the handle does not register again (a task re-polled
+    /// while the queue stays full would otherwise add a waker per poll).
+    registered: Option<(usize, Waker)>,
 }
 
 impl Submit for WaitingForRoom {
@@ -1164,8 +1175,16 @@ impl Submit for WaitingForRoom {
             }
             match (&cx, registered) {
                 (Some(cx), false) => {
+                    // ORDERING: if the round is unchanged, `wake_room` has not yet bumped it,
+                    // so the waker is still in `room` or about to be woken from it.
+                    if let Some((round, waker)) = &self.registered {
+                        if *round == shared.room_round.load(SeqCst) && waker.will_wake(cx.waker()) {
+                            return Poll::Pending;
+                        }
+                    }
                     // Register, then try once more: a slot freed in between is not missed.
-                    shared.wait_for_room(cx.waker());
+                    let round = shared.wait_for_room(cx.waker());
+                    self.registered = Some((round, cx.waker().clone()));
                     registered = true;
                 }
                 _ => return Poll::Pending,
