@@ -210,6 +210,34 @@ fn dropping_a_waiting_handle_queues_nothing() {
 }
 
 #[test]
+fn a_handle_polled_many_times_while_waiting_registers_once() {
+    // A task re-polled for other reasons (a `select!` loop, a join) while the queue stays full
+    // must not pile up a registration per poll: that would grow memory for as long as the
+    // queue is full, and wake the task once per earlier poll when room appears.
+    let pool = bounded_pool(1, 1);
+    let blocker = Blocker::start(&pool);
+    let q1 = pool.spawn(|| "q1");
+    let mut held = pool.spawn(|| "held");
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&wakes));
+    for _ in 0..1_000 {
+        assert!(Pin::new(&mut held)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+    }
+    assert_eq!(wakes.0.load(SeqCst), 0);
+    blocker.release();
+    assert_eq!(wait(q1), Ok("q1"));
+    // The worker made room (and then ran out of work): the held handle was woken, once.
+    assert_eq!(
+        wakes.0.load(SeqCst),
+        1,
+        "woken once per poll made while waiting"
+    );
+    assert_eq!(wait(held), Ok("held"));
+}
+
+#[test]
 fn try_call_and_try_spawn_on_a_full_queue_hand_the_input_back() {
     let pool = bounded_pool(1, 2);
     let blocker = Blocker::start(&pool);
