@@ -619,8 +619,9 @@ struct WorkerContext {
     pool: Arc<Shared>,
     rx: Receiver<Message>,
     counters: Arc<Counters>,
-    /// A nested wait took a `Stop` meant for this worker: it exits after the current job.
-    stop_seen: bool,
+    /// `Stop`s taken by nested waits. The worker exits after its current job if it took any,
+    /// and hands back all but one (they are owed to other workers).
+    stops_taken: usize,
 }
 
 fn run_hook(hook: &Option<Hook>, index: usize, which: &str) {
@@ -638,7 +639,7 @@ fn worker_main(shared: Arc<Shared>, rx: Receiver<Message>, index: usize, counter
             pool: Arc::clone(&shared),
             rx: rx.clone(),
             counters: Arc::clone(&counters),
-            stop_seen: false,
+            stops_taken: 0,
         })
     });
     let retired = worker_loop(&shared, &rx, &counters);
@@ -666,7 +667,12 @@ fn worker_loop(shared: &Shared, rx: &Receiver<Message>, counters: &Arc<Counters>
                 shared.permits.acquire();
                 job.run(&|outcome| counters.record(outcome));
                 shared.permits.release();
-                if WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.stop_seen)) {
+                let stops = WORKER.with(|w| w.borrow().as_ref().map_or(0, |w| w.stops_taken));
+                if stops > 0 {
+                    // Hand back the `Stop`s owed to other workers, behind anything still queued.
+                    for _ in 1..stops {
+                        shared.send_pill(Message::Stop);
+                    }
                     return false;
                 }
             }
@@ -703,12 +709,12 @@ pub(crate) fn wait_on_worker<T>(handle: &mut JobHandle<T>) -> Option<Result<T, J
         if let Poll::Ready(result) = handle.poll_with(Some(&mut cx)) {
             return Some(result);
         }
-        let stop_seen = WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.stop_seen));
-        if stop_seen {
-            // This worker owes its pool an exit; it must not take another worker's `Stop`.
-            let _ = notify_rx.recv();
-            continue;
-        }
+        // Keep taking messages even after a `Stop`: a call that raced with `shutdown` (it passed
+        // the "still open?" check just before the close) sits in the queue *behind* the
+        // `Stop`s, and the job this worker waits on may be that call. Waiting only for the
+        // wake-up then hung forever, since no worker would ever take it and the queue is not
+        // torn down while this worker lives. Extra `Stop`s taken meanwhile are handed back
+        // when this worker exits (see `worker_loop`).
         crossbeam_channel::select! {
             recv(rx) -> message => match message.map(|m| { shared.took(&m); m }) {
                 // This thread already holds a permit (it is running the job that waits), so
@@ -718,7 +724,7 @@ pub(crate) fn wait_on_worker<T>(handle: &mut JobHandle<T>) -> Option<Result<T, J
                 Ok(Message::Wake) => {}
                 Ok(Message::Stop) => WORKER.with(|w| {
                     if let Some(w) = w.borrow_mut().as_mut() {
-                        w.stop_seen = true;
+                        w.stops_taken += 1;
                     }
                 }),
                 Err(_) => { let _ = notify_rx.recv(); }
