@@ -1,0 +1,115 @@
+//! The free `asyncify` runs on a default pool whose thread count follows the
+//! `async_max_workers` setting in force at each call, as DSPy's limiter does: a `context`
+//! override, a `scope` override and a `configure` value all count.
+//!
+//! The default pool and the global configuration are process-wide; this file is its own
+//! process, and its tests take [`SERIAL`] so they do not see each other's settings.
+
+mod common;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use asyncify_pool::settings::{self, Overrides};
+use asyncify_pool::{asyncify, default_pool};
+use common::{wait, Gauge};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn workers(n: usize) -> Overrides {
+    Overrides::new().with("async_max_workers", n)
+}
+
+/// Makes `calls` calls of an asyncified program that holds in a gauge, drives them through at
+/// `expected` at a time, and returns the most that ran at once.
+fn run_held_calls(
+    calls: usize,
+    expected: usize,
+    make: impl FnOnce(&Arc<Gauge>) -> Vec<asyncify_pool::JobHandle<usize>>,
+) -> usize {
+    let gauge = Gauge::new();
+    let handles = make(&gauge);
+    assert_eq!(handles.len(), calls);
+    gauge.drive(calls, expected);
+    for h in handles {
+        let inside = wait(h).unwrap();
+        assert!(
+            inside <= expected,
+            "{inside} calls ran at once, limit {expected}"
+        );
+    }
+    gauge.state().max
+}
+
+/// DSPy's own test: 8 calls inside `context(async_max_workers=4)` run exactly 4 at once.
+#[test]
+fn eight_calls_in_a_context_of_four_workers_run_exactly_four_at_once() {
+    let _serial = serial();
+    let max = run_held_calls(8, 4, |gauge| {
+        let gauge = gauge.clone();
+        let program = asyncify(move |_: u32| gauge.hold());
+        settings::context(workers(4), || (0..8).map(|i| program.call(i)).collect())
+    });
+    assert_eq!(max, 4);
+    assert_eq!(default_pool().threads(), 4);
+
+    // A call under another value resizes the pool again before it is queued.
+    let program = asyncify(|x: u32| x);
+    let h = settings::context(workers(2), || program.call(1));
+    assert_eq!(default_pool().threads(), 2);
+    assert_eq!(wait(h), Ok(1));
+}
+
+#[test]
+fn a_configured_value_counts_and_a_context_overrides_it() {
+    let _serial = serial();
+    settings::configure(workers(3)).unwrap();
+    let max = run_held_calls(9, 3, |gauge| {
+        let gauge = gauge.clone();
+        let program = asyncify(move |_: u32| gauge.hold());
+        (0..9).map(|i| program.call(i)).collect()
+    });
+    assert_eq!(max, 3);
+    assert_eq!(default_pool().threads(), 3);
+
+    // The inner setting wins over the configured one.
+    let max = run_held_calls(6, 2, |gauge| {
+        let gauge = gauge.clone();
+        let program = asyncify(move |_: u32| gauge.hold());
+        settings::context(workers(2), || (0..6).map(|i| program.call(i)).collect())
+    });
+    assert_eq!(max, 2);
+
+    // Back to the configured value outside the context, and to the default once reset.
+    assert_eq!(wait(asyncify(|x: u8| x).call(7)), Ok(7));
+    assert_eq!(default_pool().threads(), 3);
+    settings::configure(workers(8)).unwrap();
+    assert_eq!(wait(asyncify(|x: u8| x).call(8)), Ok(8));
+    assert_eq!(default_pool().threads(), 8);
+}
+
+#[test]
+fn a_scope_override_counts_for_calls_made_while_it_is_polled() {
+    let _serial = serial();
+    let gauge = Gauge::new();
+    let g = gauge.clone();
+    let program = asyncify(move |_: u32| g.hold());
+    let calls = settings::scope(workers(5), async move {
+        let handles: Vec<_> = (0..10).map(|i| program.call(i)).collect();
+        futures::future::join_all(handles).await
+    });
+    let driver = std::thread::spawn({
+        let gauge = gauge.clone();
+        move || gauge.drive(10, 5)
+    });
+    let results = pollster::block_on(calls);
+    driver.join().expect("five calls ran at once");
+    for r in results {
+        assert!(r.unwrap() <= 5);
+    }
+    assert_eq!(gauge.state().max, 5);
+    assert_eq!(default_pool().threads(), 5);
+}
