@@ -10,7 +10,8 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 
 use asyncify_pool::settings::{self, Overrides};
@@ -168,4 +169,40 @@ fn plain_thread_with_wait() {
             .collect::<Vec<_>>()
     });
     assert_eq!(out, expected("thread"));
+}
+
+#[test]
+fn handles_and_programs_can_go_anywhere_and_the_program_is_held_once() {
+    fn send_sync_clone<T: Send + Sync + Clone + 'static>(_: &T) {}
+    fn send_unpin_future<F: Future + Send + Unpin + 'static>(_: &F) {}
+
+    /// Not `Clone`: calls cannot be cloning it.
+    struct Model(Arc<AtomicUsize>);
+    impl Drop for Model {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let pool = WorkerPool::new(2);
+    send_sync_clone(&pool);
+    let model = Model(dropped.clone());
+    let program = pool.asyncify(move |x: u32| {
+        let _ = &model;
+        x + 1
+    });
+    send_sync_clone(&program);
+    let handle = program.call(1);
+    send_unpin_future(&handle);
+    let copies: Vec<_> = (0..4).map(|_| program.clone()).collect();
+    let results: Vec<_> = copies.iter().map(|p| p.call(2)).collect();
+    assert_eq!(bounded(move || handle.wait()), Ok(2));
+    for r in results {
+        assert_eq!(common::wait(r), Ok(3));
+    }
+    drop(copies);
+    assert_eq!(dropped.load(SeqCst), 0, "still held by `program`");
+    drop(program);
+    assert_eq!(dropped.load(SeqCst), 1, "one program, dropped once");
 }
