@@ -9,6 +9,8 @@
 //! ```text
 //! cargo test --release --test leaks -- --ignored
 //! ```
+//!
+//! and `LEAK_CALLS=<n>` changes the count of the default run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::SeqCst};
