@@ -48,6 +48,10 @@ use crate::sync::{AtomicBool, Mutex, MutexGuard};
 /// What was in force on the caller's thread at the call, and is put in force on the worker for
 /// exactly that job: the settings overrides, and (when any tracing subscriber exists at all) the
 /// caller's dispatcher and current span.
+///
+/// `Clone` (a few reference counts) so that a batch can capture once and re-install the same
+/// context around every call it makes later.
+#[derive(Clone)]
 pub(crate) struct Captured {
     overrides: Overrides,
     trace: Option<(Dispatch, Span)>,
@@ -71,7 +75,7 @@ impl Captured {
 
     /// Runs `f` with the captured context in force, and restores the thread afterwards, also if
     /// `f` panics (every piece is a guard).
-    fn run<R>(self, f: impl FnOnce() -> R) -> R {
+    pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
         let _installed = settings::install(self.overrides);
         match self.trace {
             None => f(),

@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod batch;
 mod error;
 mod global;
 mod job;
@@ -67,6 +68,7 @@ mod program;
 pub mod settings;
 mod sync;
 
+pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, Progress};
 pub use error::{JobError, PoolError, SettingsError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, JobHandle};
