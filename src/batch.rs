@@ -105,7 +105,25 @@ impl<P> AsyncProgram<P> {
 ///
 /// Configure it with the builder methods, then either `.await` it (any executor), call
 /// [`wait`](Self::wait) (blocking), or take its results as they finish with
-/// [`completions`](Self::completions). See the [module docs](self) for what is guaranteed.
+/// [`completions`](Self::completions).
+///
+/// # Guarantees
+///
+/// * **Captured once.** The overrides, tracing span and `max_errors` in force at `batch()`
+///   are in force for every item, whichever thread or task drives the batch later.
+/// * **Lazy.** Nothing is submitted until the batch is driven; the driver (the awaiting task,
+///   the waiting thread, the consumer of `completions`) submits items and collects results.
+///   There is no batch thread.
+/// * **Order.** [`BatchResult::results`] is in input order, whatever the completion order.
+/// * **Error budget.** Once more than `max_errors` items failed, no further item starts:
+///   items not yet started resolve to [`JobError::Cancelled`] (inputs handed back), running
+///   ones see [`is_cancelled`](crate::is_cancelled) and are waited for. So when a batch
+///   completes, each item either ran to the end (`done` or `failed`) or never started.
+/// * **Drop.** Dropping a running batch ([`BatchFuture`], [`Completions`]) stops it the same
+///   way, without waiting for the running items.
+/// * **Pool limits.** A full bounded queue holds the batch back (one job waits for room, no
+///   more are submitted meanwhile); on a shut-down pool items resolve to
+///   [`JobError::ShutDown`] and count as not started.
 ///
 /// | option | default |
 /// |---|---|
@@ -316,7 +334,8 @@ where
     /// when submitted, to have one for the copy.
     ///
     /// Timing: a driver blocked in [`wait`](Self::wait) wakes itself at the deadline; an
-    /// awaited batch starts a short-lived timer thread per deadline. A batch waited on inside
+    /// awaited batch starts a timer thread per deadline, which leaves at the deadline or when
+    /// the batch is dropped. A batch waited on inside
     /// a pool job (where the waiting worker runs other jobs meanwhile) checks deadlines only
     /// when items finish.
     ///
@@ -1208,6 +1227,10 @@ where
     waiting_for_room: Option<(usize, usize)>,
     /// The deadline of the last timer thread started (async straggler deadlines).
     timer: Option<Instant>,
+    /// The timer threads started, to unpark when the driver goes, and the token whose end
+    /// tells them to leave without waiting out their deadline.
+    timers: Vec<thread::JoinHandle<()>>,
+    alive: Option<Arc<()>>,
     thread_waker: Option<(ThreadId, Waker)>,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
@@ -1281,6 +1304,8 @@ where
             last_reported: (0, 0, 0),
             waiting_for_room: None,
             timer: None,
+            timers: Vec::new(),
+            alive: Some(Arc::new(())),
             thread_waker: None,
             #[cfg(feature = "progress")]
             bar: None,
@@ -1671,26 +1696,38 @@ where
     }
 
     /// Makes sure the driver is woken by `deadline`: starts a thread that sleeps until then
-    /// and wakes whatever waker is registered, unless one already pending fires earlier.
+    /// and wakes whatever waker is registered, unless one already pending fires earlier. The
+    /// thread leaves early when the driver is dropped.
     fn arm_timer(&mut self, deadline: Instant) {
         let now = Instant::now();
         if matches!(self.timer, Some(t) if t > now && t <= deadline) {
             return;
         }
+        let Some(alive) = self.alive.as_ref().map(Arc::downgrade) else {
+            return;
+        };
         let shared = Arc::downgrade(&self.shared);
         let spawned = thread::Builder::new()
             .name("asyncify-batch-timer".to_owned())
-            .spawn(move || {
+            .spawn(move || loop {
+                if alive.strong_count() == 0 {
+                    return;
+                }
                 let now = Instant::now();
-                if deadline > now {
-                    thread::sleep(deadline - now);
+                if now >= deadline {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.wake();
+                    }
+                    return;
                 }
-                if let Some(shared) = shared.upgrade() {
-                    shared.wake();
-                }
+                thread::park_timeout(deadline - now);
             });
         match spawned {
-            Ok(_) => self.timer = Some(deadline),
+            Ok(timer) => {
+                self.timers.retain(|t| !t.is_finished());
+                self.timers.push(timer);
+                self.timer = Some(deadline);
+            }
             Err(e) => tracing::warn!(
                 "asyncify-pool: no timer thread for a straggler deadline ({e}); \
                  it is checked when an item finishes"
@@ -1707,6 +1744,10 @@ where
         // Before the handles go (with the fields, after this): a job the worker has already
         // taken then skips the program.
         self.shared.stopped.store(true, Relaxed);
+        self.alive = None;
+        for timer in &self.timers {
+            timer.thread().unpark();
+        }
     }
 }
 
@@ -1725,9 +1766,12 @@ impl Wake for Unparker {
 #[cfg(feature = "progress")]
 fn new_bar(total: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64);
-    let template = "{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}";
+    let template = "{elapsed_precise} [{wide_bar}] {pos}/{len} {rate} ETA {eta} {msg}";
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+        let rate = |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.0} items/s", state.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
     }
     bar
 }

@@ -48,6 +48,14 @@
 //! * **Any executor.** A [`JobHandle`] is a plain `Future` woken by the worker (tokio, smol,
 //!   `futures::executor`, pollster…), and [`JobHandle::wait`] blocks for sync callers.
 //!
+//! # Batches
+//!
+//! [`AsyncProgram::batch`] runs a program over a whole data set, DSPy `Parallel`-style: results
+//! in input order, an error budget (`max_errors`), a per-batch concurrency cap, progress
+//! callbacks (and a terminal bar with the `progress` feature), results streamed as they finish
+//! ([`Batch::completions`]), failed inputs handed back, and opt-in straggler copies. See
+//! [`Batch`].
+//!
 //! # Inside a job
 //!
 //! A job may call into the pool again. [`JobHandle::wait`] on a worker runs other queued jobs

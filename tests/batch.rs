@@ -553,3 +553,24 @@ fn a_bounded_queue_holds_the_batch_back_without_losing_items() {
         check_order(&pollster::block_on(triple.batch(0..100)), 100);
     });
 }
+
+#[test]
+fn batches_can_be_sent_to_another_thread_or_task() {
+    fn send<T: Send>(_: &T) {}
+    let pool = WorkerPool::new(1);
+    let program = pool.asyncify(|s: String| s.len());
+    let batch = program.batch(vec!["a".to_owned()]);
+    send(&batch);
+    send(&batch.into_future());
+    let completions = program.batch(vec!["a".to_owned()]).completions();
+    send(&completions);
+    send(&completions.into_iter());
+    let result = program.batch(vec!["ab".to_owned()]).wait();
+    send(&result);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let spawned = rt.spawn(program.batch(vec!["abc".to_owned()]).into_future());
+    assert_eq!(rt.block_on(spawned).unwrap().results(), [Ok(3)]);
+}
