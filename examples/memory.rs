@@ -48,7 +48,7 @@ fn resident_bytes() -> u64 {
 #[allow(dead_code)]
 struct Captured {
     overrides: Overrides,
-    trace: Option<(tracing::Dispatch, tracing::Span)>,
+    trace: Option<Box<(tracing::Dispatch, tracing::Span)>>,
 }
 #[allow(dead_code)]
 struct Work {
@@ -193,12 +193,13 @@ fn main() {
         size_of::<Captured>()
     );
     println!(
-        "    Captured {:>3} B: Overrides {} + Option<(Dispatch {}, Span {})> {}",
+        "    Captured {:>3} B: Overrides {} + Option<Box<(Dispatch {}, Span {})>> {} (the box \
+         exists only once a tracing dispatcher was set)",
         size_of::<Captured>(),
         size_of::<Overrides>(),
         size_of::<tracing::Dispatch>(),
         size_of::<tracing::Span>(),
-        size_of::<Option<(tracing::Dispatch, tracing::Span)>>()
+        size_of::<Option<Box<(tracing::Dispatch, tracing::Span)>>>()
     );
     println!(
         "    Done(Result<(), JobError>) {} B, cancelled flag 1 B (+ padding)",
@@ -219,11 +220,5 @@ fn main() {
          so {} B, a {} B chunk",
         arc_inner + 16,
         malloc_chunk(arc_inner + 16)
-    );
-    println!(
-        "  the biggest piece is the captured tracing context: {} B per job even when no \
-         subscriber exists (boxing it would make it {} B)",
-        size_of::<Option<(tracing::Dispatch, tracing::Span)>>(),
-        size_of::<Option<Box<(tracing::Dispatch, tracing::Span)>>>()
     );
 }

@@ -54,7 +54,10 @@ use crate::sync::{AtomicBool, Mutex, MutexGuard};
 #[derive(Clone)]
 pub(crate) struct Captured {
     overrides: Overrides,
-    trace: Option<(Dispatch, Span)>,
+    /// Boxed: 8 bytes in every job instead of 64, and allocated only once some tracing
+    /// dispatcher exists (keeping each job's allocation inside malloc's fast bins; see
+    /// BENCHMARKS.md).
+    trace: Option<Box<(Dispatch, Span)>>,
 }
 
 impl Captured {
@@ -62,10 +65,10 @@ impl Captured {
     /// dispatcher was ever set in the process, the tracing part costs one relaxed load.
     pub(crate) fn here() -> Self {
         let trace = tracing::dispatcher::has_been_set().then(|| {
-            (
+            Box::new((
                 tracing::dispatcher::get_default(Dispatch::clone),
                 Span::current(),
-            )
+            ))
         });
         Captured {
             overrides: settings::current(),
@@ -79,7 +82,8 @@ impl Captured {
         let _installed = settings::install(self.overrides);
         match self.trace {
             None => f(),
-            Some((dispatch, span)) => {
+            Some(trace) => {
+                let (dispatch, span) = *trace;
                 tracing::dispatcher::with_default(&dispatch, || span.in_scope(f))
             }
         }
@@ -154,8 +158,9 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// True once the handle was dropped.
     fn is_cancelled(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
-    /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs).
-    fn complete(&self, result: &mut dyn Any);
+    /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
+    /// returns the waker to wake, if the caller still waits.
+    fn complete(&self, result: &mut dyn Any) -> Option<Waker>;
 }
 
 /// The handle's view of a cell: something that will produce a `T`.
@@ -203,10 +208,17 @@ where
             Err(JobError::Panicked { .. }) => Outcome::Panicked,
             _ => Outcome::Completed,
         });
-        this.complete(&mut Some(result));
+        let waker = this.complete(&mut Some(result));
+        // Let go of the cell before waking its caller: the handle is then the last owner and
+        // frees it on the thread that allocated it, which keeps malloc on its fast path
+        // (a cross-thread free racing the caller's next allocation costs a lock; BENCHMARKS.md).
+        drop(this);
+        if let Some(waker) = waker {
+            wake_quietly(waker);
+        }
     }
 
-    fn complete(&self, result: &mut dyn Any) {
+    fn complete(&self, result: &mut dyn Any) -> Option<Waker> {
         let result = result
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
@@ -217,13 +229,10 @@ where
             slot.stage = Stage::Closed;
             drop(slot);
             drop_quietly(result);
+            None
         } else {
             slot.stage = Stage::Done(result);
-            let waker = slot.waker.take();
-            drop(slot);
-            if let Some(waker) = waker {
-                wake_quietly(waker);
-            }
+            slot.waker.take()
         }
     }
 

@@ -1322,6 +1322,7 @@ mod tests {
     fn pin_is_not_needed_for_handles() {
         fn unpin<T: Unpin>() {}
         unpin::<JobHandle<()>>();
-        let _ = Pin::new(&mut WorkerPool::new(1).spawn(|| ()));
+        let mut handle = WorkerPool::new(1).spawn(|| 3);
+        assert_eq!(pollster::block_on(Pin::new(&mut handle)), Ok(3));
     }
 }
