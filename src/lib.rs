@@ -82,3 +82,8 @@ pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, JobHandle};
 pub use pool::{Builder, ShutdownTimeout, Stats, TryCallError, WorkerPool};
 pub use program::{AsyncProgram, Program};
+
+/// The README's examples, compiled and run as doc tests so the README cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -403,8 +403,11 @@ impl Counters {
 /// A snapshot of what a pool is doing and has done, from [`WorkerPool::stats`].
 ///
 /// The counts are read one after another while the pool runs, so under load they are each
-/// recent but not one atomic picture; once the pool is quiet they add up exactly:
-/// every accepted job is `queued`, `running`, `completed`, `panicked` or `cancelled`.
+/// recent but not one atomic picture; once the pool is quiet they add up exactly: every job a
+/// worker took off the queue is `completed`, `panicked` or `cancelled`, and the rest are
+/// `queued` or `running`. Jobs that never reached a worker because the pool shut down (calls
+/// after `shutdown`, jobs behind the `Stop` messages, or the queue a timed-out
+/// `shutdown_timeout` abandoned) appear in none of the counts: their callers got `ShutDown`.
 ///
 /// # Examples
 ///
