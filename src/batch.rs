@@ -41,14 +41,14 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread, ThreadId};
+use std::task::{Context, Poll, Waker};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 
 use crate::error::JobError;
-use crate::job::{in_job, Captured, JobHandle};
+use crate::job::{in_job, Captured, JobHandle, Unparker};
 use crate::program::{AsyncProgram, Program};
 use crate::settings::{self, MAX_ERRORS};
 
@@ -1751,17 +1751,6 @@ where
     }
 }
 
-/// Wakes a thread parked in a blocking drive.
-struct Unparker(Thread);
-
-impl Wake for Unparker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
 
 #[cfg(feature = "progress")]
 fn new_bar(total: usize) -> indicatif::ProgressBar {

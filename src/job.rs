@@ -589,8 +589,8 @@ impl<T> fmt::Debug for JobHandle<T> {
     }
 }
 
-/// Wakes a thread parked in [`JobHandle::wait`].
-struct Unparker(Thread);
+/// Wakes a thread parked in [`JobHandle::wait`] (or in a batch's blocking drive).
+pub(crate) struct Unparker(pub(crate) Thread);
 
 impl Wake for Unparker {
     fn wake(self: Arc<Self>) {
