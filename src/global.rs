@@ -66,8 +66,5 @@ pub(crate) fn follow_setting(pool: &WorkerPool) {
 /// assert_eq!(pollster::block_on(out).unwrap(), "answer to life");
 /// ```
 pub fn asyncify<P>(program: P) -> AsyncProgram<P> {
-    let pool = default_pool().clone();
-    let program = AsyncProgram::new(program, pool, true);
-    debug_assert!(program.follows_setting());
-    program
+    AsyncProgram::new(program, default_pool().clone(), true)
 }
