@@ -1751,7 +1751,6 @@ where
     }
 }
 
-
 #[cfg(feature = "progress")]
 fn new_bar(total: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total as u64);
