@@ -12,6 +12,7 @@
 //!
 //! and `LEAK_CALLS=<n>` changes the count of the default run.
 
+mod common;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, Once};
@@ -70,17 +71,8 @@ fn setup() {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
         tracing::subscriber::set_global_default(subscriber)
             .expect("no other subscriber in this process");
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let planned = info
-                .payload()
-                .downcast_ref::<String>()
-                .is_some_and(|m| m.starts_with("planned panic"));
-            if !planned {
-                default(info);
-            }
-        }));
     });
+    common::quiet_planned_panics();
 }
 
 /// Wrong overrides seen by jobs.

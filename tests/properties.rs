@@ -13,9 +13,11 @@
 //! The seed is fixed so that CI is reproducible; explore others with
 //! `PROPTEST_RNG_SEED=<u64> PROPTEST_CASES=<n> cargo test --test properties -- --nocapture`.
 
+mod common;
+use common::quiet_planned_panics;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use asyncify_pool::settings::{self, Overrides};
@@ -473,23 +475,6 @@ fn run_program(threads: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     TOTAL_RAN.fetch_add(starts.len(), SeqCst);
     TOTAL_CASES.fetch_add(1, SeqCst);
     Ok(())
-}
-
-/// Planned panics are the point of these tests; keep them out of the output.
-fn quiet_planned_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let planned = info
-                .payload()
-                .downcast_ref::<String>()
-                .is_some_and(|m| m.starts_with("planned panic"));
-            if !planned {
-                default(info);
-            }
-        }));
-    });
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -12,11 +12,13 @@
 //!
 //! Scale it with `STRESS_CALLS=<calls per submitter>` (default 60 000).
 
+mod common;
+use common::quiet_planned_panics;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -86,22 +88,6 @@ fn plan(id: usize) -> (Behaviour, Answer) {
         _ => Answer::Wait,
     };
     (behaviour, answer)
-}
-
-fn quiet_planned_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let planned = info
-                .payload()
-                .downcast_ref::<String>()
-                .is_some_and(|m| m.starts_with("planned panic"));
-            if !planned {
-                default(info);
-            }
-        }));
-    });
 }
 
 struct Ledger {
