@@ -17,17 +17,9 @@ use asyncify_pool::WorkerPool;
 
 const THREADS: usize = 8;
 
-/// A value of the ELF auxiliary vector (`/proc/self/auxv`: pairs of native-endian words).
-fn auxv(key: u64) -> Option<u64> {
-    let raw = std::fs::read("/proc/self/auxv").ok()?;
-    raw.chunks_exact(16)
-        .map(|pair| {
-            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-            (word(&pair[..8]), word(&pair[8..]))
-        })
-        .find(|&(k, _)| k == key)
-        .map(|(_, v)| v)
-}
+#[path = "support/auxv.rs"]
+mod support;
+use support::auxv;
 
 /// The process's user + system CPU time, from fields 14 and 15 of `/proc/self/stat`.
 fn process_cpu() -> Duration {

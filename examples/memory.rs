@@ -18,17 +18,9 @@ use asyncify_pool::{JobError, JobHandle, WorkerPool};
 
 const JOBS: usize = 1_000_000;
 
-/// A value of the ELF auxiliary vector (`/proc/self/auxv`: pairs of native-endian words).
-fn auxv(key: u64) -> Option<u64> {
-    let raw = std::fs::read("/proc/self/auxv").ok()?;
-    raw.chunks_exact(16)
-        .map(|pair| {
-            let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
-            (word(&pair[..8]), word(&pair[8..]))
-        })
-        .find(|&(k, _)| k == key)
-        .map(|(_, v)| v)
-}
+#[path = "support/auxv.rs"]
+mod support;
+use support::auxv;
 
 /// Resident bytes of this process: the second field of `/proc/self/statm`, in pages.
 fn resident_bytes() -> u64 {
