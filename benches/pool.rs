@@ -20,8 +20,10 @@
 //!   prints calls per second).
 //! * `fan_out`: 256 calls that each sleep 1 ms, on 8 threads (ideal 32 ms).
 //! * `capture`: this pool's throughput with nothing captured, with 16 settings overrides in
-//!   force, and with a tracing span entered under an active subscriber. It runs last: once a
-//!   tracing dispatcher has been set in a process, every later call captures it.
+//!   force, and with a tracing span entered under an active subscriber: a thread-scoped one
+//!   (`set_default`, as tests use) and then the global default (as services run). It runs
+//!   last: once a tracing dispatcher has been set in a process, every later call captures it,
+//!   and a global default cannot be unset.
 //!
 //! Run with `cargo bench --bench pool`; a filter narrows it (`cargo bench --bench pool --
 //! round_trip`). `ASYNCIFY_BENCH_CALLS` changes the throughput batch (default 100000).
@@ -292,7 +294,7 @@ fn capture(c: &mut Criterion, k: &Contenders) {
         });
     });
     // Last on purpose: from here on `tracing::dispatcher::has_been_set()` is true for good.
-    group.bench_function("asyncify_pool/span_under_subscriber", |b| {
+    group.bench_function("asyncify_pool/span_under_scoped_subscriber", |b| {
         b.to_async(&k.runtime).iter_custom(|iters| async move {
             let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
             let span = tracing::info_span!("bench_request", calls = n);
@@ -303,6 +305,20 @@ fn capture(c: &mut Criterion, k: &Contenders) {
                 |queue_all| span.in_scope(queue_all),
             )
             .await
+        });
+    });
+    // And a global subscriber, the way services run, which cannot be unset: the very last.
+    tracing::subscriber::set_global_default(tracing_subscriber::registry())
+        .expect("no global subscriber was set before");
+    group.bench_function("asyncify_pool/span_under_global_subscriber", |b| {
+        let span = tracing::info_span!("bench_request", calls = n);
+        b.to_async(&k.runtime).iter_custom(|iters| {
+            batches_under(
+                iters,
+                n,
+                || on_pool(k, noop),
+                |queue_all| span.in_scope(queue_all),
+            )
         });
     });
     group.finish();
@@ -455,32 +471,25 @@ fn interleaved(rounds: usize) {
         "interleaved, {rounds} rounds, {THREADS} threads, {} calls per batch",
         calls()
     );
-    println!("round_trip ({ROUND_TRIPS} sequential calls per chunk)");
-    interleave(rounds, Shape::RoundTrip, &peers);
-    println!("throughput");
-    interleave(rounds, Shape::Throughput, &peers);
-    println!("fan_out (256 x 1 ms on {THREADS} threads, ideal 32 ms)");
-    interleave(rounds, Shape::FanOut, &peers);
+    if std::env::var_os("ASYNCIFY_BENCH_CAPTURE_ONLY").is_none() {
+        println!("round_trip ({ROUND_TRIPS} sequential calls per chunk)");
+        interleave(rounds, Shape::RoundTrip, &peers);
+        println!("throughput");
+        interleave(rounds, Shape::Throughput, &peers);
+        println!("fan_out (256 x 1 ms on {THREADS} threads, ideal 32 ms)");
+        interleave(rounds, Shape::FanOut, &peers);
+    }
 
     let overrides = sixteen_overrides();
     let overrides = &overrides;
-    let n = calls();
     let capture = [
         entry!("floor", on_floor),
         entry!("asyncify_pool/0_overrides", on_pool),
         (
             "asyncify_pool/16_overrides",
-            Box::new(move |_| {
-                k.runtime
-                    .block_on(batches_under(
-                        1,
-                        n,
-                        || on_pool(k, noop),
-                        |queue_all| settings::context(overrides.clone(), queue_all),
-                    ))
-                    .as_nanos() as f64
-                    / n as f64
-            }) as Measure<'_>,
+            pool_under(k, move |queue_all| {
+                settings::context(overrides.clone(), queue_all)
+            }),
         ),
     ];
     println!("capture (throughput), no tracing dispatcher ever set");
@@ -488,27 +497,48 @@ fn interleaved(rounds: usize) {
 
     // From here on a dispatcher has been set in this process, for good.
     let subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    interleave_span(
+        rounds,
+        k,
+        "a scoped tracing_subscriber::registry() (set_default)",
+    );
+    drop(subscriber);
+
+    // Last: a global default cannot be unset.
+    tracing::subscriber::set_global_default(tracing_subscriber::registry())
+        .expect("no global subscriber was set before");
+    interleave_span(rounds, k, "a global tracing_subscriber::registry()");
+}
+
+/// This pool's throughput with every round's submissions made inside `under`.
+fn pool_under<'a>(k: &'a Contenders, under: impl Fn(&mut dyn FnMut()) + 'a) -> Measure<'a> {
+    let n = calls();
+    Box::new(move |_| {
+        k.runtime
+            .block_on(batches_under(1, n, || on_pool(k, noop), &under))
+            .as_nanos() as f64
+            / n as f64
+    })
+}
+
+/// The capture rows under whatever subscriber is in force: no span, and a span entered.
+fn interleave_span(rounds: usize, k: &Contenders, subscriber: &str) {
     let span = tracing::info_span!("bench_request");
     let span = &span;
-    let traced = [
-        entry!("floor", on_floor),
-        entry!("asyncify_pool/subscriber_no_span", on_pool),
+    let entries = [
+        (
+            "floor",
+            Box::new(move |shape| chunk(k, shape, || on_floor(k, noop))) as Measure<'_>,
+        ),
+        (
+            "asyncify_pool/subscriber_no_span",
+            pool_under(k, |queue_all| queue_all()),
+        ),
         (
             "asyncify_pool/span_under_subscriber",
-            Box::new(move |_| {
-                k.runtime
-                    .block_on(batches_under(
-                        1,
-                        n,
-                        || on_pool(k, noop),
-                        |queue_all| span.in_scope(queue_all),
-                    ))
-                    .as_nanos() as f64
-                    / n as f64
-            }) as Measure<'_>,
+            pool_under(k, move |queue_all| span.in_scope(queue_all)),
         ),
     ];
-    println!("capture (throughput), under a tracing_subscriber::registry()");
-    interleave(rounds, Shape::Throughput, &traced);
-    drop(subscriber);
+    println!("capture (throughput), under {subscriber}");
+    interleave(rounds, Shape::Throughput, &entries);
 }

@@ -13,7 +13,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::Waker;
 use std::time::Instant;
 
-use asyncify_pool::settings::Overrides;
 use asyncify_pool::{JobError, JobHandle, WorkerPool};
 
 const JOBS: usize = 1_000_000;
@@ -35,34 +34,35 @@ fn resident_bytes() -> u64 {
 }
 
 // A mirror of the cell in `src/job.rs` (the types there are private), built from the same
-// public pieces, so the compiler lays it out the same way and `size_of` can be printed. The
-// closure of `spawn(|| ())` is zero-sized; a real closure adds its captures to `Work`.
+// public pieces, so the compiler lays it out the same way and `size_of` can be printed. `F` is
+// the closure: zero-sized for `spawn(|| ())`, `Arc<P>` + the input for `call(input)`.
+/// `Captured` is an `Option<Arc<Ctx>>`: one pointer.
+type Captured = Option<Arc<()>>;
 #[allow(dead_code)]
-struct Captured {
-    overrides: Overrides,
-    trace: Option<Box<(tracing::Dispatch, tracing::Span)>>,
-}
-#[allow(dead_code)]
-struct Work {
-    captured: Captured,
-}
-#[allow(dead_code)]
-enum Stage {
-    Queued(Work),
+enum Stage<F, T> {
+    Queued(F, Captured),
     Running,
-    Done(Result<(), JobError>),
+    Done(Result<T, JobError>),
     Closed,
 }
+/// The waker while the job is pending, the handed-back capture once it ran.
 #[allow(dead_code)]
-struct Slot {
-    stage: Stage,
-    waker: Option<Waker>,
+enum Side {
+    Waker(Waker),
+    Back(Captured),
 }
 #[allow(dead_code)]
-struct Cell {
-    slot: Mutex<Slot>,
+struct Slot<F, T> {
+    stage: Stage<F, T>,
+    side: Side,
+}
+#[allow(dead_code)]
+struct Cell<F, T> {
+    slot: Mutex<Slot<F, T>>,
     cancelled: AtomicBool,
 }
+type SpawnCell = Cell<(), ()>;
+type CallCell = Cell<(Arc<()>, u64), u64>;
 /// The queue's message: `Run(Job)` where `Job` is `Option<Arc<dyn Runnable>>`, or a pill.
 #[allow(dead_code)]
 enum Message {
@@ -156,7 +156,7 @@ fn main() {
     }
 
     let handle = size_of::<JobHandle<()>>();
-    let cell = size_of::<Cell>();
+    let cell = size_of::<SpawnCell>();
     let arc_inner = 2 * size_of::<usize>() + cell;
     let message = size_of::<Message>();
     // crossbeam-channel's unbounded (list) flavour: blocks of 31 slots, each the message
@@ -173,29 +173,24 @@ fn main() {
         malloc_chunk(arc_inner)
     );
     println!(
-        "    Mutex<Slot> {:>3} B: futex + poison flag 8, Slot {} = Stage {} + Option<Waker> {}",
-        size_of::<Mutex<Slot>>(),
-        size_of::<Slot>(),
-        size_of::<Stage>(),
-        size_of::<Option<Waker>>()
+        "    Mutex<Slot> {:>3} B: futex + poison flag 8, Slot {} = Stage {} + Side {}",
+        size_of::<Mutex<Slot<(), ()>>>(),
+        size_of::<Slot<(), ()>>(),
+        size_of::<Stage<(), ()>>(),
+        size_of::<Side>()
     );
     println!(
-        "    Stage {:>3} B: the largest variant, Queued(Work) = F (0 for `|| ()`) + Captured {}",
-        size_of::<Stage>(),
-        size_of::<Captured>()
-    );
-    println!(
-        "    Captured {:>3} B: Overrides {} + Option<Box<(Dispatch {}, Span {})>> {} (the box \
-         exists only once a tracing dispatcher was set)",
+        "    Stage {:>3} B: Queued(F, Captured) = F (0 for `|| ()`) + Captured {} (one Arc of the \
+         caller's shared context, or none); Done(Result<(), JobError>) {} B",
+        size_of::<Stage<(), ()>>(),
         size_of::<Captured>(),
-        size_of::<Overrides>(),
-        size_of::<tracing::Dispatch>(),
-        size_of::<tracing::Span>(),
-        size_of::<Option<Box<(tracing::Dispatch, tracing::Span)>>>()
+        size_of::<Result<(), JobError>>()
     );
     println!(
-        "    Done(Result<(), JobError>) {} B, cancelled flag 1 B (+ padding)",
-        size_of::<Result<(), JobError>>()
+        "    Side {:>3} B: the awaiting task's Waker {} while pending, then the Captured the \
+         worker hands back (for the caller to release); cancelled flag 1 B (+ padding)",
+        size_of::<Side>(),
+        size_of::<Waker>()
     );
     println!(
         "  queue slot: Message {message} B + state 8 = {slot} B; a block of 31 is {block} B \
@@ -207,10 +202,10 @@ fn main() {
          measured figure above)",
         malloc_chunk(arc_inner)
     );
+    let call = 2 * size_of::<usize>() + size_of::<CallCell>();
     println!(
         "  a closure with captures adds them to the cell: `call(u64)` carries Arc<P> 8 + u64 8, \
-         so {} B, a {} B chunk",
-        arc_inner + 16,
-        malloc_chunk(arc_inner + 16)
+         so {call} B, a {} B chunk",
+        malloc_chunk(call)
     );
 }

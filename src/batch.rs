@@ -47,8 +47,9 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 
+use crate::capture::Captured;
 use crate::error::JobError;
-use crate::job::{in_job, Captured, JobHandle, Unparker};
+use crate::job::{in_job, JobHandle, Unparker};
 use crate::program::{AsyncProgram, Program};
 use crate::settings::{self, MAX_ERRORS};
 

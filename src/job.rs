@@ -12,7 +12,8 @@
 //! Every move between stages happens under the slot's mutex, so the three parties (the worker,
 //! the handle, and a shutdown that drops the queued job) can never both "win":
 //!
-//! * `Queued(work)`: accepted, not started. The worker moves it to `Running` and takes `work`.
+//! * `Queued(work)`: accepted, not started. The worker moves it to `Running` and takes `work`
+//!   (and the captured context, which it puts back with the result).
 //!   A dropped handle moves it to `Closed` and drops `work`: the job never runs. A dropped
 //!   queue entry (shutdown) moves it to `Done(Err(ShutDown))`: the caller is told.
 //! * `Running`: the worker owns the work. A dropped handle only sets `cancelled`.
@@ -39,64 +40,12 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use tracing::{Dispatch, Span};
-
+use crate::capture::Captured;
 use crate::error::JobError;
-use crate::settings::{self, Overrides};
 use crate::sync::{AtomicBool, Mutex, MutexGuard};
 
-/// What was in force on the caller's thread at the call, and is put in force on the worker for
-/// exactly that job: the settings overrides, and (when any tracing subscriber exists at all) the
-/// caller's dispatcher and current span.
-///
-/// `Clone` (a few reference counts) so that a batch can capture once and re-install the same
-/// context around every call it makes later.
-#[derive(Clone)]
-pub(crate) struct Captured {
-    overrides: Overrides,
-    /// Boxed: 8 bytes in every job instead of 64, and allocated only once some tracing
-    /// dispatcher exists (keeping each job's allocation inside malloc's fast bins; see
-    /// BENCHMARKS.md).
-    trace: Option<Box<(Dispatch, Span)>>,
-}
-
-impl Captured {
-    /// Captures the calling thread's context. O(1) in the number of overrides; when no tracing
-    /// dispatcher was ever set in the process, the tracing part costs one relaxed load.
-    pub(crate) fn here() -> Self {
-        let trace = tracing::dispatcher::has_been_set().then(|| {
-            Box::new((
-                tracing::dispatcher::get_default(Dispatch::clone),
-                Span::current(),
-            ))
-        });
-        Captured {
-            overrides: settings::current(),
-            trace,
-        }
-    }
-
-    /// Runs `f` with the captured context in force, and restores the thread afterwards, also if
-    /// `f` panics (every piece is a guard).
-    pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        let _installed = settings::install(self.overrides);
-        match self.trace {
-            None => f(),
-            Some(trace) => {
-                let (dispatch, span) = *trace;
-                tracing::dispatcher::with_default(&dispatch, || span.in_scope(f))
-            }
-        }
-    }
-}
-
-struct Work<F> {
-    f: F,
-    captured: Captured,
-}
-
 enum Stage<F, T> {
-    Queued(Work<F>),
+    Queued(F, Captured),
     Running,
     Done(Result<T, JobError>),
     Closed,
@@ -104,7 +53,30 @@ enum Stage<F, T> {
 
 struct Slot<F, T> {
     stage: Stage<F, T>,
-    waker: Option<Waker>,
+    side: Side,
+}
+
+/// The waker of whoever awaits the job while it is pending; once the job ran, the captured
+/// context the worker hands back, so that the cell's last owner (normally the caller) releases
+/// it (see `capture`). One field for both keeps a small closure's cell in an 80-byte chunk.
+enum Side {
+    Waker(Waker),
+    /// Held only to be dropped with the cell.
+    Back(#[allow(dead_code)] Captured),
+}
+
+impl Side {
+    const EMPTY: fn() -> Side = || Side::Back(Captured::default());
+
+    fn take_waker(&mut self) -> Option<Waker> {
+        match std::mem::replace(self, (Side::EMPTY)()) {
+            Side::Waker(waker) => Some(waker),
+            back => {
+                *self = back;
+                None
+            }
+        }
+    }
 }
 
 /// The one allocation behind a call. See the module docs for its stages.
@@ -159,8 +131,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
-    /// returns the waker to wake, if the caller still waits.
-    fn complete(&self, result: &mut dyn Any) -> Option<Waker>;
+    /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
+    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker>;
 }
 
 /// The handle's view of a cell: something that will produce a `T`.
@@ -182,10 +154,10 @@ where
     T: Send + 'static,
 {
     fn run(self: Arc<Self>, record: &dyn Fn(Outcome)) {
-        let work = {
+        let (f, mut captured) = {
             let mut slot = self.lock();
             match std::mem::replace(&mut slot.stage, Stage::Running) {
-                Stage::Queued(work) => work,
+                Stage::Queued(f, captured) => (f, captured),
                 other => {
                     slot.stage = other;
                     drop(slot);
@@ -194,13 +166,15 @@ where
                 }
             }
         };
-        let Work { f, captured } = work;
         let previous = CURRENT.with(|c| c.replace(Some(self)));
-        let result = catch_unwind(AssertUnwindSafe(|| captured.run(f))).map_err(|payload| {
-            let error = JobError::from_panic(&*payload);
-            drop_quietly(payload);
-            error
-        });
+        let top_level = previous.is_none();
+        let result = captured
+            .run_in_place(top_level, || catch_unwind(AssertUnwindSafe(f)))
+            .map_err(|payload| {
+                let error = JobError::from_panic(&*payload);
+                drop_quietly(payload);
+                error
+            });
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
@@ -208,22 +182,24 @@ where
             Err(JobError::Panicked { .. }) => Outcome::Panicked,
             _ => Outcome::Completed,
         });
-        let waker = this.complete(&mut Some(result));
+        let waker = this.complete(&mut Some(result), captured);
         // Let go of the cell before waking its caller: the handle is then the last owner and
-        // frees it on the thread that allocated it, which keeps malloc on its fast path
-        // (a cross-thread free racing the caller's next allocation costs a lock; BENCHMARKS.md).
+        // frees it (and the captured context) on the thread that allocated it, which keeps
+        // malloc on its fast path and reference counts on one core (BENCHMARKS.md).
         drop(this);
         if let Some(waker) = waker {
             wake_quietly(waker);
         }
     }
 
-    fn complete(&self, result: &mut dyn Any) -> Option<Waker> {
+    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker> {
         let result = result
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
             .expect("complete is called with this cell's own result type");
         let mut slot = self.lock();
+        let waker = slot.side.take_waker();
+        slot.side = Side::Back(captured);
         if self.cancelled.load(Ordering::Relaxed) {
             // The handle is gone (it set the flag under this lock): nobody wants the result.
             slot.stage = Stage::Closed;
@@ -232,20 +208,22 @@ where
             None
         } else {
             slot.stage = Stage::Done(result);
-            slot.waker.take()
+            waker
         }
     }
 
     fn revoke(&self, error: JobError) -> bool {
         let mut slot = self.lock();
-        if !matches!(slot.stage, Stage::Queued(_)) {
+        if !matches!(slot.stage, Stage::Queued(..)) {
             return false;
         }
-        let Stage::Queued(work) = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)))
+        let Stage::Queued(f, captured) =
+            std::mem::replace(&mut slot.stage, Stage::Done(Err(error)))
         else {
             unreachable!("checked above")
         };
-        let waker = slot.waker.take();
+        let work = (f, captured);
+        let waker = slot.side.take_waker();
         drop(slot);
         drop_quietly(work);
         if let Some(waker) = waker {
@@ -274,9 +252,9 @@ where
             pending => {
                 slot.stage = pending;
                 if let Some(cx) = cx {
-                    match &mut slot.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        w => *w = Some(cx.waker().clone()),
+                    match &mut slot.side {
+                        Side::Waker(w) if w.will_wake(cx.waker()) => {}
+                        side => *side = Side::Waker(cx.waker().clone()),
                     }
                 }
                 Poll::Pending
@@ -290,21 +268,19 @@ where
 
     fn cancel(&self) {
         let mut slot = self.lock();
-        slot.waker = None;
-        match std::mem::replace(&mut slot.stage, Stage::Closed) {
-            Stage::Queued(work) => {
-                drop(slot);
-                drop_quietly(work);
-            }
-            Stage::Running => {
-                slot.stage = Stage::Running;
-                self.cancelled.store(true, Ordering::Relaxed);
-            }
-            Stage::Done(result) => {
-                drop(slot);
-                drop(result); // on the caller's thread, like any value it drops
-            }
-            Stage::Closed => {}
+        let side = std::mem::replace(&mut slot.side, (Side::EMPTY)());
+        let stage = std::mem::replace(&mut slot.stage, Stage::Closed);
+        if let Stage::Running = stage {
+            slot.stage = Stage::Running;
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+        drop(slot);
+        // All on the caller's thread, like any value it drops, and outside the lock.
+        drop(side);
+        match stage {
+            Stage::Queued(f, captured) => drop_quietly((f, captured)),
+            Stage::Done(result) => drop(result),
+            Stage::Running | Stage::Closed => {}
         }
     }
 
@@ -341,8 +317,8 @@ where
 {
     let cell = Arc::new(Cell {
         slot: Mutex::new(Slot {
-            stage: Stage::Queued(Work { f, captured }),
-            waker: None,
+            stage: Stage::Queued(f, captured),
+            side: (Side::EMPTY)(),
         }),
         cancelled: AtomicBool::new(false),
     });
@@ -426,7 +402,7 @@ impl<T: Send + 'static> JobHandle<T> {
         let cell: Cell<fn() -> T, T> = Cell {
             slot: Mutex::new(Slot {
                 stage: Stage::Done(result),
-                waker: None,
+                side: (Side::EMPTY)(),
             }),
             cancelled: AtomicBool::new(false),
         };
@@ -616,10 +592,7 @@ mod loom_tests {
     use std::sync::atomic::Ordering::SeqCst;
 
     fn nothing_captured() -> Captured {
-        Captured {
-            overrides: Overrides::new(),
-            trace: None,
-        }
+        Captured::default()
     }
 
     fn outcome_code(o: Outcome) -> usize {
@@ -712,5 +685,22 @@ mod loom_tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, SeqCst);
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The cell of a small call stays a 72-byte request, an 80-byte malloc chunk: one more word
+    /// makes it a 96-byte chunk, which cost 6–27% of throughput when measured (BENCHMARKS.md).
+    /// The waker and the handed-back context share `Side` for this.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_small_calls_cell_fits_an_80_byte_chunk() {
+        assert_eq!(std::mem::size_of::<Side>(), 16);
+        assert_eq!(std::mem::size_of::<Captured>(), 8);
+        let request = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Cell<fn(), ()>>();
+        assert!(request <= 72, "the cell grew to {request} bytes");
     }
 }

@@ -67,6 +67,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod batch;
+mod capture;
 mod error;
 mod global;
 mod job;

@@ -43,8 +43,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::capture::Captured;
 use crate::error::{JobError, PoolError};
-use crate::job::{new_job, Captured, Job, JobHandle, Outcome, Submit};
+use crate::job::{new_job, Job, JobHandle, Outcome, Submit};
 use crate::permits::Permits;
 use crate::program::AsyncProgram;
 

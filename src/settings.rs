@@ -196,6 +196,13 @@ impl Overrides {
         self.map.iter().flat_map(|m| m.keys().map(|k| &**k))
     }
 
+    /// Where the map is, 0 for none.
+    pub(crate) fn address(&self) -> usize {
+        self.map
+            .as_ref()
+            .map_or(0, |m| Arc::as_ptr(m) as *const () as usize)
+    }
+
     /// `self` with every key of `top` laid over it (`top` wins). Costs nothing when either is empty.
     fn layered(&self, top: &Overrides) -> Overrides {
         match (&self.map, &top.map) {
@@ -366,8 +373,7 @@ pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
 /// assert!(matches!(err, SettingsError::WrongType { found: "usize", .. }));
 /// ```
 pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
-    let local = OVERRIDES.with(|o| {
-        let o = o.borrow();
+    let local = with_current(|o| {
         o.map
             .as_ref()
             .and_then(|m| m.get(key))
@@ -377,6 +383,26 @@ pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
         Some(found) => found.map(Some),
         None => with_global(|m| m.get(key).map(|v| downcast(key, v)).transpose()),
     }
+}
+
+/// Runs `f` on the overrides in force on this thread: those of the innermost [`context`] or
+/// [`scope`], else (on a worker) those the running job carried, which stay in the job's shared
+/// capture instead of being copied into this thread's slot (see `capture`).
+fn with_current<R>(f: impl FnOnce(&Overrides) -> R) -> R {
+    OVERRIDES.with(|o| {
+        let o = o.borrow();
+        if o.is_empty() {
+            crate::capture::with_job_overrides(f)
+        } else {
+            f(&o)
+        }
+    })
+}
+
+/// The address of the overrides in force here, 0 for none: equal addresses while a capture
+/// holds them mean the same overrides.
+pub(crate) fn current_address() -> usize {
+    with_current(Overrides::address)
 }
 
 /// A snapshot of the overrides in force here (not the global configuration, which every thread
@@ -393,7 +419,7 @@ pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
 /// });
 /// ```
 pub fn current() -> Overrides {
-    OVERRIDES.with(|o| o.borrow().clone())
+    with_current(Overrides::clone)
 }
 
 /// Puts `overrides` in force on this thread until the guard is dropped (also during a panic),

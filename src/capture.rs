@@ -1,0 +1,326 @@
+//! The caller's context, captured at a call and put in force on the worker for that job.
+//!
+//! Two things travel with a job: the settings overrides ([`Overrides`]) and, once any tracing
+//! dispatcher exists in the process, the caller's dispatcher and current span. Together they
+//! are a [`Ctx`], and a job carries an `Arc` of it, or nothing when there is nothing to carry.
+//!
+//! # What a capture costs, and why it is shaped like this
+//!
+//! A capture is a reference count. What makes reference counts expensive is touching the same
+//! count from two threads: its cache line then moves between cores on every call. So the count
+//! a capture takes is taken *and released on the caller's thread*, and a worker touches none:
+//!
+//! * **Shared per thread.** A thread keeps the last [`Ctx`] it made and reuses it while the
+//!   same overrides, dispatcher and span are in force and some job still holds it. Calls made
+//!   under one context share one `Arc<Ctx>`: one increment per call, no allocation. The thread
+//!   keeps only a `Weak`, so it never keeps overrides alive or a span open (an exporter ends a
+//!   span when its last reference goes, and that must not wait for an idle thread's cache).
+//! * **Moved, not cloned, on the worker.** The worker moves the `Arc<Ctx>` into a thread-local
+//!   slot that [`settings`] reads when no `context` is in force, runs the job, and moves it back
+//!   into the job's cell, which the caller frees. The worker neither clones nor drops it.
+//! * **The global dispatcher is left alone.** When the caller's dispatcher is the process's
+//!   global default, a worker is already under it and does not set it again (that would touch
+//!   the dispatcher's count and tracing's global count of scoped dispatchers); it only enters
+//!   and exits the span.
+//!
+//! "Same dispatcher" is decided by address. tracing hands out the global dispatcher as a
+//! reference to a `static` that never changes once set, while a scoped one (`set_default`,
+//! `with_default`) is handed out from a thread-local slot that different dispatchers occupy in
+//! turn. So only an address known to be a static identifies a dispatcher: captures under a
+//! scoped dispatcher are made per call and set the dispatcher on the worker, as before. The
+//! `dispatcher_addresses_behave_as_assumed` test pins this behaviour of tracing-core.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use tracing::dispatcher::DefaultGuard;
+use tracing::span::Id;
+use tracing::{Dispatch, Metadata, Span};
+
+use crate::settings::{self, Overrides};
+
+/// What was in force on the caller's thread at the call (see the module docs): 8 bytes, so that
+/// a job's cell stays within malloc's 80-byte chunks for small closures.
+///
+/// `Clone` (one reference count) so that a batch can capture once and put the same context in
+/// force around every call it makes later.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(Option<Arc<Ctx>>);
+
+/// The overrides and the tracing context of one or more calls.
+///
+/// Laid out for the workers, which read `at` and `span` on every job while the caller's thread
+/// changes the `Arc`'s counts (the allocation's first 16 bytes) on every call: those two come
+/// last, at least 64 bytes in, so they never share a cache line with the counts. The fields
+/// before them are read only by a job that asks for its overrides or under a scoped dispatcher.
+/// 120 bytes in all, which keeps the allocation in malloc's fast bins.
+#[repr(C)]
+pub(crate) struct Ctx {
+    overrides: Overrides,
+    /// The caller's dispatcher; `Dispatch::none()` when nothing is traced.
+    dispatch: Dispatch,
+    _apart: [usize; GAP],
+    /// The address of the caller's `&Dispatch` (see the module docs); 0 when nothing is traced.
+    at: usize,
+    /// The caller's current span; `Span::none()` when nothing is traced.
+    span: Span,
+}
+
+const GAP: usize = 3;
+
+/// What a [`Ctx`] is shared under: the overrides' address, and for the tracing part the
+/// dispatcher's address and the span's id and callsite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    overrides: usize,
+    trace: Option<TraceKey>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TraceKey {
+    at: usize,
+    span: Option<u64>,
+    callsite: usize,
+}
+
+impl TraceKey {
+    fn new(at: usize, id: Option<&Id>, meta: Option<&'static Metadata<'static>>) -> Self {
+        TraceKey {
+            at,
+            span: id.map(Id::into_u64),
+            callsite: meta.map_or(0, |m| m as *const Metadata<'static> as usize),
+        }
+    }
+
+    /// Of the calling thread, without cloning anything; the span part only when the
+    /// dispatcher is a known static (otherwise the key is not used to share).
+    fn here() -> Self {
+        tracing::dispatcher::get_default(|d| {
+            let at = d as *const Dispatch as usize;
+            if at != STATIC_DISPATCH.load(Ordering::Relaxed) {
+                return TraceKey::new(at, None, None);
+            }
+            let current = d.current_span();
+            TraceKey::new(at, current.id(), current.metadata())
+        })
+    }
+}
+
+impl Ctx {
+    fn traced(&self) -> bool {
+        self.at != 0
+    }
+
+    fn key(&self) -> Key {
+        Key {
+            overrides: self.overrides.address(),
+            trace: self
+                .traced()
+                .then(|| TraceKey::new(self.at, self.span.id().as_ref(), self.span.metadata())),
+        }
+    }
+}
+
+thread_local! {
+    /// The last shareable [`Ctx`] this thread made; `Weak`, so it keeps nothing alive.
+    static LAST: RefCell<Option<Weak<Ctx>>> = const { RefCell::new(None) };
+    /// The context of the job running on this thread, moved here for the job's duration.
+    static JOB: RefCell<Option<Arc<Ctx>>> = const { RefCell::new(None) };
+    /// Where tracing keeps this thread's scoped dispatcher (0 until a worker has looked).
+    static SCOPED_SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The address of the static dispatcher a worker saw while no scoped one was set on it: the
+/// global default (or tracing's "none" before one is set). 0 until a worker has run a job
+/// under some dispatcher.
+static STATIC_DISPATCH: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` on the overrides the job running on this thread carried (none outside jobs).
+pub(crate) fn with_job_overrides<R>(f: impl FnOnce(&Overrides) -> R) -> R {
+    JOB.with(|job| match job.borrow().as_ref() {
+        Some(ctx) => f(&ctx.overrides),
+        None => f(&Overrides::new()),
+    })
+}
+
+impl Captured {
+    /// Captures the calling thread's context. O(1) in the number of overrides; with nothing in
+    /// force and no tracing dispatcher ever set in the process it allocates nothing.
+    pub(crate) fn here() -> Self {
+        let traced = tracing::dispatcher::has_been_set();
+        let key = Key {
+            overrides: settings::current_address(),
+            trace: traced.then(TraceKey::here),
+        };
+        if key.overrides == 0 && key.trace.is_none() {
+            return Captured(None);
+        }
+        let shareable = key
+            .trace
+            .map_or(true, |t| t.at == STATIC_DISPATCH.load(Ordering::Relaxed));
+        if shareable {
+            // A live `Ctx` holds its overrides and its span, so no other overrides can have
+            // their address and no other span their id meanwhile: an equal key is the same
+            // context (for the dispatcher, see the module docs).
+            let last = LAST.with(|last| last.borrow().as_ref().and_then(Weak::upgrade));
+            if let Some(last) = last {
+                if last.key() == key {
+                    return Captured(Some(last));
+                }
+            }
+        }
+        let (at, dispatch, span) = match key.trace {
+            Some(t) => (
+                t.at,
+                tracing::dispatcher::get_default(Dispatch::clone),
+                Span::current(),
+            ),
+            None => (0, Dispatch::none(), Span::none()),
+        };
+        let ctx = Arc::new(Ctx {
+            overrides: settings::current(),
+            dispatch,
+            _apart: [0; GAP],
+            at,
+            span,
+        });
+        if shareable {
+            LAST.with(|last| *last.borrow_mut() = Some(Arc::downgrade(&ctx)));
+        }
+        Captured(Some(ctx))
+    }
+
+    /// Runs `f` with this context in force and restores the thread afterwards, also if `f`
+    /// panics. For a caller's own thread (a batch putting its context back around its calls).
+    pub(crate) fn run<R>(mut self, f: impl FnOnce() -> R) -> R {
+        self.run_in_place(false, f)
+    }
+
+    /// Runs a job's `f` with this context in force, and keeps the context, so that whoever
+    /// frees the job's cell (normally the caller) releases it. Restores the thread afterwards,
+    /// also if `f` panics. `top_level` says that no other job runs further up this thread's
+    /// stack: only then may a worker trust that it is under the global dispatcher.
+    pub(crate) fn run_in_place<R>(&mut self, top_level: bool, f: impl FnOnce() -> R) -> R {
+        let mut entered = Entered::new(self.0.take(), top_level);
+        let out = f();
+        self.0 = entered.leave();
+        out
+    }
+}
+
+/// A context in force on this thread; dropping it (or [`leave`](Self::leave)) restores the
+/// thread as it was.
+struct Entered {
+    /// The thread's own scoped overrides, set aside: the job's are in force instead.
+    overrides: Option<settings::Installed>,
+    /// What `JOB` held before.
+    previous: Option<Option<Arc<Ctx>>>,
+    dispatcher: Option<DefaultGuard>,
+    span_entered: bool,
+}
+
+impl Entered {
+    fn new(ctx: Option<Arc<Ctx>>, top_level: bool) -> Self {
+        let overrides = Some(settings::install(Overrides::new()));
+        let mut dispatcher = None;
+        let mut span_entered = false;
+        if let Some(ctx) = ctx.as_ref().filter(|c| c.traced()) {
+            if !(top_level && under_already(ctx.at)) {
+                dispatcher = Some(tracing::dispatcher::set_default(&ctx.dispatch));
+            }
+            ctx.span.with_subscriber(|(id, d)| d.enter(id));
+            span_entered = true;
+        }
+        let previous = Some(JOB.with(|job| job.replace(ctx)));
+        Entered {
+            overrides,
+            previous,
+            dispatcher,
+            span_entered,
+        }
+    }
+
+    /// Restores the thread and hands back the context that was in force.
+    fn leave(&mut self) -> Option<Arc<Ctx>> {
+        let previous = self.previous.take().expect("left once");
+        let ctx = JOB.with(|job| job.replace(previous));
+        if std::mem::take(&mut self.span_entered) {
+            if let Some(ctx) = &ctx {
+                ctx.span.with_subscriber(|(id, d)| d.exit(id));
+            }
+        }
+        drop(self.dispatcher.take());
+        drop(self.overrides.take());
+        ctx
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.previous.is_some() {
+            drop(self.leave());
+        }
+    }
+}
+
+/// True if this thread is already under the static dispatcher at address `at` (only asked
+/// where no `get_default` call is in progress further up the stack: a worker between jobs).
+fn under_already(at: usize) -> bool {
+    let here = dispatch_address();
+    if here == scoped_slot() {
+        return false;
+    }
+    // `here` is a static: publish it, so that callers under it share their captures.
+    if STATIC_DISPATCH.load(Ordering::Relaxed) != here {
+        STATIC_DISPATCH.store(here, Ordering::Relaxed);
+    }
+    here == at
+}
+
+/// The address of the `&Dispatch` tracing hands out on this thread right now.
+fn dispatch_address() -> usize {
+    tracing::dispatcher::get_default(|d| d as *const Dispatch as usize)
+}
+
+/// The address tracing hands out for a scoped dispatcher on this thread, found once by setting
+/// one. Only called where no `get_default` call is in progress further up this thread's stack,
+/// because setting a dispatcher inside one would panic in tracing.
+fn scoped_slot() -> usize {
+    SCOPED_SLOT.with(|slot| {
+        if slot.get() == 0 {
+            let probe = Dispatch::none();
+            slot.set(tracing::dispatcher::with_default(&probe, dispatch_address));
+        }
+        slot.get()
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// What sharing relies on: inside `with_default`, every scoped dispatcher is handed out at
+    /// one address (the thread's slot), and outside it the address is another one, stable over
+    /// time. If tracing-core changes this, this test fails before anything is shared wrongly.
+    #[test]
+    fn dispatcher_addresses_behave_as_assumed() {
+        std::thread::spawn(|| {
+            let outside = dispatch_address();
+            let a = Dispatch::new(tracing_subscriber::registry());
+            let b = Dispatch::new(tracing_subscriber::registry());
+            let in_a = tracing::dispatcher::with_default(&a, dispatch_address);
+            let in_b = tracing::dispatcher::with_default(&b, dispatch_address);
+            assert_eq!(in_a, in_b, "scoped dispatchers share the thread's slot");
+            assert_ne!(outside, in_a);
+            assert_eq!(scoped_slot(), in_a);
+            assert_eq!(dispatch_address(), outside);
+            assert!(
+                !under_already(in_a),
+                "a scoped slot is never taken for a static"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+}
