@@ -200,8 +200,8 @@ impl Captured {
 
     /// Runs a job's `f` with this context in force, and keeps the context, so that whoever
     /// frees the job's cell (normally the caller) releases it. Restores the thread afterwards,
-    /// also if `f` panics. `top_level` says that no other job runs further up this thread's
-    /// stack: only then may a worker trust that it is under the global dispatcher.
+    /// also if `f` panics. `top_level` says that this is a worker between jobs (no other job
+    /// further up its stack): only there may it probe tracing (see [`under_already`]).
     pub(crate) fn run_in_place<R>(&mut self, top_level: bool, f: impl FnOnce() -> R) -> R {
         let mut entered = Entered::new(self.0.take(), top_level);
         let out = f();
@@ -227,7 +227,7 @@ impl Entered {
         let mut dispatcher = None;
         let mut span_entered = false;
         if let Some(ctx) = ctx.as_ref().filter(|c| c.traced()) {
-            if !(top_level && under_already(ctx.at)) {
+            if !under_already(ctx.at, top_level) {
                 dispatcher = Some(tracing::dispatcher::set_default(&ctx.dispatch));
             }
             ctx.span.with_subscriber(|(id, d)| d.enter(id));
@@ -265,18 +265,18 @@ impl Drop for Entered {
     }
 }
 
-/// True if this thread is already under the static dispatcher at address `at` (only asked
-/// where no `get_default` call is in progress further up the stack: a worker between jobs).
-fn under_already(at: usize) -> bool {
+/// True if this thread is already under the static dispatcher at address `at`, so that a
+/// job captured under it need not set it. At a worker's `top_level` (between jobs, where no
+/// `get_default` call can be in progress further up the stack) this also finds out whether the
+/// worker's own dispatcher is a static, and publishes it for callers to share captures under.
+/// Elsewhere it only trusts an address already known to be a static.
+fn under_already(at: usize, top_level: bool) -> bool {
     let here = dispatch_address();
-    if here == scoped_slot() {
-        return false;
-    }
-    // `here` is a static: publish it, so that callers under it share their captures.
-    if STATIC_DISPATCH.load(Ordering::Relaxed) != here {
+    if top_level && here != scoped_slot() && STATIC_DISPATCH.load(Ordering::Relaxed) != here {
         STATIC_DISPATCH.store(here, Ordering::Relaxed);
     }
-    here == at
+    // A known static is the same dispatcher at every moment, on every thread.
+    here == at && here == STATIC_DISPATCH.load(Ordering::Relaxed)
 }
 
 /// The address of the `&Dispatch` tracing hands out on this thread right now.
@@ -317,8 +317,12 @@ mod tests {
             assert_eq!(scoped_slot(), in_a);
             assert_eq!(dispatch_address(), outside);
             assert!(
-                !under_already(in_a),
+                !under_already(in_a, true),
                 "a scoped slot is never taken for a static"
+            );
+            assert!(
+                under_already(outside, true),
+                "outside, this thread is under a static"
             );
         })
         .join()

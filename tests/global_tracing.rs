@@ -254,3 +254,62 @@ fn a_scoped_subscriber_over_the_global_one_travels_with_the_call() {
     assert_eq!(span_of(probe), Some(Some(10_002)));
     assert!(!local.0.lock().unwrap().probes.contains_key(&probe));
 }
+
+#[test]
+fn a_batch_and_a_nested_call_keep_the_span_and_overrides_they_were_made_under() {
+    seen();
+    let pool = WorkerPool::new(1);
+    let program = pool.asyncify(|probe: u64| probe_job(probe)());
+    let span = tracing::info_span!("batch", n = 11_001);
+    let batch = span.in_scope(|| {
+        settings::context(Overrides::new().with("n", 11_002u64), || {
+            program.batch(11_000_000..11_000_050u64)
+        })
+    });
+    drop(span);
+    // Driven outside the span and the context: the batch puts back what it captured.
+    let result = batch.wait();
+    for (probe, out) in (11_000_000..).zip(result.results()) {
+        assert_eq!(out, &Ok(Some(11_002)));
+        assert_eq!(span_of(probe), Some(Some(11_001)));
+    }
+
+    // A call made inside a job inherits the job's span and overrides; on a one-thread pool the
+    // waiting worker runs it itself, nested inside the outer job.
+    let span = tracing::info_span!("outer", n = 11_003);
+    let inner_pool = pool.clone();
+    let outer = span.in_scope(|| {
+        settings::context(Overrides::new().with("n", 11_004u64), || {
+            pool.spawn(move || inner_pool.spawn(probe_job(11_100_000)).wait())
+        })
+    });
+    assert_eq!(wait(outer), Ok(Ok(Some(11_004))));
+    assert_eq!(span_of(11_100_000), Some(Some(11_003)));
+}
+
+#[test]
+fn a_batch_made_under_one_scoped_subscriber_and_driven_under_another_stays_with_the_first() {
+    seen();
+    let pool = WorkerPool::new(2);
+    let program = pool.asyncify(|probe: u64| probe_job(probe)());
+    let (first, second) = (Recorder::default(), Recorder::default());
+    let batch = tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(first.clone()),
+        || {
+            let span = tracing::info_span!("first", n = 12_001);
+            span.in_scope(|| program.batch(12_000_000..12_000_020u64))
+        },
+    );
+    let result = tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(second.clone()),
+        || batch.wait(),
+    );
+    assert_eq!(result.done(), 20);
+    let first = first.0.lock().unwrap();
+    for probe in 12_000_000..12_000_020u64 {
+        assert_eq!(first.probes.get(&probe), Some(&Some(12_001)));
+    }
+    assert!(second.0.lock().unwrap().probes.is_empty());
+    drop(first);
+    assert_eq!(span_of(12_000_000), None);
+}
