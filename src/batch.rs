@@ -1125,6 +1125,7 @@ where
         // it never gets here; one the worker had already taken may read either value, and
         // either way it reports once and the driver waits for that report.
         if self.shared.stopped.load(Relaxed) {
+            crate::job::skip_this_job(); // counted as cancelled in the pool's stats
             return; // `Drop` reports `NotRun` and hands the input back.
         }
         let input = self.input.take().expect("a ticket runs at most once");

@@ -144,6 +144,8 @@ trait Completion<T>: Send + Sync {
 }
 
 thread_local! {
+    /// Set by a job that decided not to run its work after all (see [`skip_this_job`]).
+    static SKIPPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The job running on this thread, innermost first when a waiting worker runs another.
     static CURRENT: RefCell<Option<Arc<dyn Runnable>>> = const { RefCell::new(None) };
 }
@@ -167,6 +169,7 @@ where
             }
         };
         let previous = CURRENT.with(|c| c.replace(Some(self)));
+        let skipped_outside = SKIPPED.with(|s| s.replace(false));
         let top_level = previous.is_none();
         let result = captured
             .run_in_place(top_level, || catch_unwind(AssertUnwindSafe(f)))
@@ -178,8 +181,10 @@ where
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
+        let skipped = SKIPPED.with(|s| s.replace(skipped_outside));
         record(match result {
             Err(JobError::Panicked { .. }) => Outcome::Panicked,
+            _ if skipped => Outcome::Skipped,
             _ => Outcome::Completed,
         });
         let waker = this.complete(&mut Some(result), captured);
@@ -327,6 +332,13 @@ where
         pending: None,
     };
     (Job(Some(cell)), handle)
+}
+
+/// Called by a job that returns without doing its work because it was called off after a
+/// worker had taken it (a batch that stopped meanwhile), so that the pool counts it as
+/// cancelled, like a job whose handle was dropped before it started, and not as completed.
+pub(crate) fn skip_this_job() {
+    SKIPPED.with(|s| s.set(true));
 }
 
 /// True inside a job: `asyncify_pool::is_cancelled` and `settings::configure` ask this.
@@ -695,6 +707,20 @@ mod tests {
     /// The cell of a small call stays a 72-byte request, an 80-byte malloc chunk: one more word
     /// makes it a 96-byte chunk, which cost 6–27% of throughput when measured (BENCHMARKS.md).
     /// The waker and the handed-back context share `Side` for this.
+    /// A job that calls `skip_this_job` is reported as skipped, and the mark does not leak to
+    /// the next job on the thread.
+    #[test]
+    fn a_job_that_skips_itself_is_reported_as_skipped() {
+        let outcomes = RefCell::new(Vec::new());
+        let record = |o| outcomes.borrow_mut().push(o);
+        let (job, handle) = new_job(skip_this_job, Captured::default());
+        job.run(&record);
+        let (job, other) = new_job(|| 1, Captured::default());
+        job.run(&record);
+        assert_eq!(*outcomes.borrow(), [Outcome::Skipped, Outcome::Completed]);
+        assert!(handle.is_finished() && other.is_finished());
+    }
+
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_small_calls_cell_fits_an_80_byte_chunk() {
