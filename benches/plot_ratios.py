@@ -61,7 +61,9 @@ def main(paths):
     left.set_xticks(range(len(shapes)), [label for _, label in shapes])
     left.set_ylabel("time per call ÷ floor (lower is better)")
     left.set_title("this pool and its peers, ratio to the floor")
-    left.legend(fontsize=8, loc="upper center")
+    top = max(max(r[shape][peer] for r in runs) for shape, _ in shapes for peer in peers)
+    left.set_ylim(0, top * 1.35)  # room for the legend above the bars
+    left.legend(fontsize=8, loc="upper center", ncol=2)
 
     captures = []
     for run in runs:
