@@ -5,7 +5,8 @@
 //! A call makes one `Arc<Cell>`. The queue holds it as a [`Job`] (type-erased: "something to
 //! run"), the caller holds it as a [`JobHandle<T>`] (type-erased the other way: "something that
 //! will produce a `T`"). Inside sits one small mutex-protected [`Slot`] with the job's stage and
-//! the waker of whoever awaits it, next to the `cancelled` flag that [`is_cancelled`] reads.
+//! the waker of whoever awaits it (after the run, the caller's captured context, handed back to
+//! be released by the caller), next to the `cancelled` flag that [`is_cancelled`] reads.
 //!
 //! # Stages
 //!
@@ -66,10 +67,12 @@ enum Side {
 }
 
 impl Side {
-    const EMPTY: fn() -> Side = || Side::Back(Captured::default());
+    fn empty() -> Side {
+        Side::Back(Captured::default())
+    }
 
     fn take_waker(&mut self) -> Option<Waker> {
-        match std::mem::replace(self, (Side::EMPTY)()) {
+        match std::mem::replace(self, Side::empty()) {
             Side::Waker(waker) => Some(waker),
             back => {
                 *self = back;
@@ -273,7 +276,7 @@ where
 
     fn cancel(&self) {
         let mut slot = self.lock();
-        let side = std::mem::replace(&mut slot.side, (Side::EMPTY)());
+        let side = std::mem::replace(&mut slot.side, Side::empty());
         let stage = std::mem::replace(&mut slot.stage, Stage::Closed);
         if let Stage::Running = stage {
             slot.stage = Stage::Running;
@@ -323,7 +326,7 @@ where
     let cell = Arc::new(Cell {
         slot: Mutex::new(Slot {
             stage: Stage::Queued(f, captured),
-            side: (Side::EMPTY)(),
+            side: Side::empty(),
         }),
         cancelled: AtomicBool::new(false),
     });
@@ -414,7 +417,7 @@ impl<T: Send + 'static> JobHandle<T> {
         let cell: Cell<fn() -> T, T> = Cell {
             slot: Mutex::new(Slot {
                 stage: Stage::Done(result),
-                side: (Side::EMPTY)(),
+                side: Side::empty(),
             }),
             cancelled: AtomicBool::new(false),
         };
@@ -704,9 +707,6 @@ mod loom_tests {
 mod tests {
     use super::*;
 
-    /// The cell of a small call stays a 72-byte request, an 80-byte malloc chunk: one more word
-    /// makes it a 96-byte chunk, which cost 6–27% of throughput when measured (BENCHMARKS.md).
-    /// The waker and the handed-back context share `Side` for this.
     /// A job that calls `skip_this_job` is reported as skipped, and the mark does not leak to
     /// the next job on the thread.
     #[test]
@@ -721,6 +721,9 @@ mod tests {
         assert!(handle.is_finished() && other.is_finished());
     }
 
+    /// The cell of a small call stays a 72-byte request, an 80-byte malloc chunk: one more word
+    /// makes it a 96-byte chunk, which took throughput from ×0.59 to ×0.75 of the floor in one
+    /// A/B run (BENCHMARKS.md). The waker and the handed-back context share `Side` for this.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_small_calls_cell_fits_an_80_byte_chunk() {
