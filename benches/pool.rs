@@ -35,7 +35,10 @@ use std::time::{Duration, Instant};
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::WorkerPool;
-use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use tokio::runtime::Runtime;
 
 /// The thread count of every contender (the default of `async_max_workers`).
@@ -223,15 +226,26 @@ fn round_trip(c: &mut Criterion, k: &Contenders) {
     group.finish();
 }
 
-fn throughput(c: &mut Criterion, k: &Contenders) {
-    let n = calls();
-    let mut group = c.benchmark_group("throughput");
+/// A group whose every iteration is a whole batch of `calls` calls: few samples, flat sampling.
+fn batch_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    calls: usize,
+    seconds: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(4))
-        .throughput(Throughput::Elements(n as u64));
+        .measurement_time(Duration::from_secs(seconds))
+        .throughput(Throughput::Elements(calls as u64));
+    group
+}
+
+fn throughput(c: &mut Criterion, k: &Contenders) {
+    let n = calls();
+    let mut group = batch_group(c, "throughput", n, 4);
     macro_rules! one {
         ($group:ident, $name:literal, $submit:ident) => {
             $group.bench_with_input(BenchmarkId::new($name, n), &n, |b, &n| {
@@ -245,13 +259,7 @@ fn throughput(c: &mut Criterion, k: &Contenders) {
 }
 
 fn fan_out(c: &mut Criterion, k: &Contenders) {
-    let mut group = c.benchmark_group("fan_out");
-    group
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(FAN_OUT_CALLS as u64));
+    let mut group = batch_group(c, "fan_out", FAN_OUT_CALLS, 3);
     macro_rules! one {
         ($group:ident, $name:literal, $submit:ident) => {
             $group.bench_function($name, |b| {
@@ -271,13 +279,7 @@ fn sixteen_overrides() -> Overrides {
 
 fn capture(c: &mut Criterion, k: &Contenders) {
     let n = calls();
-    let mut group = c.benchmark_group("capture");
-    group
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(4))
-        .throughput(Throughput::Elements(n as u64));
+    let mut group = batch_group(c, "capture", n, 4);
     group.bench_function("asyncify_pool/0_overrides", |b| {
         b.to_async(&k.runtime)
             .iter_custom(|iters| batches(iters, n, || on_pool(k, noop)));

@@ -384,6 +384,13 @@ fn two_concurrent_batches_each_keep_their_concurrency() {
     });
 }
 
+/// Counts a run of item `i` and returns which run of it this is (1 for the first).
+fn count_run(runs: &Mutex<Vec<usize>>, i: usize) -> usize {
+    let mut runs = runs.lock().unwrap();
+    runs[i] += 1;
+    runs[i]
+}
+
 #[test]
 fn straggler_copies_run_only_when_asked() {
     bounded(|| {
@@ -392,11 +399,7 @@ fn straggler_copies_run_only_when_asked() {
         let r = runs.clone();
         // Item 0's first run is slow; a copy of it, if any, is fast.
         let program = pool.asyncify(move |i: usize| {
-            let run = {
-                let mut runs = r.lock().unwrap();
-                runs[i] += 1;
-                runs[i]
-            };
+            let run = count_run(&r, i);
             if i == 0 && run == 1 {
                 thread::sleep(Duration::from_millis(30));
             }
@@ -420,11 +423,7 @@ fn a_straggler_gets_one_copy_and_the_first_to_finish_wins() {
             let r = runs.clone();
             // Item 0's first run hangs until abandoned: only its copy can finish it.
             let program = pool.asyncify(move |i: usize| {
-                let run = {
-                    let mut runs = r.lock().unwrap();
-                    runs[i] += 1;
-                    runs[i]
-                };
+                let run = count_run(&r, i);
                 if i == 0 && run == 1 {
                     assert!(wait_until(is_cancelled));
                     return 1000;

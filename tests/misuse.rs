@@ -1,40 +1,20 @@
 //! Bad input and misuse: each gives a clear error or a documented panic, and the pool lives on.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncify_pool::settings::{self, Overrides, SettingsError};
 use asyncify_pool::{JobError, PoolError, WorkerPool};
+use common::{wait, HANG};
 
-/// Turns a hang into a failure; never reached by a passing run.
-const HANG: Duration = Duration::from_secs(60);
-
-/// The panics these tests provoke on purpose are noise in the output; keep the others.
+/// The panics these tests provoke on purpose are noise in the output, and so is the payload of
+/// a value that panics when dropped; keep the others.
 fn quiet_planned_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let planned = payload.is::<u32>()
-                || payload.is::<PanicsOnDrop>()
-                || payload
-                    .downcast_ref::<&str>()
-                    .is_some_and(|m| m.starts_with("planned"))
-                || payload
-                    .downcast_ref::<String>()
-                    .is_some_and(|m| m.starts_with("planned"));
-            if !planned {
-                default(info);
-            }
-        }));
-    });
-}
-
-fn wait<T>(mut handle: asyncify_pool::JobHandle<T>) -> Result<T, JobError> {
-    handle.wait_timeout(HANG).expect("a job hung")
+    common::quiet_planned_panics_and(|payload| payload.is::<PanicsOnDrop>());
 }
 
 #[test]

@@ -45,12 +45,19 @@ fn wait_until<'a, T>(
 /// The panics these tests provoke on purpose (messages starting with "planned", or a `u32`
 /// payload) are noise in the output; every other panic is still printed.
 pub fn quiet_planned_panics() {
+    quiet_planned_panics_and(|_| false);
+}
+
+/// Like [`quiet_planned_panics`], also quieting payloads `also_planned` accepts. The first call
+/// in a test binary installs the hook; later calls change nothing.
+pub fn quiet_planned_panics_and(also_planned: fn(&(dyn std::any::Any + Send)) -> bool) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();
             let planned = payload.is::<u32>()
+                || also_planned(payload)
                 || payload
                     .downcast_ref::<&str>()
                     .is_some_and(|m| m.starts_with("planned"))
