@@ -16,9 +16,10 @@
 //!   keeps only a `Weak`, so it never keeps overrides alive or a span open (an exporter ends a
 //!   span when its last reference goes, and that must not wait for an idle thread's cache).
 //!   (The `Weak` keeps only the emptied 120-byte allocation until the thread's next call.)
-//! * **Moved, not cloned, on the worker.** The worker moves the `Arc<Ctx>` into a thread-local
-//!   slot that [`settings`] reads when no `context` is in force, runs the job, and moves it back
-//!   into the job's cell, which the caller frees. The worker neither clones nor drops it.
+//! * **Borrowed, not cloned, on the worker.** The worker puts the job's overrides in force (one
+//!   count on the overrides map, only when there are overrides), runs the job, and hands the
+//!   `Arc<Ctx>` back into the job's cell, which the caller frees. The worker neither clones nor
+//!   drops the `Arc<Ctx>` itself.
 //! * **The global dispatcher is left alone.** When the caller's dispatcher is the process's
 //!   global default, a worker is already under it and does not set it again (that would touch
 //!   the dispatcher's count and tracing's global count of scoped dispatchers); it only enters
@@ -31,21 +32,23 @@
 //! scoped dispatcher are made per call and set the dispatcher on the worker, as before. The
 //! `dispatcher_addresses_behave_as_assumed` test pins this behaviour of tracing-core.
 
-use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use tracing::dispatcher::DefaultGuard;
 use tracing::span::Id;
 use tracing::{Dispatch, Metadata, Span};
 
+use crate::guard;
 use crate::settings::{self, Overrides};
+use crate::sync::StaticAtomicUsize;
 
 /// What was in force on the caller's thread at the call (see the module docs): 8 bytes, so that
 /// a job's cell stays within malloc's 80-byte chunks for small closures.
 ///
-/// `Clone` (one reference count) so that a batch can capture once and put the same context in
-/// force around every call it makes later.
+/// `Clone` (one reference count) so that a batch can capture once and hand the same context to
+/// every job it submits later.
 #[derive(Clone, Default)]
 pub(crate) struct Captured(Option<Arc<Ctx>>);
 
@@ -123,27 +126,22 @@ impl Ctx {
     }
 }
 
-thread_local! {
+/// What a thread remembers between captures.
+struct Memory {
     /// The last shareable [`Ctx`] this thread made; `Weak`, so it keeps nothing alive.
-    static LAST: RefCell<Option<Weak<Ctx>>> = const { RefCell::new(None) };
-    /// The context of the job running on this thread, moved here for the job's duration.
-    static JOB: RefCell<Option<Arc<Ctx>>> = const { RefCell::new(None) };
+    last: Option<Weak<Ctx>>,
     /// Where tracing keeps this thread's scoped dispatcher (0 until a worker has looked).
-    static SCOPED_SLOT: Cell<usize> = const { Cell::new(0) };
+    scoped_slot: usize,
+}
+
+thread_local! {
+    static MEMORY: RefCell<Memory> = const { RefCell::new(Memory { last: None, scoped_slot: 0 }) };
 }
 
 /// The address of the static dispatcher a worker saw while no scoped one was set on it: the
 /// global default (or tracing's "none" before one is set). 0 until a worker has run a job
 /// under some dispatcher.
-static STATIC_DISPATCH: AtomicUsize = AtomicUsize::new(0);
-
-/// Runs `f` on the overrides the job running on this thread carried (none outside jobs).
-pub(crate) fn with_job_overrides<R>(f: impl FnOnce(&Overrides) -> R) -> R {
-    JOB.with(|job| match job.borrow().as_ref() {
-        Some(ctx) => f(&ctx.overrides),
-        None => f(&Overrides::new()),
-    })
-}
+static STATIC_DISPATCH: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
 impl Captured {
     /// Captures the calling thread's context. O(1) in the number of overrides; with nothing in
@@ -164,7 +162,7 @@ impl Captured {
             // A live `Ctx` holds its overrides and its span, so no other overrides can have
             // their address and no other span their id meanwhile: an equal key is the same
             // context (for the dispatcher, see the module docs).
-            let last = LAST.with(|last| last.borrow().as_ref().and_then(Weak::upgrade));
+            let last = MEMORY.with(|m| m.borrow().last.as_ref().and_then(Weak::upgrade));
             if let Some(last) = last {
                 if last.key() == key {
                     return Captured(Some(last));
@@ -187,15 +185,10 @@ impl Captured {
             span,
         });
         if shareable {
-            LAST.with(|last| *last.borrow_mut() = Some(Arc::downgrade(&ctx)));
+            let previous = MEMORY.with(|m| m.borrow_mut().last.replace(Arc::downgrade(&ctx)));
+            drop(previous); // a `Weak`: frees at most an emptied allocation, runs no user code
         }
         Captured(Some(ctx))
-    }
-
-    /// Runs `f` with this context in force and restores the thread afterwards, also if `f`
-    /// panics. For a caller's own thread (a batch putting its context back around its calls).
-    pub(crate) fn run<R>(mut self, f: impl FnOnce() -> R) -> R {
-        self.run_in_place(false, f)
     }
 
     /// Runs a job's `f` with this context in force, and keeps the context, so that whoever
@@ -212,31 +205,39 @@ impl Captured {
 
 /// A context in force on this thread; dropping it (or [`leave`](Self::leave)) restores the
 /// thread as it was.
+///
+/// Entering and leaving call the tracing subscriber (setting the dispatcher, entering and
+/// exiting the span), which is user code: each call goes through the guard.
 struct Entered {
-    /// The thread's own scoped overrides, set aside: the job's are in force instead.
+    /// The job's overrides in force instead of the thread's own.
     overrides: Option<settings::Installed>,
-    /// What `JOB` held before.
-    previous: Option<Option<Arc<Ctx>>>,
+    ctx: Option<Arc<Ctx>>,
     dispatcher: Option<DefaultGuard>,
     span_entered: bool,
 }
 
 impl Entered {
     fn new(ctx: Option<Arc<Ctx>>, top_level: bool) -> Self {
-        let overrides = Some(settings::install(Overrides::new()));
+        let job_overrides = ctx
+            .as_ref()
+            .map_or_else(Overrides::new, |c| c.overrides.clone());
+        let overrides = Some(settings::enter_job(job_overrides));
         let mut dispatcher = None;
         let mut span_entered = false;
         if let Some(ctx) = ctx.as_ref().filter(|c| c.traced()) {
             if !under_already(ctx.at, top_level) {
-                dispatcher = Some(tracing::dispatcher::set_default(&ctx.dispatch));
+                guard::quietly("a tracing subscriber", || {
+                    dispatcher = Some(tracing::dispatcher::set_default(&ctx.dispatch));
+                });
             }
-            ctx.span.with_subscriber(|(id, d)| d.enter(id));
-            span_entered = true;
+            guard::quietly("a tracing subscriber", || {
+                ctx.span.with_subscriber(|(id, d)| d.enter(id));
+                span_entered = true;
+            });
         }
-        let previous = Some(JOB.with(|job| job.replace(ctx)));
         Entered {
             overrides,
-            previous,
+            ctx,
             dispatcher,
             span_entered,
         }
@@ -244,23 +245,24 @@ impl Entered {
 
     /// Restores the thread and hands back the context that was in force.
     fn leave(&mut self) -> Option<Arc<Ctx>> {
-        let previous = self.previous.take().expect("left once");
-        let ctx = JOB.with(|job| job.replace(previous));
+        let ctx = self.ctx.take();
         if std::mem::take(&mut self.span_entered) {
             if let Some(ctx) = &ctx {
-                ctx.span.with_subscriber(|(id, d)| d.exit(id));
+                guard::quietly("a tracing subscriber", || {
+                    ctx.span.with_subscriber(|(id, d)| d.exit(id));
+                });
             }
         }
-        drop(self.dispatcher.take());
-        drop(self.overrides.take());
+        guard::drop("a tracing subscriber", self.dispatcher.take());
+        drop(self.overrides.take()); // restores the thread's own, dropping through the guard
         ctx
     }
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        if self.previous.is_some() {
-            drop(self.leave());
+        if self.overrides.is_some() {
+            guard::drop("a job's captured context", self.leave());
         }
     }
 }
@@ -288,13 +290,14 @@ fn dispatch_address() -> usize {
 /// one. Only called where no `get_default` call is in progress further up this thread's stack,
 /// because setting a dispatcher inside one would panic in tracing.
 fn scoped_slot() -> usize {
-    SCOPED_SLOT.with(|slot| {
-        if slot.get() == 0 {
-            let probe = Dispatch::none();
-            slot.set(tracing::dispatcher::with_default(&probe, dispatch_address));
-        }
-        slot.get()
-    })
+    let known = MEMORY.with(|m| m.borrow().scoped_slot);
+    if known != 0 {
+        return known;
+    }
+    let probe = Dispatch::none();
+    let slot = tracing::dispatcher::with_default(&probe, dispatch_address);
+    MEMORY.with(|m| m.borrow_mut().scoped_slot = slot);
+    slot
 }
 
 #[cfg(all(test, not(loom)))]

@@ -1,6 +1,6 @@
-//! Errors: what a job, the pool and the settings can tell their callers.
+//! Errors: every error type of the crate, what a job, the pool and the settings can tell
+//! their callers.
 
-use std::any::Any;
 use std::fmt;
 
 /// Why a job did not produce its value.
@@ -38,6 +38,15 @@ pub enum JobError {
     /// out, or the batch was dropped); it never ran.
     #[non_exhaustive]
     Cancelled {},
+    /// The call was refused before it was queued, because a setting it depends on is unusable:
+    /// the `async_max_workers` in force for a call of the free [`asyncify`](crate::asyncify)
+    /// is not a `usize` from 1 to [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS).
+    /// It never ran.
+    #[non_exhaustive]
+    InvalidSetting {
+        /// What is wrong with the setting (the [`SettingsError`]'s text).
+        message: String,
+    },
 }
 
 impl JobError {
@@ -49,9 +58,13 @@ impl JobError {
         JobError::Cancelled {}
     }
 
-    pub(crate) fn from_panic(payload: &(dyn Any + Send)) -> Self {
-        JobError::Panicked {
-            message: panic_message(payload),
+    pub(crate) fn panicked(message: String) -> Self {
+        JobError::Panicked { message }
+    }
+
+    pub(crate) fn invalid_setting(error: SettingsError) -> Self {
+        JobError::InvalidSetting {
+            message: error.to_string(),
         }
     }
 
@@ -95,6 +108,22 @@ impl JobError {
     pub fn is_cancelled(&self) -> bool {
         matches!(self, JobError::Cancelled { .. })
     }
+
+    /// True if the call was refused because a setting it depends on is unusable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::{asyncify, settings::{self, Overrides}};
+    ///
+    /// let program = asyncify(|x: u32| x);
+    /// let bad = Overrides::new().with("async_max_workers", 0usize);
+    /// let err = settings::context(bad, || program.call(1)).wait().unwrap_err();
+    /// assert!(err.is_invalid_setting());
+    /// ```
+    pub fn is_invalid_setting(&self) -> bool {
+        matches!(self, JobError::InvalidSetting { .. })
+    }
 }
 
 impl fmt::Display for JobError {
@@ -103,22 +132,12 @@ impl fmt::Display for JobError {
             JobError::Panicked { message } => write!(f, "the job panicked: {message}"),
             JobError::ShutDown {} => f.write_str("the pool was shut down before the job could run"),
             JobError::Cancelled {} => f.write_str("the job was cancelled before it started"),
+            JobError::InvalidSetting { message } => write!(f, "the call was refused: {message}"),
         }
     }
 }
 
 impl std::error::Error for JobError {}
-
-/// The text of a panic payload: the `&str` or `String` it carries, or a note saying what it is not.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<panic payload is not a string>".to_owned()
-    }
-}
 
 /// Why the pool could not be built or resized.
 ///
@@ -129,6 +148,7 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 ///
 /// let pool = WorkerPool::new(2);
 /// assert!(matches!(pool.set_threads(0), Err(PoolError::ZeroThreads)));
+/// assert!(matches!(pool.set_threads(usize::MAX), Err(PoolError::TooManyThreads { .. })));
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
@@ -139,6 +159,20 @@ pub enum PoolError {
     ShutDown,
     /// The operating system refused to start a worker thread.
     Spawn(std::io::Error),
+    /// More threads were asked for than [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS).
+    #[non_exhaustive]
+    TooManyThreads {
+        /// The thread count asked for.
+        requested: usize,
+        /// The most a pool may have.
+        max: usize,
+    },
+    /// The thread name prefix cannot name an OS thread (it contains a NUL byte).
+    #[non_exhaustive]
+    InvalidThreadName {
+        /// The prefix given.
+        name: String,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -147,6 +181,13 @@ impl fmt::Display for PoolError {
             PoolError::ZeroThreads => f.write_str("a worker pool needs at least one thread"),
             PoolError::ShutDown => f.write_str("the pool has been shut down"),
             PoolError::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
+            PoolError::TooManyThreads { requested, max } => write!(
+                f,
+                "{requested} threads were asked for, and a pool has at most {max} (WorkerPool::MAX_THREADS)"
+            ),
+            PoolError::InvalidThreadName { name } => {
+                write!(f, "the thread name {name:?} contains a NUL byte")
+            }
         }
     }
 }
@@ -216,3 +257,159 @@ impl fmt::Display for SettingsError {
 }
 
 impl std::error::Error for SettingsError {}
+
+/// [`WorkerPool::shutdown_timeout`](crate::WorkerPool::shutdown_timeout) ran out of time.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let pool = asyncify_pool::WorkerPool::new(2);
+/// let _a = pool.spawn(|| std::thread::sleep(Duration::from_millis(300)));
+/// let _b = pool.spawn(|| std::thread::sleep(Duration::from_millis(300)));
+/// std::thread::sleep(Duration::from_millis(50));
+/// let err = pool.shutdown_timeout(Duration::ZERO).unwrap_err();
+/// assert_eq!(err.running(), 2);
+/// println!("{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownTimeout {
+    pub(crate) running: usize,
+    pub(crate) threads: usize,
+}
+
+impl ShutdownTimeout {
+    /// The jobs still running when time ran out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # let _h = pool.spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+    /// # std::thread::sleep(std::time::Duration::from_millis(50));
+    /// let err = pool.shutdown_timeout(std::time::Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.running(), 1);
+    /// ```
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// The worker threads that had not exited yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # let _h = pool.spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+    /// # std::thread::sleep(std::time::Duration::from_millis(50));
+    /// let err = pool.shutdown_timeout(std::time::Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.threads(), 1);
+    /// ```
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl fmt::Display for ShutdownTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shutdown timed out with {} job(s) still running on {} thread(s)",
+            self.running, self.threads
+        )
+    }
+}
+
+impl std::error::Error for ShutdownTimeout {}
+
+/// Why a `try_` call refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Full,
+    ShutDown,
+}
+
+/// A [`WorkerPool::try_spawn`](crate::WorkerPool::try_spawn) or
+/// [`AsyncProgram::try_call`](crate::AsyncProgram::try_call) that was refused, with the input
+/// handed back.
+///
+/// # Examples
+///
+/// ```
+/// let pool = asyncify_pool::WorkerPool::new(1);
+/// let double = pool.asyncify(|x: u32| x * 2);
+/// pool.shutdown();
+/// let err = double.try_call(21).unwrap_err();
+/// assert!(err.is_shut_down() && !err.is_full());
+/// assert_eq!(err.into_input(), 21);
+/// ```
+pub struct TryCallError<I> {
+    input: I,
+    reason: Refusal,
+}
+
+impl<I> TryCallError<I> {
+    pub(crate) fn new(input: I, reason: Refusal) -> Self {
+        TryCallError { input, reason }
+    }
+
+    /// True if the bounded queue was full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// assert!(!pool.try_spawn(|| ()).unwrap_err().is_full());
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.reason == Refusal::Full
+    }
+
+    /// True if the pool was shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// assert!(pool.try_spawn(|| ()).unwrap_err().is_shut_down());
+    /// ```
+    pub fn is_shut_down(&self) -> bool {
+        self.reason == Refusal::ShutDown
+    }
+
+    /// The input that was not queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pool = asyncify_pool::WorkerPool::new(1);
+    /// # pool.shutdown();
+    /// let p = pool.asyncify(|s: String| s.len());
+    /// assert_eq!(p.try_call("kept".to_owned()).unwrap_err().into_input(), "kept");
+    /// ```
+    pub fn into_input(self) -> I {
+        self.input
+    }
+}
+
+impl<I> fmt::Debug for TryCallError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryCallError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I> fmt::Display for TryCallError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            Refusal::Full => f.write_str("the pool's queue is full"),
+            Refusal::ShutDown => f.write_str("the pool has been shut down"),
+        }
+    }
+}
+
+impl<I> std::error::Error for TryCallError<I> {}

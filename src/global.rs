@@ -9,11 +9,13 @@
 
 use std::sync::OnceLock;
 
+use crate::limits::DEFAULT_ASYNC_MAX_WORKERS;
 use crate::pool::WorkerPool;
 use crate::program::AsyncProgram;
-use crate::settings::{self, ASYNC_MAX_WORKERS};
+use crate::settings::{self, SettingsError};
 
-/// The default pool, started on first use with `async_max_workers` threads.
+/// The default pool, started on first use with `async_max_workers` threads (8 if the value in
+/// force then is unusable).
 ///
 /// # Examples
 ///
@@ -25,28 +27,21 @@ pub fn default_pool() -> &'static WorkerPool {
     static POOL: OnceLock<WorkerPool> = OnceLock::new();
     POOL.get_or_init(|| {
         WorkerPool::builder()
-            .threads(workers_setting())
+            .threads(settings::async_max_workers().unwrap_or(DEFAULT_ASYNC_MAX_WORKERS))
             .thread_name("asyncify")
             .build()
             .unwrap_or_else(|e| panic!("asyncify-pool: cannot start the default pool: {e}"))
     })
 }
 
-/// The `async_max_workers` in force here; 8 if the value is missing or unusable (a bad value is
-/// refused by `configure`, but an override can still hold anything).
-fn workers_setting() -> usize {
-    match settings::get::<usize>(ASYNC_MAX_WORKERS) {
-        Some(n) if n > 0 => n,
-        _ => 8,
-    }
-}
-
-pub(crate) fn follow_setting(pool: &WorkerPool) {
-    let wanted = workers_setting();
+/// Resizes `pool` to the `async_max_workers` in force here, or says why it cannot.
+pub(crate) fn follow_setting(pool: &WorkerPool) -> Result<(), SettingsError> {
+    let wanted = settings::async_max_workers()?;
     if pool.threads() != wanted {
         // Only fails after a shutdown, and then the call itself resolves to `ShutDown`.
         let _ = pool.set_threads(wanted);
     }
+    Ok(())
 }
 
 /// Wraps `program` so that each call runs on the default pool, whose thread count follows the

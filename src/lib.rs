@@ -66,22 +66,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+// The layers, bottom up; each uses only those above it in this list.
 mod batch;
 mod capture;
 mod error;
 mod global;
+mod guard;
 mod job;
-mod permits;
+mod limits;
 mod pool;
 mod program;
 pub mod settings;
 mod sync;
 
 pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, Progress};
-pub use error::{JobError, PoolError, SettingsError};
+pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, JobHandle};
-pub use pool::{Builder, ShutdownTimeout, Stats, TryCallError, WorkerPool};
+pub use pool::{Builder, Stats, WorkerPool};
 pub use program::{AsyncProgram, Program};
 
 /// The README's examples, compiled and run as doc tests so the README cannot drift.

@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::capture::Captured;
+use crate::error::{JobError, TryCallError};
 use crate::job::JobHandle;
-use crate::pool::{TryCallError, WorkerPool};
+use crate::pool::WorkerPool;
 
 /// A blocking program that can be asyncified: anything that turns an `I` into an output on a
 /// worker thread.
@@ -87,6 +89,11 @@ impl<P> AsyncProgram<P> {
     /// The settings overrides and the tracing span in force here and now are captured and are
     /// in force on the worker for exactly this run.
     ///
+    /// A program made by the free [`asyncify`](crate::asyncify) first resizes the default pool
+    /// to the `async_max_workers` in force; if that value is unusable (not a `usize` from 1 to
+    /// [`WorkerPool::MAX_THREADS`]), the handle resolves at once to
+    /// [`JobError::InvalidSetting`] and nothing runs.
+    ///
     /// # Examples
     ///
     /// ```
@@ -104,11 +111,23 @@ impl<P> AsyncProgram<P> {
         P: Program<I>,
         I: Send + 'static,
     {
-        if self.follows_setting {
-            crate::global::follow_setting(&self.pool);
+        if let Err(e) = self.follow_setting() {
+            crate::guard::drop("the input of a refused call", input);
+            return JobHandle::ready(Err(e));
         }
         let program = Arc::clone(&self.program);
-        self.pool.spawn(move || program.run(input))
+        let captured = Captured::here();
+        self.pool
+            .registry()
+            .submit(move || program.run(input), captured)
+    }
+
+    /// For the free `asyncify`: sizes the default pool by the setting in force.
+    fn follow_setting(&self) -> Result<(), JobError> {
+        if !self.follows_setting {
+            return Ok(());
+        }
+        crate::global::follow_setting(&self.pool).map_err(JobError::invalid_setting)
     }
 
     /// Like [`call`](Self::call), but refuses instead of waiting when the pool's bounded queue
@@ -117,7 +136,9 @@ impl<P> AsyncProgram<P> {
     ///
     /// # Errors
     ///
-    /// [`TryCallError`] carrying `input`.
+    /// [`TryCallError`] carrying `input`. (An unusable `async_max_workers`, for a program of
+    /// the free [`asyncify`](crate::asyncify), is no refusal: the handle resolves to
+    /// [`JobError::InvalidSetting`] as for [`call`](Self::call).)
     ///
     /// # Examples
     ///
@@ -131,15 +152,19 @@ impl<P> AsyncProgram<P> {
         P: Program<I>,
         I: Send + 'static,
     {
-        if self.follows_setting {
-            crate::global::follow_setting(&self.pool);
+        if let Err(e) = self.follow_setting() {
+            crate::guard::drop("the input of a refused call", input);
+            return Ok(JobHandle::ready(Err(e)));
         }
         match self.pool.reserve() {
             Ok(reserved) => {
                 let program = Arc::clone(&self.program);
-                Ok(self
-                    .pool
-                    .spawn_reserved(reserved, move || program.run(input)))
+                let captured = Captured::here();
+                Ok(self.pool.registry().submit_reserved(
+                    reserved,
+                    move || program.run(input),
+                    captured,
+                ))
             }
             Err(reason) => Err(TryCallError::new(input, reason)),
         }

@@ -47,11 +47,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 pub use crate::error::SettingsError;
+use crate::limits::{DEFAULT_ASYNC_MAX_WORKERS, DEFAULT_MAX_ERRORS, MAX_THREADS};
+use crate::sync::RwLock;
 
 /// A stored value and the name of its type, for error messages.
 #[derive(Clone)]
@@ -91,7 +92,7 @@ impl Overrides {
     /// ```
     /// assert!(asyncify_pool::settings::Overrides::new().is_empty());
     /// ```
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         Overrides { map: None }
     }
 
@@ -238,81 +239,82 @@ fn downcast<T: Any + Clone>(key: &str, v: &Value) -> Result<T, SettingsError> {
         })
 }
 
+/// The value under `key`, if any: a reference count on it, taken so that the caller can look at
+/// it (and run its `Clone`) with no borrow or lock of this module held.
+fn value_of(map: Option<&Map>, key: &str) -> Option<Value> {
+    map.and_then(|m| m.get(key)).cloned()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The global configuration.
 //
-// Readers take a thread-local copy of the `Arc` and refresh it only when the version counter
-// moved, so a `get` on the hot path is one atomic load and no shared write.
+// One immutable map behind a read-write lock. A reader takes the lock only long enough to count
+// one more reference on the value it looks up, and keeps no copy of the map: a value replaced
+// by `configure` is released as soon as the last `get` that returned it is done with it, and
+// no thread, idle or not, keeps an old map alive.
 
-struct Global {
-    map: RwLock<Arc<Map>>,
-    version: AtomicU64,
-}
-
-fn global() -> &'static Global {
-    static GLOBAL: OnceLock<Global> = OnceLock::new();
+fn global() -> &'static RwLock<Arc<Map>> {
+    static GLOBAL: OnceLock<RwLock<Arc<Map>>> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let defaults = Overrides::new()
-            .with(ASYNC_MAX_WORKERS, 8usize)
-            .with(MAX_ERRORS, 10usize);
-        Global {
-            map: RwLock::new(defaults.map.unwrap_or_default()),
-            version: AtomicU64::new(0),
-        }
+            .with(ASYNC_MAX_WORKERS, DEFAULT_ASYNC_MAX_WORKERS)
+            .with(MAX_ERRORS, DEFAULT_MAX_ERRORS);
+        RwLock::new(defaults.map.unwrap_or_default())
     })
 }
 
-/// The setting that sizes the default pool behind [`asyncify`](crate::asyncify) (a `usize`,
-/// default 8).
+fn global_value(key: &str) -> Option<Value> {
+    let map = global().read().unwrap_or_else(PoisonError::into_inner);
+    value_of(Some(&map), key)
+}
+
+/// The setting that sizes the default pool behind [`asyncify`](crate::asyncify) (a `usize`
+/// from 1 to [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS), default 8).
 pub const ASYNC_MAX_WORKERS: &str = "async_max_workers";
 /// The setting that bounds the failures a batch tolerates (a `usize`, default 10).
 pub const MAX_ERRORS: &str = "max_errors";
 
-thread_local! {
-    static OVERRIDES: RefCell<Overrides> = RefCell::new(Overrides::new());
-    static GLOBAL_CACHE: RefCell<(u64, Option<Arc<Map>>)> = const { RefCell::new((0, None)) };
+/// Checks an `async_max_workers` value: a thread count from 1 to `MAX_THREADS`.
+fn check_workers(n: usize) -> Result<usize, SettingsError> {
+    let reason = match n {
+        0 => "it must be at least 1",
+        n if n > MAX_THREADS => "it must be at most WorkerPool::MAX_THREADS (1024)",
+        n => return Ok(n),
+    };
+    Err(SettingsError::InvalidValue {
+        key: ASYNC_MAX_WORKERS.to_owned(),
+        reason,
+    })
 }
 
-fn with_global<R>(f: impl FnOnce(&Map) -> R) -> R {
-    let g = global();
-    // ORDERING: Acquire pairs with the Release increment in `configure`, which happens after the
-    // new map is stored, so a reader that sees the new version also sees the new map.
-    let version = g.version.load(Ordering::Acquire);
-    GLOBAL_CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.1.is_none() || cache.0 != version {
-            let map = Arc::clone(&g.map.read().unwrap_or_else(|e| e.into_inner()));
-            *cache = (version, Some(map));
-        }
-        f(cache.1.as_deref().expect("filled above"))
-    })
+/// The `async_max_workers` in force here, checked: the thread count the default pool follows.
+pub(crate) fn async_max_workers() -> Result<usize, SettingsError> {
+    match try_get::<usize>(ASYNC_MAX_WORKERS)? {
+        Some(n) => check_workers(n),
+        None => Ok(DEFAULT_ASYNC_MAX_WORKERS),
+    }
 }
 
 /// Checks the values the library itself reads, so a bad one fails at `configure`, not later.
 fn validate(o: &Overrides) -> Result<(), SettingsError> {
-    for key in [ASYNC_MAX_WORKERS, MAX_ERRORS] {
-        if o.contains_key(key) {
-            let n: usize = o.try_get(key)?.expect("key present");
-            if key == ASYNC_MAX_WORKERS && n == 0 {
-                return Err(SettingsError::InvalidValue {
-                    key: key.to_owned(),
-                    reason: "it must be at least 1",
-                });
-            }
-        }
+    if let Some(n) = o.try_get::<usize>(ASYNC_MAX_WORKERS)? {
+        check_workers(n)?;
     }
+    o.try_get::<usize>(MAX_ERRORS)?;
     Ok(())
 }
 
 /// Merges `overrides` into the global configuration, atomically: readers see the old
-/// configuration or the new one, never a mix. Keys not given keep their values.
+/// configuration or the new one, never a mix. Keys not given keep their values. A value
+/// replaced here is released once no reader holds it.
 ///
 /// # Errors
 ///
 /// * [`SettingsError::InsideJob`] when called from inside a pool job (use [`context`] there).
 /// * [`SettingsError::WrongType`] / [`SettingsError::InvalidValue`] when a setting the library
-///   reads is unusable (`async_max_workers` must be a `usize` of at least 1, `max_errors` a
-///   `usize`). Nothing is changed then.
+///   reads is unusable (`async_max_workers` must be a `usize` from 1 to
+///   [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS), `max_errors` a `usize`).
+///   Nothing is changed then.
 ///
 /// # Examples
 ///
@@ -324,25 +326,30 @@ fn validate(o: &Overrides) -> Result<(), SettingsError> {
 /// assert_eq!(settings::get::<usize>("async_max_workers"), Some(8)); // a default, kept
 /// ```
 pub fn configure(overrides: Overrides) -> Result<(), SettingsError> {
-    if crate::job::in_job() {
+    if in_job() {
         return Err(SettingsError::InsideJob);
     }
     validate(&overrides)?;
     let Some(new) = overrides.map else {
         return Ok(());
     };
-    let g = global();
-    let mut map = g.map.write().unwrap_or_else(|e| e.into_inner());
-    let mut merged = Map::clone(&map);
-    merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
-    *map = Arc::new(merged);
-    // ORDERING: Release, after the store above and while still holding the lock; see `with_global`.
-    g.version.fetch_add(1, Ordering::Release);
+    let replaced = {
+        let mut map = global().write().unwrap_or_else(PoisonError::into_inner);
+        let mut merged = Map::clone(&map);
+        merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+        std::mem::replace(&mut *map, Arc::new(merged))
+    };
+    // Outside the lock: the old values' destructors are user code.
+    crate::guard::drop("a replaced settings value", replaced);
+    crate::guard::drop("a settings value", new);
     Ok(())
 }
 
 /// The value of `key` in force here: the overrides first, then the global configuration.
 /// `None` if the key is unset or holds another type than `T` (see [`try_get`]).
+///
+/// The value's `Clone` runs with nothing of this module borrowed or locked, so it may itself
+/// read or change settings.
 ///
 /// # Examples
 ///
@@ -373,36 +380,36 @@ pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
 /// assert!(matches!(err, SettingsError::WrongType { found: "usize", .. }));
 /// ```
 pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
-    let local = with_current(|o| {
-        o.map
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .map(|v| downcast::<T>(key, v))
-    });
-    match local {
-        Some(found) => found.map(Some),
-        None => with_global(|m| m.get(key).map(|v| downcast(key, v)).transpose()),
-    }
+    let found = IN_FORCE
+        .with(|f| value_of(f.borrow().overrides.map.as_deref(), key))
+        .or_else(|| global_value(key));
+    found.map(|v| downcast(key, &v)).transpose()
 }
 
-/// Runs `f` on the overrides in force on this thread: those of the innermost [`context`] or
-/// [`scope`], else (on a worker) those the running job carried, which stay in the job's shared
-/// capture instead of being copied into this thread's slot (see `capture`).
-fn with_current<R>(f: impl FnOnce(&Overrides) -> R) -> R {
-    OVERRIDES.with(|o| {
-        let o = o.borrow();
-        if o.is_empty() {
-            crate::capture::with_job_overrides(f)
-        } else {
-            f(&o)
-        }
-    })
+// ---------------------------------------------------------------------------------------------
+// What is in force on this thread.
+
+/// The overrides in force on a thread, and whether a pool job put them there.
+struct InForce {
+    overrides: Overrides,
+    in_job: bool,
+}
+
+thread_local! {
+    static IN_FORCE: RefCell<InForce> = const {
+        RefCell::new(InForce { overrides: Overrides::new(), in_job: false })
+    };
+}
+
+/// True while a pool job runs on this thread (`configure` refuses there).
+pub(crate) fn in_job() -> bool {
+    IN_FORCE.with(|f| f.borrow().in_job)
 }
 
 /// The address of the overrides in force here, 0 for none: equal addresses while a capture
 /// holds them mean the same overrides.
 pub(crate) fn current_address() -> usize {
-    with_current(Overrides::address)
+    IN_FORCE.with(|f| f.borrow().overrides.address())
 }
 
 /// A snapshot of the overrides in force here (not the global configuration, which every thread
@@ -419,19 +426,35 @@ pub(crate) fn current_address() -> usize {
 /// });
 /// ```
 pub fn current() -> Overrides {
-    with_current(Overrides::clone)
+    IN_FORCE.with(|f| f.borrow().overrides.clone())
 }
 
-/// Puts `overrides` in force on this thread until the guard is dropped (also during a panic),
-/// then restores what was there. The building block of [`context`], [`scope`] and the workers.
+/// Puts overrides in force on this thread until dropped (also during a panic), then restores
+/// what was there. The building block of [`context`], [`scope`] and the workers.
 pub(crate) struct Installed {
-    previous: Option<Overrides>,
+    previous: Option<InForce>,
 }
 
+fn swap_in(new: InForce) -> InForce {
+    IN_FORCE.with(|f| std::mem::replace(&mut *f.borrow_mut(), new))
+}
+
+/// Puts `overrides` in force on this thread, as a `context` does.
 pub(crate) fn install(overrides: Overrides) -> Installed {
-    let previous = OVERRIDES.with(|o| std::mem::replace(&mut *o.borrow_mut(), overrides));
+    let in_job = in_job();
     Installed {
-        previous: Some(previous),
+        previous: Some(swap_in(InForce { overrides, in_job })),
+    }
+}
+
+/// Puts a job's overrides in force on this thread: nothing of the thread's own is in force
+/// then, and `configure` refuses until the guard is dropped.
+pub(crate) fn enter_job(overrides: Overrides) -> Installed {
+    Installed {
+        previous: Some(swap_in(InForce {
+            overrides,
+            in_job: true,
+        })),
     }
 }
 
@@ -442,15 +465,18 @@ impl Installed {
     }
 
     fn swap_back(&mut self) -> Overrides {
-        let previous = self.previous.take().unwrap_or_default();
-        OVERRIDES.with(|o| std::mem::replace(&mut *o.borrow_mut(), previous))
+        match self.previous.take() {
+            Some(previous) => swap_in(previous).overrides,
+            None => Overrides::new(),
+        }
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
         if self.previous.is_some() {
-            self.swap_back();
+            // The last reference to a value may go here, and its destructor is user code.
+            crate::guard::drop("a settings value", self.swap_back());
         }
     }
 }

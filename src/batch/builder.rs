@@ -11,6 +11,8 @@ use super::driver::Driver;
 use super::result::{BatchResult, Progress};
 use super::running::Completions;
 use crate::capture::Captured;
+use crate::error::SettingsError;
+use crate::limits::DEFAULT_MAX_ERRORS;
 use crate::program::{AsyncProgram, Program};
 use crate::settings::{self, MAX_ERRORS};
 
@@ -20,9 +22,6 @@ use {
     super::running::BatchFuture, crate::error::JobError, crate::job::JobHandle,
     futures_core::Stream,
 };
-
-/// The error budget when the `max_errors` setting is missing or not a `usize` (DSPy's default).
-const DEFAULT_MAX_ERRORS: usize = 10;
 
 impl<P> AsyncProgram<P> {
     /// Prepares a run of the program over every input, DSPy `Parallel`-style: a [`Batch`] to
@@ -57,6 +56,7 @@ impl<P> AsyncProgram<P> {
             captured: Captured::here(),
             opts: Options {
                 max_errors: settings::get::<usize>(MAX_ERRORS).unwrap_or(DEFAULT_MAX_ERRORS),
+                workers: self.follows_setting().then(settings::async_max_workers),
                 concurrency: usize::MAX,
                 on_progress: None,
                 fail_if: None,
@@ -136,6 +136,8 @@ type Predicate<O> = Box<dyn Fn(&O) -> bool + Send>;
 /// Everything the builder sets, moved into the driver when the batch starts.
 pub(super) struct Options<I, O> {
     pub(super) max_errors: usize,
+    /// For a program of the free `asyncify`: the `async_max_workers` in force at `batch()`.
+    pub(super) workers: Option<Result<usize, SettingsError>>,
     pub(super) concurrency: usize,
     pub(super) on_progress: Option<Box<dyn FnMut(Progress) + Send>>,
     pub(super) fail_if: Option<Predicate<O>>,

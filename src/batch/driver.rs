@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::builder::{Batch, Options, Stragglers};
@@ -17,7 +17,8 @@ use super::result::Progress;
 use super::ticket::{Event, Inbox, Shared, Ticket};
 use crate::capture::Captured;
 use crate::error::JobError;
-use crate::job::{in_job, JobHandle, Unparker};
+use crate::job::{thread_waker, JobHandle};
+use crate::pool::on_thread_of;
 use crate::program::Program;
 
 pub(super) type Item<O> = (usize, Result<O, JobError>);
@@ -82,7 +83,6 @@ where
     /// tells them to leave without waiting out their deadline.
     timers: Vec<thread::JoinHandle<()>>,
     alive: Option<Arc<()>>,
-    thread_waker: Option<(ThreadId, Waker)>,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
 }
@@ -157,7 +157,6 @@ where
             timer: None,
             timers: Vec::new(),
             alive: Some(Arc::new(())),
-            thread_waker: None,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -182,11 +181,11 @@ where
         self.started = Some(Instant::now());
         self.flights = (0..self.total).map(|_| None).collect();
         let program = &self.shared.program;
-        if program.follows_setting() {
+        if let Some(Ok(workers)) = self.opts.workers {
             // Sized by `async_max_workers` as in force at `batch()`, like one `call` there.
-            self.captured
-                .clone()
-                .run(|| crate::global::follow_setting(program.pool()));
+            if program.pool().threads() != workers {
+                let _ = program.pool().set_threads(workers);
+            }
         }
         #[cfg(feature = "progress")]
         if self.opts.progress_bar {
@@ -243,8 +242,7 @@ where
         }
         // Every job captures the context in force at `spawn`: put the batch's in force once
         // for the whole round.
-        let captured = self.captured.clone();
-        captured.run(|| {
+        {
             while self.jobs < self.opts.concurrency {
                 let Some(input) = self.pending.next() else {
                     break;
@@ -268,7 +266,7 @@ where
                     }
                 }
             }
-        });
+        }
     }
 
     fn spawn(&mut self, index: usize, input: I) -> JobHandle<()> {
@@ -279,7 +277,11 @@ where
             reported: false,
         };
         self.jobs += 1;
-        self.shared.program.pool().spawn(move || ticket.run())
+        self.shared
+            .program
+            .pool()
+            .registry()
+            .submit(move || ticket.run(), self.captured.clone())
     }
 
     /// False while one of this batch's jobs waits for room in the pool's full bounded queue
@@ -435,8 +437,7 @@ where
             let input = clone(flight.kept.as_ref().expect("stragglers keep every input"));
             flight.copied = true;
             flight.live += 1;
-            let captured = self.captured.clone();
-            let handle = captured.run(|| self.spawn(index, input));
+            let handle = self.spawn(index, input);
             let waiting = handle.is_waiting_for_room();
             if let Some(flight) = self.flights[index].as_mut() {
                 flight.handles[1] = Some(handle);
@@ -483,12 +484,12 @@ where
     /// the batch's handles so that the worker runs queued jobs meanwhile.
     pub(super) fn next_blocking(&mut self) -> Option<Item<P::Output>> {
         loop {
-            let waker = self.thread_waker();
+            let waker = thread_waker();
             match self.advance(&waker) {
                 Advance::Item(item) => return Some(item),
                 Advance::Done => return None,
                 Advance::Sleep(deadline) => {
-                    if in_job() {
+                    if on_thread_of(self.shared.program.pool().registry().id) {
                         if let Some(handle) = self.take_handle() {
                             let _ = handle.wait();
                             continue;
@@ -504,18 +505,6 @@ where
                         }
                     }
                 }
-            }
-        }
-    }
-
-    fn thread_waker(&mut self) -> Waker {
-        let id = thread::current().id();
-        match &self.thread_waker {
-            Some((owner, waker)) if *owner == id => waker.clone(),
-            _ => {
-                let waker = Waker::from(Arc::new(Unparker(thread::current())));
-                self.thread_waker = Some((id, waker.clone()));
-                waker
             }
         }
     }

@@ -4,8 +4,7 @@
 //! driver; the driver drains the inbox when it next runs.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Instant;
@@ -91,14 +90,6 @@ where
     P: Program<I>,
 {
     pub(super) fn run(mut self) {
-        // ORDERING: Relaxed is enough, the flag only spares work. A job still queued when the
-        // batch stopped is closed under its own cell's lock (the driver drops its handle), so
-        // it never gets here; one the worker had already taken may read either value, and
-        // either way it reports once and the driver waits for that report.
-        if self.shared.stopped.load(Relaxed) {
-            crate::job::skip_this_job(); // counted as cancelled in the pool's stats
-            return; // `Drop` reports `NotRun` and hands the input back.
-        }
         let input = self.input.take().expect("a ticket runs at most once");
         if self.shared.track_starts {
             let at = Instant::now();
@@ -108,24 +99,10 @@ where
             });
         }
         let program = self.shared.program.program();
-        let result = catch_unwind(AssertUnwindSafe(|| program.run(input)));
+        let result = crate::guard::call(|| program.run(input)).map_err(JobError::panicked);
         self.reported = true;
         let index = self.index;
-        match result {
-            Ok(output) => self.shared.post(Event::Ran {
-                index,
-                result: Ok(output),
-            }),
-            Err(payload) => {
-                let error = JobError::from_panic(&*payload);
-                self.shared.post(Event::Ran {
-                    index,
-                    result: Err(error),
-                });
-                // Let the pool see the panic too, so its `Stats` count it.
-                resume_unwind(payload);
-            }
-        }
+        self.shared.post(Event::Ran { index, result });
     }
 }
 

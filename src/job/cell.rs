@@ -1,0 +1,299 @@
+//! The one allocation behind a call: the job's stage, the waker of whoever awaits it, and the
+//! flags that [`is_cancelled`](crate::is_cancelled) and the pool's stats read.
+//!
+//! # Stages
+//!
+//! Every move between stages happens under the slot's mutex, so the parties (the runner, the
+//! handle, and whoever drops the queued job) can never both "win". No user code runs under the
+//! mutex: what a move takes out (the work, a result, a waker) is dropped or woken after it.
+//!
+//! * [`Stage::Queued`]`(work, context)`: accepted, not started. The cell owns the work and the
+//!   caller's captured context. Moved out by:
+//!   - a *runner* (a worker that took the job off the queue, or a worker that waits on the
+//!     job and starts it itself, out of line) → `Running`; the runner takes the work;
+//!   - the handle being dropped → `Closed`; the dropper drops the work: it never runs;
+//!   - a revoke (the queue torn down at shutdown, a batch calling the job off) → `Done(Err)`;
+//!     the revoker drops the work and wakes the waker.
+//! * [`Stage::Running`]: the runner owns the work. Only the runner moves it on, → `Done(result)`,
+//!   or → `Closed` if the handle is gone. A handle dropped meanwhile only sets [`CANCELLED`].
+//! * [`Stage::Done`]`(result)`: the result waits for the handle, which alone moves it on,
+//!   → `Closed`, taking the result (or dropping it, if the handle is dropped).
+//! * [`Stage::Closed`]: nobody wants anything more from this job; final.
+//!
+//! A queue entry that a runner finds in any stage but `Queued` is a husk: its job was started
+//! out of line ([`OUT_OF_LINE`] set) or called off (not set), and the runner only counts it.
+//!
+//! # Why this is memory-safe on the cancel path
+//!
+//! oneshot 0.1.11–0.2.1 can free its channel under a sender that is still waking a receiver
+//! being dropped (faern/oneshot#87). Here both sides hold an `Arc` to the cell, so it lives until
+//! the last of them lets go; the waker is taken out of the slot under the mutex and woken after,
+//! from the runner's own clone. There is no `unsafe` in this crate at all.
+
+use std::any::Any;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::{Completion, Outcome, Runnable, Start, CURRENT};
+use crate::capture::Captured;
+use crate::error::JobError;
+use crate::guard;
+use crate::sync::{lock, AtomicU8, Mutex, MutexGuard};
+
+/// Set when the handle is dropped while the job runs: [`is_cancelled`](crate::is_cancelled).
+const CANCELLED: u8 = 1;
+/// Set when a worker waiting on the job started it itself: its queue entry is a husk.
+const OUT_OF_LINE: u8 = 2;
+
+/// Where a job is (see the module docs for who moves it out of each stage).
+pub(super) enum Stage<F, T> {
+    /// Accepted, not started: the work and the caller's captured context, owned by the cell.
+    Queued(F, Captured),
+    /// A runner owns the work and runs it.
+    Running,
+    /// The result, waiting for the handle. The error is boxed: errors are rare, and a
+    /// 24-byte `JobError` in every cell would push a small call's cell into the next malloc
+    /// size class (see the size test below).
+    Done(Result<T, Box<JobError>>),
+    /// Nobody wants anything more.
+    Closed,
+}
+
+pub(super) struct Slot<F, T> {
+    pub(super) stage: Stage<F, T>,
+    pub(super) side: Side,
+}
+
+/// The waker of whoever awaits the job while it is pending; once the job ran, the captured
+/// context the runner hands back, so that the cell's last owner (normally the caller) releases
+/// it (see `capture`). One field for both keeps a small closure's cell in an 80-byte chunk.
+pub(super) enum Side {
+    Waker(Waker),
+    /// Held only to be dropped with the cell.
+    Back(#[allow(dead_code)] Captured),
+}
+
+impl Side {
+    pub(super) fn empty() -> Side {
+        Side::Back(Captured::default())
+    }
+
+    fn take_waker(&mut self) -> Option<Waker> {
+        match std::mem::replace(self, Side::empty()) {
+            Side::Waker(waker) => Some(waker),
+            back => {
+                *self = back;
+                None
+            }
+        }
+    }
+}
+
+/// The cell shared by a job's queue entry, its runner and its handle.
+pub(super) struct Cell<F, T> {
+    pub(super) slot: Mutex<Slot<F, T>>,
+    /// [`CANCELLED`] and [`OUT_OF_LINE`]; read without the lock.
+    pub(super) flags: AtomicU8,
+}
+
+impl<F, T> Cell<F, T> {
+    pub(super) fn new(stage: Stage<F, T>) -> Self {
+        Cell {
+            slot: Mutex::new(Slot {
+                stage,
+                side: Side::empty(),
+            }),
+            flags: AtomicU8::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<F, T>> {
+        lock(&self.slot)
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        // ORDERING: written under the lock by the side that decides; read either under the lock
+        // (husk accounting) or as a hint for cooperative code (`is_cancelled`).
+        self.flags.load(Relaxed) & flag != 0
+    }
+}
+
+impl<F, T> Runnable for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
+        let (f, mut captured) = {
+            let mut slot = self.lock();
+            match std::mem::replace(&mut slot.stage, Stage::Running) {
+                Stage::Queued(f, captured) => {
+                    if start == Start::OutOfLine {
+                        self.flags.fetch_or(OUT_OF_LINE, Relaxed);
+                    }
+                    (f, captured)
+                }
+                other => {
+                    slot.stage = other;
+                    let outcome = match start {
+                        Start::OutOfLine => Outcome::Lost,
+                        Start::FromQueue if self.flag(OUT_OF_LINE) => Outcome::Husk,
+                        Start::FromQueue => Outcome::Cancelled,
+                    };
+                    drop(slot);
+                    record(outcome);
+                    return;
+                }
+            }
+        };
+        // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
+        // `is_cancelled`, and taken back after.
+        let previous = CURRENT.with(|c| c.replace(Some(self)));
+        let top_level = previous.is_none();
+        let result = captured
+            .run_in_place(top_level, || guard::call(f))
+            .map_err(JobError::panicked);
+        let this = CURRENT
+            .with(|c| c.replace(previous))
+            .expect("the running job is in CURRENT");
+        record(match result {
+            Ok(_) => Outcome::Completed,
+            Err(_) => Outcome::Panicked,
+        });
+        let waker = this.complete(&mut Some(result), captured);
+        // Let go of the cell before waking its caller: the handle is then the last owner and
+        // frees it (and the captured context) on the thread that allocated it, which keeps
+        // malloc on its fast path and reference counts on one core (BENCHMARKS.md). If the
+        // handle is gone, this frees the cell here, and with it user values.
+        guard::drop("a finished job's context", this);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+    }
+
+    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker> {
+        let result = result
+            .downcast_mut::<Option<Result<T, JobError>>>()
+            .and_then(Option::take)
+            .expect("complete is called with this cell's own result type");
+        let mut slot = self.lock();
+        let waker = slot.side.take_waker();
+        slot.side = Side::Back(captured);
+        if self.flag(CANCELLED) {
+            // The handle is gone (it set the flag under this lock): nobody wants the result.
+            slot.stage = Stage::Closed;
+            drop(slot);
+            guard::drop("a discarded output", result);
+            guard::drop("a waker", waker);
+            None
+        } else {
+            slot.stage = Stage::Done(result.map_err(Box::new));
+            waker
+        }
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        let error = Box::new(error);
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Queued(..)) {
+            return false;
+        }
+        let work = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)));
+        let waker = slot.side.take_waker();
+        drop(slot);
+        guard::drop("the work of a job that never ran", work);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+        true
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.flag(CANCELLED)
+    }
+}
+
+impl<F, T> Completion<T> for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
+        let mut slot = self.lock();
+        match std::mem::replace(&mut slot.stage, Stage::Closed) {
+            Stage::Done(result) => return Poll::Ready(result.map_err(|e| *e)),
+            Stage::Closed => {
+                drop(slot);
+                panic!("JobHandle polled after it returned its result")
+            }
+            pending => slot.stage = pending,
+        }
+        let Some(cx) = cx else {
+            return Poll::Pending;
+        };
+        if matches!(&slot.side, Side::Waker(w) if w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        // Cloning a waker is user code: not under the lock. The stage may move meanwhile.
+        drop(slot);
+        let waker = cx.waker().clone();
+        let mut slot = self.lock();
+        if let Stage::Done(_) = slot.stage {
+            let Stage::Done(result) = std::mem::replace(&mut slot.stage, Stage::Closed) else {
+                unreachable!("matched above")
+            };
+            drop(slot);
+            drop(waker);
+            return Poll::Ready(result.map_err(|e| *e));
+        }
+        let old = std::mem::replace(&mut slot.side, Side::Waker(waker));
+        drop(slot);
+        drop(old);
+        Poll::Pending
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+    }
+
+    fn cancel(&self) {
+        let mut slot = self.lock();
+        let side = std::mem::replace(&mut slot.side, Side::empty());
+        let stage = std::mem::replace(&mut slot.stage, Stage::Closed);
+        if let Stage::Running = stage {
+            slot.stage = Stage::Running;
+            self.flags.fetch_or(CANCELLED, Relaxed);
+        }
+        drop(slot);
+        // On the caller's thread, like any value it drops, and outside the lock; a handle's
+        // `Drop` must not panic, so through the guard.
+        guard::drop("a waker or a captured context", side);
+        guard::drop("an abandoned job or its result", stage);
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        Runnable::revoke(self, error)
+    }
+
+    fn runnable(self: Arc<Self>) -> Arc<dyn Runnable> {
+        self
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The cell of a small call stays a 72-byte request, an 80-byte malloc chunk: one more word
+    /// makes it a 96-byte chunk, which took throughput from ×0.59 to ×0.75 of the floor in one
+    /// A/B run (BENCHMARKS.md). The waker and the handed-back context share `Side` for this.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_small_calls_cell_fits_an_80_byte_chunk() {
+        assert_eq!(std::mem::size_of::<Side>(), 16);
+        assert_eq!(std::mem::size_of::<Captured>(), 8);
+        let request = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Cell<fn(), ()>>();
+        assert!(request <= 72, "the cell grew to {request} bytes");
+    }
+}

@@ -1,0 +1,324 @@
+//! A job and its handle: the unit that travels from a call to a worker and back.
+//!
+//! # One allocation per call
+//!
+//! A call makes one `Arc` of a [`cell`](self::cell) holding the work, later its result. The
+//! queue holds it as a [`Job`] (type-erased: "something to run"), the caller holds it as a
+//! [`JobHandle<T>`] (type-erased the other way: "something that will produce a `T`"). The
+//! cell's stages, and who may move it out of each, are described in [`cell`](self::cell).
+//!
+//! # Who runs a job
+//!
+//! A worker that takes the job's entry off the queue ([`Start::FromQueue`]), or a worker of the
+//! same pool that waits on the handle and starts the job itself before any other worker has
+//! ([`Start::OutOfLine`]; see `pool::worker`). Whoever runs it runs it through the one code path
+//! in [`Runnable::run`]: the caller's context in force, the program inside the guard, the
+//! outcome recorded, the result stored, the caller woken.
+
+mod cell;
+mod handle;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use crate::capture::Captured;
+use crate::error::JobError;
+use cell::{Cell, Stage};
+pub use handle::JobHandle;
+pub(crate) use handle::{thread_waker, Submit};
+
+/// How a runner came by a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// It took the job's entry off the queue.
+    FromQueue,
+    /// It waits on the job's handle and starts the job itself; the queue entry becomes a husk.
+    OutOfLine,
+}
+
+/// What became of a job a runner was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It ran and returned.
+    Completed,
+    /// It ran and panicked.
+    Panicked,
+    /// A queue entry whose job never ran: its caller had dropped the handle, or it was called
+    /// off (a batch that stopped).
+    Cancelled,
+    /// A queue entry whose job a waiting worker had already started out of line.
+    Husk,
+    /// An out-of-line start that came too late: a worker had already taken the job.
+    Lost,
+}
+
+/// The runner's view of a cell: something to run, or to give up on.
+pub(crate) trait Runnable: Send + Sync + 'static {
+    /// Runs the job if it is still queued; otherwise only reports what it found. `record`
+    /// learns the outcome before the caller is woken, so a caller that has its result finds it
+    /// counted in the pool's stats.
+    fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome));
+    /// Resolves a still-queued job with `error` (it will never run); false if it had left the queue.
+    fn revoke(&self, error: JobError) -> bool;
+    /// True once the handle was dropped while the job runs.
+    fn is_cancelled(&self) -> bool;
+    /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
+    /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
+    /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
+    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker>;
+}
+
+/// The handle's view of a cell: something that will produce a `T`.
+trait Completion<T>: Send + Sync {
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>>;
+    fn is_done(&self) -> bool;
+    fn cancel(&self);
+    fn revoke(&self, error: JobError) -> bool;
+    /// The same cell, as something to run (for a waiting worker that starts it out of line).
+    fn runnable(self: Arc<Self>) -> Arc<dyn Runnable>;
+}
+
+thread_local! {
+    /// The job running on this thread, innermost first when a waiting worker runs another.
+    static CURRENT: RefCell<Option<Arc<dyn Runnable>>> = const { RefCell::new(None) };
+}
+
+/// A job's entry in the queue. Dropping it unrun (the queue was torn down at shutdown, or the
+/// pool refused it) tells its caller [`JobError::ShutDown`]: an accepted job is never silently
+/// lost.
+pub(crate) struct Job(Option<Arc<dyn Runnable>>);
+
+impl Job {
+    pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
+        if let Some(cell) = self.0.take() {
+            cell.run(Start::FromQueue, record);
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            cell.revoke(JobError::shut_down());
+        }
+    }
+}
+
+/// Makes a job for `f`, to run under `captured` on a pool with id `pool`, and the handle that
+/// receives its result.
+pub(crate) fn new_job<F, T>(f: F, captured: Captured, pool: u64) -> (Job, JobHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = Arc::new(Cell::new(Stage::Queued(f, captured)));
+    let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
+    (Job(Some(cell)), handle)
+}
+
+/// True inside a running job once its caller has dropped the [`JobHandle`] (a timeout, a
+/// `select!` that went the other way, a cancelled task): the result will be thrown away, so a
+/// long program may stop early. False outside jobs.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{is_cancelled, WorkerPool};
+/// use std::time::Duration;
+///
+/// let pool = WorkerPool::new(1);
+/// let (started_tx, started_rx) = std::sync::mpsc::channel();
+/// let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+/// let handle = pool.spawn(move || {
+///     started_tx.send(()).unwrap();
+///     while !is_cancelled() {
+///         std::thread::sleep(Duration::from_millis(1));
+///     }
+///     stopped_tx.send("noticed").unwrap();
+/// });
+/// started_rx.recv().unwrap();
+/// drop(handle); // the caller gives up
+/// assert_eq!(stopped_rx.recv().unwrap(), "noticed");
+/// assert!(!is_cancelled()); // not in a job here
+/// ```
+pub fn is_cancelled() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|job| job.is_cancelled()))
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The decisions taken under a cell's lock, checked over every interleaving (`.ci/loom`).
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::thread;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::Wake;
+
+    fn outcome_code(o: Outcome) -> usize {
+        match o {
+            Outcome::Completed => 1,
+            Outcome::Panicked => 2,
+            Outcome::Cancelled => 3,
+            Outcome::Husk => 4,
+            Outcome::Lost => 5,
+        }
+    }
+
+    /// The caller drops its handle while a worker takes the job: the job runs to completion
+    /// or is skipped, and the worker's report agrees with what happened.
+    #[test]
+    fn dropped_handle_races_the_worker() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let outcome = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, handle) = new_job(move || r.fetch_add(1, SeqCst), Captured::default(), 1);
+            let o = outcome.clone();
+            let worker = thread::spawn(move || job.run(&|x| o.store(outcome_code(x), SeqCst)));
+            drop(handle);
+            worker.join().unwrap();
+            match outcome.load(SeqCst) {
+                1 => assert_eq!(runs.load(SeqCst), 1),
+                3 => assert_eq!(runs.load(SeqCst), 0),
+                other => panic!("unexpected outcome {other}"),
+            }
+        });
+    }
+
+    /// A batch revokes a queued job while a worker takes it: the caller gets the value (and the
+    /// job ran once) or `Cancelled` (and it never ran); never both, never neither.
+    #[test]
+    fn revoke_races_the_worker() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, mut handle) = new_job(
+                move || {
+                    r.fetch_add(1, SeqCst);
+                    7
+                },
+                Captured::default(),
+                1,
+            );
+            let worker = thread::spawn(move || job.run(&|_| {}));
+            let revoked = handle.revoke(JobError::cancelled());
+            worker.join().unwrap();
+            let result = match handle.poll_with(None) {
+                Poll::Ready(r) => r,
+                Poll::Pending => panic!("both sides are done, the handle must be ready"),
+            };
+            if revoked {
+                assert_eq!(result, Err(JobError::cancelled()));
+                assert_eq!(runs.load(SeqCst), 0);
+            } else {
+                assert_eq!(result, Ok(7));
+                assert_eq!(runs.load(SeqCst), 1);
+            }
+        });
+    }
+
+    /// A waiting worker starts the job out of line while another worker takes its queue entry:
+    /// the job runs exactly once, the other side sees a husk or loses, and the result is the
+    /// job's.
+    #[test]
+    fn out_of_line_start_races_the_queue() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let queue_side = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, mut handle) = new_job(
+                move || {
+                    r.fetch_add(1, SeqCst);
+                    9
+                },
+                Captured::default(),
+                1,
+            );
+            let q = queue_side.clone();
+            let worker = thread::spawn(move || job.run(&|x| q.store(outcome_code(x), SeqCst)));
+            let waiter_side = std::cell::Cell::new(0);
+            handle
+                .out_of_line()
+                .expect("queued, so it can be started")
+                .run(Start::OutOfLine, &|x| waiter_side.set(outcome_code(x)));
+            let waiter_side = waiter_side.get();
+            worker.join().unwrap();
+            assert_eq!(runs.load(SeqCst), 1, "ran exactly once");
+            match (waiter_side, queue_side.load(SeqCst)) {
+                (1, 4) | (5, 1) => {}
+                other => panic!("unexpected outcomes {other:?}"),
+            }
+            assert_eq!(handle.poll_with(None), Poll::Ready(Ok(9)));
+        });
+    }
+
+    /// The queue is torn down (shutdown) while the caller polls: the caller is either woken
+    /// with `ShutDown` or finds it on its next poll; no wake-up is lost.
+    #[test]
+    fn shutdown_drop_races_a_poll() {
+        loom::model(|| {
+            let (job, mut handle) = new_job(|| 1, Captured::default(), 1);
+            let wakes = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let dropper = thread::spawn(move || drop(job));
+            let first = handle.poll_with(Some(&mut Context::from_waker(&waker)));
+            dropper.join().unwrap();
+            match first {
+                Poll::Ready(r) => assert_eq!(r, Err(JobError::shut_down())),
+                Poll::Pending => {
+                    assert_eq!(wakes.0.load(SeqCst), 1, "the pending poll must be woken");
+                    assert_eq!(
+                        handle.poll_with(None),
+                        Poll::Ready(Err(JobError::shut_down()))
+                    );
+                }
+            }
+        });
+    }
+
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A queue entry whose job was started out of line is reported as a husk, and the handle
+    /// gets the result of the one run.
+    #[test]
+    fn an_entry_started_out_of_line_is_a_husk() {
+        let outcomes = Mutex::new(Vec::new());
+        let record = |o| outcomes.lock().unwrap().push(o);
+        let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
+        handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
+        job.run(&record);
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            [Outcome::Completed, Outcome::Husk]
+        );
+        assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
+    }
+
+    /// A queue entry whose handle was dropped first is reported as cancelled and never runs.
+    #[test]
+    fn an_entry_whose_handle_is_gone_is_cancelled() {
+        let outcomes = Mutex::new(Vec::new());
+        let (job, handle) = new_job(
+            || -> u8 { unreachable!("never runs") },
+            Captured::default(),
+            1,
+        );
+        drop(handle);
+        job.run(&|o| outcomes.lock().unwrap().push(o));
+        assert_eq!(*outcomes.lock().unwrap(), [Outcome::Cancelled]);
+    }
+}

@@ -1,0 +1,11 @@
+//! The library's numbers, each defined once: the defaults of its settings and the bounds it
+//! enforces.
+
+/// The most worker threads a pool may have: [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS).
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// The default of the `async_max_workers` setting: the default pool's thread count.
+pub(crate) const DEFAULT_ASYNC_MAX_WORKERS: usize = 8;
+
+/// The default of the `max_errors` setting: the failures a batch tolerates (DSPy's default).
+pub(crate) const DEFAULT_MAX_ERRORS: usize = 10;

@@ -1,0 +1,392 @@
+//! The worker pool: a set of OS threads that it owns, fed by one FIFO queue.
+//!
+//! # Policy
+//!
+//! * **Threads.** A pool runs exactly the number of threads it was given, starting them at
+//!   construction, at most [`WorkerPool::MAX_THREADS`]. They never idle out; an idle worker
+//!   spins briefly, then sleeps (see `sleep`), so an idle pool costs no CPU.
+//! * **Concurrency.** At most `threads()` jobs run at once: a worker takes a permit (see
+//!   `permits`) before it takes a job, so from the moment `set_threads(n)` returns, a job starts
+//!   only if fewer than `n` are running.
+//! * **Resizing.** Growing starts the missing threads at once. Shrinking lowers the target, and
+//!   surplus workers retire at their next job boundary; idle ones are woken to notice. A
+//!   running job is never interrupted.
+//! * **Order.** One FIFO queue: jobs start in submission order. A job waited on from inside
+//!   another job of the pool may start earlier, on its waiter (see `worker`).
+//! * **Waiting inside a job.** [`JobHandle::wait`] on a thread of the job's pool runs the
+//!   awaited job there if nobody has started it, and only that job; past half of the stack, on
+//!   a spare thread (see `worker`). Nested waits neither deadlock nor grow with the queue.
+//! * **Backpressure.** Unbounded by default. With `queue_capacity(n)`, at most `n` jobs wait
+//!   in the queue; a call that finds it full returns a handle that holds the job and queues it
+//!   when a worker makes room (the handle is woken, no thread spins or blocks for it), and
+//!   `try_spawn`/`try_call` refuse instead, handing the input back (see `room`).
+//! * **Counting.** Each thread counts what it ran in its own cache line; `stats()` adds them
+//!   up, so counting costs the hot path no shared write.
+//! * **Shutdown.** `shutdown` closes the pool (later calls resolve at once to `ShutDown`); the
+//!   workers run what is queued and leave, and `shutdown` waits until every thread of the pool
+//!   is gone (see `shutdown`), then joins them. The last worker to leave tears the queue down:
+//!   a job still in it tells its caller `ShutDown` (see `registry`). Dropping the last
+//!   `WorkerPool` handle does the same without waiting.
+//! * **User code** (programs, hooks, wakers, destructors of what users hand in) runs only
+//!   through [`guard`](crate::guard), never under a lock of the pool: it cannot cost a worker,
+//!   a permit or an answer.
+
+mod builder;
+mod permits;
+mod registry;
+mod room;
+mod shutdown;
+mod sleep;
+mod stats;
+mod submit;
+mod worker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use builder::Builder;
+pub(crate) use registry::Registry;
+pub use stats::Stats;
+pub(crate) use submit::Reserved;
+pub(crate) use worker::on_thread_of;
+
+use crate::capture::Captured;
+use crate::error::{PoolError, Refusal, ShutdownTimeout, TryCallError};
+use crate::job::JobHandle;
+use crate::limits::MAX_THREADS;
+use crate::program::AsyncProgram;
+use crate::sync::deadline_after;
+
+/// A pool of worker threads that runs blocking programs and hands their results back to async
+/// (or blocking) callers.
+///
+/// `WorkerPool` is a cheap handle (`Clone + Send + Sync`): clones share the same threads. When
+/// the last handle is dropped the pool closes: queued jobs still run and their handles resolve,
+/// then the threads exit.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::WorkerPool;
+///
+/// let pool = WorkerPool::new(4);
+/// let summarize = pool.asyncify(|text: String| format!("{} words", text.split_whitespace().count()));
+/// let out = pollster::block_on(summarize.call("the quick brown fox".to_owned()));
+/// assert_eq!(out.unwrap(), "4 words");
+/// ```
+#[derive(Clone)]
+pub struct WorkerPool {
+    handle: Arc<Handle>,
+}
+
+/// The user-facing owner: when the last `WorkerPool` clone goes, the pool closes. The pool's
+/// threads hold only the `Registry`, so they do not keep the pool open.
+struct Handle {
+    registry: Arc<Registry>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.registry.close();
+    }
+}
+
+impl WorkerPool {
+    /// The most threads a pool may have: 1024. More is an error
+    /// ([`PoolError::TooManyThreads`]) for [`Builder::threads`], [`set_threads`](Self::set_threads)
+    /// and the `async_max_workers` setting, and a panic for [`new`](Self::new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    /// assert!(WorkerPool::new(2).set_threads(WorkerPool::MAX_THREADS + 1).is_err());
+    /// ```
+    pub const MAX_THREADS: usize = MAX_THREADS;
+
+    /// Starts a pool of `threads` worker threads.
+    ///
+    /// # Panics
+    ///
+    /// If `threads` is 0 (use [`builder`](Self::builder) for "one per CPU") or more than
+    /// [`MAX_THREADS`](Self::MAX_THREADS), or if the operating system refuses to start a
+    /// thread. [`builder`](Self::builder) returns these as errors instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(8);
+    /// assert_eq!(pool.threads(), 8);
+    /// ```
+    pub fn new(threads: usize) -> Self {
+        assert!(
+            threads > 0,
+            "WorkerPool::new(0): a pool needs at least one thread \
+             (use WorkerPool::builder() for one per CPU)"
+        );
+        match Self::builder().threads(threads).build() {
+            Ok(pool) => pool,
+            Err(e) => panic!("WorkerPool::new({threads}): {e}"),
+        }
+    }
+
+    /// A [`Builder`] for thread count, names, stack size and hooks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::builder().threads(2).build().unwrap();
+    /// assert_eq!(pool.threads(), 2);
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Starts `threads` workers on a new registry; stops them again if one cannot start.
+    fn start(registry: Arc<Registry>, threads: usize) -> Result<WorkerPool, PoolError> {
+        let pool = WorkerPool {
+            handle: Arc::new(Handle {
+                registry: Arc::clone(&registry),
+            }),
+        };
+        registry.start_workers(threads)?;
+        Ok(pool)
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.handle.registry
+    }
+
+    /// Wraps `program` so that each [`call`](AsyncProgram::call) runs it on this pool.
+    /// The program is stored once; calls share it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(2);
+    /// let double = pool.asyncify(|x: u64| x * 2);
+    /// assert_eq!(double.call(21).wait(), Ok(42));
+    /// ```
+    pub fn asyncify<P>(&self, program: P) -> AsyncProgram<P> {
+        AsyncProgram::new(program, self.clone(), false)
+    }
+
+    /// Runs `f` once on the pool, like tokio's `spawn_blocking`, with the caller's settings
+    /// overrides and tracing span in force on the worker for exactly this job. The job is
+    /// queued before `spawn` returns.
+    ///
+    /// If the pool is shut down, the returned handle resolves at once to
+    /// [`JobError::ShutDown`](crate::JobError::ShutDown).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let h = pool.spawn(|| std::fs::metadata(".").is_ok());
+    /// assert_eq!(h.wait(), Ok(true));
+    /// ```
+    pub fn spawn<F, T>(&self, f: F) -> JobHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.registry().submit(f, Captured::here())
+    }
+
+    /// Like [`spawn`](Self::spawn), but refuses instead of waiting when the bounded queue is
+    /// full (see [`Builder::queue_capacity`]), or when the pool is shut down, handing `f` back.
+    ///
+    /// # Errors
+    ///
+    /// [`TryCallError`] carrying `f`, saying whether the queue was full or the pool shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// assert_eq!(pool.try_spawn(|| 5).unwrap().wait(), Ok(5));
+    /// pool.shutdown();
+    /// let refused = pool.try_spawn(|| 5).unwrap_err();
+    /// assert!(refused.is_shut_down());
+    /// assert_eq!((refused.into_input())(), 5);
+    /// ```
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<JobHandle<T>, TryCallError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.reserve() {
+            Ok(reserved) => Ok(self
+                .registry()
+                .submit_reserved(reserved, f, Captured::here())),
+            Err(reason) => Err(TryCallError::new(f, reason)),
+        }
+    }
+
+    /// Takes a queue slot for one job, or says why not.
+    pub(crate) fn reserve(&self) -> Result<Reserved, Refusal> {
+        self.registry().reserve()
+    }
+
+    /// A snapshot of the pool's counters (see [`Stats`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(3);
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.threads, stats.queued, stats.running, stats.completed), (3, 0, 0, 0));
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.registry().stats()
+    }
+
+    /// The number of threads the pool runs (the most jobs it runs at once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(asyncify_pool::WorkerPool::new(3).threads(), 3);
+    /// ```
+    pub fn threads(&self) -> usize {
+        self.registry().permits.target()
+    }
+
+    /// Changes the number of threads. Growing starts the new threads before returning.
+    /// Shrinking never interrupts a running job: surplus workers leave when they finish, and
+    /// from the moment this returns, a job starts only while fewer than `threads` run.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::ZeroThreads`] for 0, [`PoolError::TooManyThreads`] above
+    /// [`MAX_THREADS`](Self::MAX_THREADS) (nothing changes then), [`PoolError::ShutDown`] after
+    /// shutdown, [`PoolError::Spawn`] if the operating system refuses a thread (the pool keeps
+    /// the threads it has, and `threads()` says how many).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(2);
+    /// pool.set_threads(6).unwrap();
+    /// assert_eq!(pool.threads(), 6);
+    /// pool.set_threads(1).unwrap();
+    /// assert_eq!(pool.threads(), 1);
+    /// ```
+    pub fn set_threads(&self, threads: usize) -> Result<(), PoolError> {
+        match threads {
+            0 => Err(PoolError::ZeroThreads),
+            n if n > MAX_THREADS => Err(PoolError::TooManyThreads {
+                requested: n,
+                max: MAX_THREADS,
+            }),
+            n => self.registry().set_threads(n),
+        }
+    }
+
+    /// Stops accepting jobs, runs every job already accepted, and joins the threads.
+    ///
+    /// Calls made after (or racing with) `shutdown` either run with their result delivered, or
+    /// resolve to [`JobError::ShutDown`](crate::JobError::ShutDown); never both, never neither. Calling it again, or from
+    /// several threads, is fine: every call returns once the threads are gone.
+    ///
+    /// Called from inside a job of this pool, it closes the pool and returns at once without
+    /// joining (a worker cannot join itself, and waiting for the others could wait for the
+    /// caller); the threads still drain the queue and exit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(2);
+    /// let queued: Vec<_> = (0..10).map(|i| pool.spawn(move || i)).collect();
+    /// pool.shutdown();
+    /// // Everything accepted before the shutdown ran.
+    /// let results: Vec<_> = queued.into_iter().map(|h| h.wait().unwrap()).collect();
+    /// assert_eq!(results, (0..10).collect::<Vec<_>>());
+    /// assert!(pool.spawn(|| ()).wait().unwrap_err().is_shut_down());
+    /// ```
+    pub fn shutdown(&self) {
+        let _ = self.shutdown_until(None);
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but waits at most `timeout` for the workers.
+    /// `Duration::MAX` (or any timeout past what an `Instant` holds) waits without a limit.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownTimeout`] if threads were still running when time ran out. They go on with
+    /// the job they run and exit after it; the jobs still queued then will not run, and their
+    /// callers are told [`JobError::ShutDown`](crate::JobError::ShutDown) at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let _slow = pool.spawn(|| std::thread::sleep(Duration::from_millis(300)));
+    /// let err = pool.shutdown_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(err.running(), 1);
+    /// ```
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimeout> {
+        self.shutdown_until(deadline_after(timeout))
+    }
+
+    fn shutdown_until(&self, deadline: Option<std::time::Instant>) -> Result<(), ShutdownTimeout> {
+        let registry = self.registry();
+        registry.close();
+        if on_thread_of(registry.id) {
+            // A thread of the pool cannot wait for itself; the others drain and leave.
+            return Ok(());
+        }
+        if registry.wait_gone(deadline) {
+            return Ok(());
+        }
+        let timeout = ShutdownTimeout {
+            running: registry.permits.load().1,
+            threads: registry.stats().live_threads,
+        };
+        // Outside every lock: each job dropped tells its caller `ShutDown`.
+        drop(registry.abandon_queued());
+        Err(timeout)
+    }
+
+    /// True once [`shutdown`](Self::shutdown) was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// assert!(!pool.is_shut_down());
+    /// pool.shutdown();
+    /// assert!(pool.is_shut_down());
+    /// ```
+    pub fn is_shut_down(&self) -> bool {
+        self.registry().is_closed()
+    }
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("WorkerPool")
+            .field("threads", &stats.threads)
+            .field("live", &stats.live_threads)
+            .field("shut_down", &self.is_shut_down())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+
+    #[test]
+    fn pin_is_not_needed_for_handles() {
+        fn unpin<T: Unpin>() {}
+        unpin::<JobHandle<()>>();
+        let mut handle = WorkerPool::new(1).spawn(|| 3);
+        assert_eq!(pollster::block_on(Pin::new(&mut handle)), Ok(3));
+    }
+}

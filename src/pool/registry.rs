@@ -1,0 +1,290 @@
+//! The machinery behind a [`WorkerPool`](super::WorkerPool): the queue, the concurrency limit,
+//! the threads and the lifecycle. The public `WorkerPool` is a thin handle on this.
+//!
+//! # Lifecycle
+//!
+//! * **Open.** Calls push jobs into the queue (one crossbeam channel, FIFO) and wake one
+//!   sleeping worker. Workers come and go with [`set_threads`](Registry::set_threads).
+//! * **Closed** ([`close`](Registry::close), by `shutdown` or the last `WorkerPool` handle):
+//!   calls are refused at once with `ShutDown`; every sleeping worker and every handle waiting
+//!   for room is woken. Workers go on until the queue is empty, then leave.
+//! * **Gone.** The last worker to leave takes the pool's own receiver, drops what is left in
+//!   the queue (each job dropped tells its caller `ShutDown`), and drops the receiver: the
+//!   channel is then disconnected, so a call that passed the "open?" check just before the
+//!   close finds its send refused and its job dropped the same way. Every accepted job runs or
+//!   tells its caller why not, and no lock is held while a dropped job's closure (user code)
+//!   is dropped.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::builder::ThreadConfig;
+use super::permits::Permits;
+use super::room::Room;
+use super::shutdown;
+use super::sleep::Sleep;
+use super::stats::{Counters, Stats};
+use super::worker::{self, Role};
+use crate::error::PoolError;
+use crate::guard;
+use crate::job::Job;
+use crate::sync::{lock, AtomicBool, AtomicUsize, Mutex, StaticAtomicU64};
+
+/// Pool ids, so that a handle knows which pool's workers may start its job out of line.
+static NEXT_ID: StaticAtomicU64 = StaticAtomicU64::new(1);
+
+pub(crate) struct Registry {
+    pub(crate) id: u64,
+    tx: Sender<Job>,
+    pub(super) permits: Permits,
+    pub(super) sleep: Sleep,
+    pub(super) room: Room,
+    closed: AtomicBool,
+    /// Worker threads alive (spares not counted). Changed by a worker leaving (lock-free, see
+    /// [`retire_or_stop`](Self::retire_or_stop)) and by `set_threads` under `ctrl`.
+    live: AtomicUsize,
+    /// Queue entries whose job a waiting worker started out of line (see `job::cell`), so that
+    /// `stats().queued` counts only jobs still to start.
+    pub(super) husks: AtomicUsize,
+    ctrl: Mutex<Ctrl>,
+    shutdown: shutdown::Receiver,
+    /// What threads that left had counted.
+    retired: Counters,
+    pub(super) config: ThreadConfig,
+}
+
+struct Ctrl {
+    /// The pool's own receiver: cloned for new workers, drained by a timed-out shutdown, taken
+    /// by the last worker to leave.
+    rx: Option<Receiver<Job>>,
+    /// Cloned for every new thread; dropped at close (see `shutdown`).
+    shutdown_tx: Option<shutdown::Sender>,
+    threads: Vec<JoinHandle<()>>,
+    /// The counters of the threads alive.
+    counters: Vec<Arc<Counters>>,
+    next_index: usize,
+}
+
+/// What a new thread is handed: its index, its counters and its shutdown sender.
+pub(super) struct Ticket {
+    pub(super) index: usize,
+    pub(super) counters: Arc<Counters>,
+    pub(super) shutdown: shutdown::Sender,
+}
+
+impl Registry {
+    pub(super) fn new(threads: usize, capacity: Option<usize>, config: ThreadConfig) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (shutdown_tx, shutdown) = shutdown::channel();
+        Arc::new(Registry {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            tx,
+            permits: Permits::new(threads),
+            sleep: Sleep::new(),
+            room: Room::new(capacity),
+            closed: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            husks: AtomicUsize::new(0),
+            ctrl: Mutex::new(Ctrl {
+                rx: Some(rx),
+                shutdown_tx: Some(shutdown_tx),
+                threads: Vec::new(),
+                counters: Vec::new(),
+                next_index: 0,
+            }),
+            shutdown,
+            retired: Counters::default(),
+            config,
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
+    pub(super) fn live(&self) -> usize {
+        self.live.load(SeqCst)
+    }
+
+    pub(super) fn queue_is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Puts a job whose slot is taken into the queue, and wakes a worker for it.
+    pub(crate) fn push(&self, job: Job) {
+        if let Err(refused) = self.tx.send(job) {
+            // The last worker has left: dropping the job tells its caller `ShutDown`.
+            drop(refused.into_inner());
+            return;
+        }
+        self.sleep.wake_one();
+    }
+
+    /// Stops accepting jobs; wakes every sleeper and every handle waiting for room. False if
+    /// the pool was already closed.
+    pub(crate) fn close(&self) -> bool {
+        let own_sender = {
+            let mut ctrl = lock(&self.ctrl);
+            if self.closed.swap(true, SeqCst) {
+                return false;
+            }
+            ctrl.shutdown_tx.take()
+        };
+        drop(own_sender);
+        self.sleep.wake_all();
+        // Handles waiting for room must learn that no room will come.
+        self.room.wake_all();
+        true
+    }
+
+    /// Starts `count` more workers.
+    pub(super) fn start_workers(self: &Arc<Self>, count: usize) -> Result<(), PoolError> {
+        let mut ctrl = lock(&self.ctrl);
+        for _ in 0..count {
+            let (Some(rx), Some(tx)) = (ctrl.rx.clone(), ctrl.shutdown_tx.clone()) else {
+                return Err(PoolError::ShutDown);
+            };
+            // Counted before it starts, so that it never sees itself as surplus.
+            self.live.fetch_add(1, SeqCst);
+            if let Err(e) = self.start_thread(&mut ctrl, tx, Role::Worker(rx)) {
+                self.live.fetch_sub(1, SeqCst);
+                // Keep the target honest: the pool has what it has.
+                self.permits.set_target(self.live().max(1));
+                return Err(PoolError::Spawn(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a spare thread that runs `role`'s one job; `shutdown` is the caller's sender,
+    /// so that a spare can start after the close too.
+    pub(super) fn start_spare(
+        self: &Arc<Self>,
+        shutdown: shutdown::Sender,
+        role: Role,
+    ) -> std::io::Result<()> {
+        let mut ctrl = lock(&self.ctrl);
+        self.start_thread(&mut ctrl, shutdown, role)
+    }
+
+    fn start_thread(
+        self: &Arc<Self>,
+        ctrl: &mut Ctrl,
+        shutdown: shutdown::Sender,
+        role: Role,
+    ) -> std::io::Result<()> {
+        let index = ctrl.next_index;
+        let counters = Arc::new(Counters::default());
+        let ticket = Ticket {
+            index,
+            counters: Arc::clone(&counters),
+            shutdown,
+        };
+        let registry = Arc::clone(self);
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{index}", self.config.name))
+            .stack_size(self.config.stack_size)
+            .spawn(move || worker::main(registry, ticket, role))?;
+        ctrl.next_index += 1;
+        ctrl.threads.retain(|t| !t.is_finished());
+        ctrl.threads.push(thread);
+        ctrl.counters.push(counters);
+        Ok(())
+    }
+
+    /// Changes the number of workers (checked by the caller).
+    pub(super) fn set_threads(self: &Arc<Self>, threads: usize) -> Result<(), PoolError> {
+        // Under `ctrl`, so that two resizes do not interleave; retiring workers do not take it.
+        let ctrl = lock(&self.ctrl);
+        if self.is_closed() {
+            return Err(PoolError::ShutDown);
+        }
+        self.permits.set_target(threads);
+        drop(ctrl);
+        let live = self.live();
+        if threads > live {
+            self.start_workers(threads - live)
+        } else {
+            // Surplus workers notice at their next job boundary; idle ones must wake to.
+            self.sleep.wake_all();
+            Ok(())
+        }
+    }
+
+    /// For a worker between jobs: true if it must leave, because the pool has more workers
+    /// than its target (it retires) or is closed with nothing left to run. It has then taken
+    /// itself off the live count; the second value says whether it was the last worker.
+    pub(super) fn retire_or_stop(&self) -> Option<bool> {
+        let closed = self.is_closed();
+        let stopping = closed && self.queue_is_empty();
+        let left = self.live.fetch_update(SeqCst, SeqCst, |live| {
+            (stopping || live > self.permits.target()).then(|| live - 1)
+        });
+        left.ok().map(|before| before == 1 && closed)
+    }
+
+    /// Called by every thread of the pool as it leaves (its hooks have run): folds its counts
+    /// into the pool's and, for the last worker, tears the queue down.
+    pub(super) fn thread_left(&self, counters: &Arc<Counters>, last_worker: bool) {
+        let rx = {
+            let mut ctrl = lock(&self.ctrl);
+            if let Some(i) = ctrl.counters.iter().position(|c| Arc::ptr_eq(c, counters)) {
+                ctrl.counters.swap_remove(i);
+                self.retired.absorb(counters);
+            }
+            if last_worker {
+                ctrl.rx.take()
+            } else {
+                None
+            }
+        };
+        if let Some(rx) = rx {
+            // Outside the lock: each dropped job drops its closure, which is user code (it may
+            // even hold the last handle of this pool, and close it).
+            while let Ok(job) = rx.try_recv() {
+                drop(job);
+            }
+            guard::drop("the pool's queue", rx);
+        }
+    }
+
+    /// After a shutdown ran out of time: the jobs still queued, taken out so that their callers
+    /// are told `ShutDown` now instead of waiting behind a job that may never return. The
+    /// caller drops them, outside any lock.
+    pub(super) fn abandon_queued(&self) -> Vec<Job> {
+        let rx = lock(&self.ctrl).rx.clone();
+        rx.map_or_else(Vec::new, |rx| rx.try_iter().collect())
+    }
+
+    /// Waits until every thread of the pool has left, or `deadline` passes; then joins them.
+    pub(super) fn wait_gone(&self, deadline: Option<std::time::Instant>) -> bool {
+        if !self.shutdown.wait(deadline) {
+            return false;
+        }
+        let threads = std::mem::take(&mut lock(&self.ctrl).threads);
+        for t in threads {
+            let _ = t.join();
+        }
+        true
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        let (threads, running) = self.permits.load();
+        let mut stats = Stats {
+            queued: self.tx.len().saturating_sub(self.husks.load(Relaxed)),
+            running,
+            threads,
+            live_threads: self.live(),
+            ..Stats::default()
+        };
+        let ctrl = lock(&self.ctrl);
+        self.retired.add_to(&mut stats);
+        for counters in &ctrl.counters {
+            counters.add_to(&mut stats);
+        }
+        stats
+    }
+}

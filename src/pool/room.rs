@@ -1,0 +1,164 @@
+//! The bounded queue's room: how many jobs may wait in the queue, and the handles waiting for a
+//! free slot.
+//!
+//! # Protocol
+//!
+//! With a capacity, `used` counts the jobs in the queue; taking a slot is one compare-and-swap
+//! that fails at the capacity. A handle that finds no slot registers its waker, then tries
+//! again (a slot freed in between is not missed); a worker that takes a job off the queue frees
+//! its slot, then looks for registered waiters. The two sides write one of `used` and
+//! `waiting` and then read the other, with a `SeqCst` fence in between, the Dekker pattern: at
+//! least one sees the other's write, so either the handle's second try finds the slot or the
+//! releaser sees the waiter and wakes it. (Fences, not `SeqCst` accesses alone: loom checks the
+//! fences, and the model below fails without them.)
+//!
+//! Waking wakes every registered waiter: a woken handle that was dropped meanwhile must not
+//! swallow the only wake-up. The wakers are taken out under the lock and woken after it, each
+//! through the guard, so a waker that panics neither poisons the room nor keeps the others
+//! asleep. `round` counts the wake-ups, so that a handle polled again in the same round by the
+//! same task does not register a second waker.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::task::Waker;
+
+use crate::guard;
+use crate::sync::{fence, lock, AtomicUsize, Mutex};
+
+pub(crate) struct Room {
+    /// `None`: unbounded, every call finds room.
+    capacity: Option<usize>,
+    used: AtomicUsize,
+    waiting: AtomicUsize,
+    round: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Room {
+    pub(crate) fn new(capacity: Option<usize>) -> Self {
+        Room {
+            capacity,
+            used: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            round: AtomicUsize::new(0),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes a slot for one job: always without a capacity, if one is free with one.
+    pub(crate) fn try_take(&self) -> bool {
+        match self.capacity {
+            None => true,
+            Some(capacity) => self
+                .used
+                .fetch_update(SeqCst, SeqCst, |used| (used < capacity).then_some(used + 1))
+                .is_ok(),
+        }
+    }
+
+    /// Frees a slot taken by [`try_take`](Self::try_take), and wakes the waiters if any.
+    pub(crate) fn release(&self) {
+        if self.capacity.is_none() {
+            return;
+        }
+        // ORDERING: the releaser's half of the Dekker pattern (see the module docs).
+        self.used.fetch_sub(1, SeqCst);
+        fence(SeqCst);
+        if self.waiting.load(SeqCst) > 0 {
+            self.wake_all();
+        }
+    }
+
+    /// Registers `waker` to be woken when a slot frees; returns the round it is registered in.
+    /// The caller tries to take a slot again afterwards.
+    pub(crate) fn register(&self, waker: Waker) -> usize {
+        let mut wakers = lock(&self.wakers);
+        wakers.push(waker);
+        // ORDERING: the waiter's half of the Dekker pattern (see the module docs); the retry's
+        // read of `used` comes after this fence.
+        self.waiting.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        self.round.load(SeqCst)
+    }
+
+    /// True if a waker registered in `round` is still registered (not woken since).
+    pub(crate) fn still_registered(&self, round: usize) -> bool {
+        round == self.round.load(SeqCst)
+    }
+
+    /// Wakes every registered waiter (a slot freed, or the pool closed).
+    pub(crate) fn wake_all(&self) {
+        let wakers = {
+            let mut wakers = lock(&self.wakers);
+            self.waiting.store(0, SeqCst);
+            self.round.fetch_add(1, SeqCst);
+            std::mem::take(&mut *wakers)
+        };
+        for waker in wakers {
+            guard::wake(waker);
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    /// The hand-off: a handle that found the queue full registers and retries while a worker
+    /// frees the only slot. Either the retry takes the slot or the handle is woken; never
+    /// neither (the handle would wait forever), and the slot count stays exact.
+    #[test]
+    fn a_freed_slot_reaches_a_registering_waiter() {
+        loom::model(|| {
+            let room = Arc::new(Room::new(Some(1)));
+            assert!(room.try_take());
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let releaser = {
+                let room = room.clone();
+                thread::spawn(move || room.release())
+            };
+            // The handle's side: a first try, then register and retry.
+            let took = room.try_take() || {
+                room.register(Waker::from(flag.clone()));
+                room.try_take()
+            };
+            releaser.join().unwrap();
+            let woken = flag.0.load(SeqCst);
+            assert!(took || woken, "the freed slot was missed");
+            assert!(room.used.load(SeqCst) <= 1);
+        });
+    }
+
+    /// Two waiters and one release: both are woken (wake-all), so a waiter dropped before it
+    /// polls again cannot swallow the only wake-up.
+    #[test]
+    fn a_release_wakes_every_waiter() {
+        loom::model(|| {
+            let room = Arc::new(Room::new(Some(1)));
+            assert!(room.try_take());
+            let flags: Vec<_> = (0..2)
+                .map(|_| std::sync::Arc::new(Flag(AtomicBool::new(false))))
+                .collect();
+            for flag in &flags {
+                room.register(Waker::from(flag.clone()));
+            }
+            let releaser = {
+                let room = room.clone();
+                thread::spawn(move || room.release())
+            };
+            releaser.join().unwrap();
+            assert!(flags.iter().all(|f| f.0.load(SeqCst)));
+        });
+    }
+}

@@ -1,0 +1,138 @@
+//! How a job enters the pool: the one internal spawn that every call, `spawn` and batch item goes
+//! through. It checks that the pool is open, takes a queue slot and queues the job, or, when a
+//! bounded queue is full, leaves the job in its handle until a worker makes room.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::registry::Registry;
+use crate::capture::Captured;
+use crate::error::{JobError, Refusal};
+use crate::job::{new_job, Job, JobHandle, Submit};
+
+impl Registry {
+    /// Queues `f` to run under `captured`. The handle resolves at once to `ShutDown` if the pool
+    /// is closed; with a full bounded queue it holds the job until there is room.
+    pub(crate) fn submit<F, T>(self: &Arc<Self>, f: F, captured: Captured) -> JobHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        // ORDERING: a racing `close` is fine either way: a job sent after the last worker left
+        // is dropped by the disconnected queue and tells its caller `ShutDown`.
+        if self.is_closed() {
+            crate::guard::drop("the work of a refused call", (f, captured));
+            return JobHandle::ready(Err(JobError::shut_down()));
+        }
+        let (job, mut handle) = new_job(f, captured, self.id);
+        if self.room.try_take() {
+            self.push(job);
+        } else {
+            handle.set_pending(Box::new(WaitingForRoom {
+                job: Some(job),
+                registry: Arc::clone(self),
+                registered: None,
+            }));
+        }
+        handle
+    }
+
+    /// Takes a queue slot for one job, or says why not (for the `try_` calls).
+    pub(crate) fn reserve(self: &Arc<Self>) -> Result<Reserved, Refusal> {
+        if self.is_closed() {
+            return Err(Refusal::ShutDown);
+        }
+        if !self.room.try_take() {
+            return Err(Refusal::Full);
+        }
+        Ok(Reserved {
+            registry: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Queues `f`, to run under `captured`, in a slot taken by [`reserve`](Self::reserve).
+    pub(crate) fn submit_reserved<F, T>(
+        &self,
+        reserved: Reserved,
+        f: F,
+        captured: Captured,
+    ) -> JobHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (job, handle) = new_job(f, captured, self.id);
+        reserved.fill(job);
+        handle
+    }
+}
+
+/// A job held by its handle until the bounded queue has room.
+struct WaitingForRoom {
+    job: Option<Job>,
+    registry: Arc<Registry>,
+    /// The waker registered in the room, and the round it was registered in: polled again in
+    /// the same round by the same task, the handle does not register again (a task re-polled
+    /// while the queue stays full would otherwise add a waker per poll).
+    registered: Option<(usize, Waker)>,
+}
+
+impl Submit for WaitingForRoom {
+    fn poll_submit(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
+        let registry = &self.registry;
+        let mut registered = false;
+        loop {
+            if registry.is_closed() {
+                // Dropping the job tells the handle `ShutDown`.
+                drop(self.job.take());
+                return Poll::Ready(());
+            }
+            if registry.room.try_take() {
+                if let Some(job) = self.job.take() {
+                    registry.push(job);
+                }
+                return Poll::Ready(());
+            }
+            let Some(cx) = cx.as_ref().filter(|_| !registered) else {
+                return Poll::Pending;
+            };
+            if let Some((round, waker)) = &self.registered {
+                if registry.room.still_registered(*round) && waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            // Register, then try once more: a slot freed in between is not missed. The clones
+            // (user code) happen here, outside the room's lock.
+            let waker = cx.waker().clone();
+            let round = registry.room.register(waker.clone());
+            self.registered = Some((round, waker));
+            registered = true;
+        }
+    }
+
+    fn into_job(mut self: Box<Self>) -> Option<Job> {
+        self.job.take()
+    }
+}
+
+/// A queue slot taken for one job; given back if unused.
+pub(crate) struct Reserved {
+    /// `None` once filled.
+    registry: Option<Arc<Registry>>,
+}
+
+impl Reserved {
+    fn fill(mut self, job: Job) {
+        if let Some(registry) = self.registry.take() {
+            registry.push(job);
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.take() {
+            registry.room.release();
+        }
+    }
+}

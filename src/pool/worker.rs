@@ -1,0 +1,412 @@
+//! The worker loop: one loop, run by an idle worker and by a thread waiting on a job.
+//!
+//! # One loop, two goals
+//!
+//! [`work_until`] checks its goal, takes the next piece of work the goal allows, runs it, and
+//! otherwise waits. The goal says what "done", "work" and "wait" mean:
+//!
+//! * [`Serve`], the worker's top level: done when the pool has more workers than its target
+//!   (the worker retires) or is closed with an empty queue (it stops); work is the next job in
+//!   the queue, taken *after* a permit; waiting is spinning a little, then sleeping in
+//!   [`Sleep`](super::sleep::Sleep). Retirement, stop and wake-up are handled here and nowhere
+//!   else.
+//! * [`Await`], inside [`JobHandle::wait`]: done when the handle is ready (or the deadline
+//!   passed); work is *the awaited job itself*, if this thread is a worker of its pool and no
+//!   other worker has started it yet; waiting is parking the thread until the job's completion
+//!   wakes it.
+//!
+//! # Nested waits: why only the awaited job
+//!
+//! A job that waits on another job of its pool (an LLM module calling a sub-module) must not
+//! deadlock, even on one thread, so the waiting worker runs the awaited job itself when nobody
+//! has started it: out of line, on its own stack, under its own permit. It runs *only* that job
+//! and never other queued work: a waiting worker that took whatever was next in the queue (the
+//! next *outer* job, most of the time) stacked unrelated jobs frame on frame until the stack
+//! overflowed (rayon-rs/rayon#854 is the same failure). So the stack grows with the program's
+//! own nesting, never with the queue, and no thread is added for breadth.
+//!
+//! Nesting itself is bounded by the stack, not assumed: a thread runs an awaited job on its
+//! own stack only while less than half of it is in use; deeper, the job runs on a *spare*
+//! thread, with a fresh stack of the pool's size, while the waiter parks (the spare runs under
+//! the waiter's permit, so the pool's concurrency does not change). Threads then grow with
+//! nesting depth divided by what half a stack holds, a handful for a thousand levels.
+//!
+//! Deadlock freedom: the awaited job is queued (the waiter runs it), waiting for room in a
+//! bounded queue (the waiter owns its handle, so it runs it without queueing it), or running
+//! on some thread, which by the same argument is making progress. Only a cycle of jobs waiting
+//! on each other through handles passed between them can block, as it would anywhere.
+//!
+//! Order: top-level calls start in submission order (one FIFO queue, a permit taken before the
+//! job). A job waited on from inside another starts in that order too, or earlier, on its
+//! waiter, when the waiter gets to it first.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::permits::Permit;
+use super::registry::{Registry, Ticket};
+use super::shutdown;
+use super::sleep::{pause, SPINS_BEFORE_SLEEP};
+use super::stats::Counters;
+use crate::error::JobError;
+use crate::guard;
+use crate::job::{thread_waker, Job, JobHandle, Outcome, Runnable, Start};
+use crate::sync::{deadline_after, lock, Mutex};
+
+/// What a thread of the pool is started for.
+pub(super) enum Role {
+    /// A worker: serve the queue until it retires or the pool stops.
+    Worker(Receiver<Job>),
+    /// A spare: run one awaited job on a fresh stack, then leave. The job is handed through a
+    /// slot, so that the waiter can take it back if the thread cannot start.
+    Spare(Arc<Mutex<Option<Nested>>>),
+}
+
+/// A piece of work a loop may run.
+enum Work<'w> {
+    /// A job taken off the queue, with the permit taken for it first.
+    Queued(Job, Permit<'w>),
+    /// An awaited job, run by (or for) the thread waiting on it, under the waiter's permit.
+    Nested(Nested),
+}
+
+/// An awaited job that its waiter runs.
+pub(super) enum Nested {
+    /// It was still waiting for room in a bounded queue: it never entered the queue.
+    Held(Job),
+    /// It was queued and nobody had started it: started out of line, its entry becomes a husk.
+    OutOfLine(Arc<dyn Runnable>),
+}
+
+/// A thread of the pool, as its loop sees it.
+struct Worker {
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    /// The queue, for a worker; a spare takes nothing from it.
+    rx: Option<Receiver<Job>>,
+    /// Where this thread's stack began, and its size.
+    stack_base: usize,
+    shutdown: shutdown::Sender,
+}
+
+thread_local! {
+    /// Set on the pool's threads: which pool, and what its loop needs.
+    static WORKER: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
+}
+
+/// This thread's place in the pool with id `pool`, if it is one of that pool's threads.
+fn worker_of(pool: u64) -> Option<Rc<Worker>> {
+    WORKER.with(|w| {
+        w.borrow()
+            .as_ref()
+            .filter(|w| w.registry.id == pool)
+            .cloned()
+    })
+}
+
+/// True on a thread of the pool with id `pool` (a job of it runs here).
+pub(crate) fn on_thread_of(pool: u64) -> bool {
+    worker_of(pool).is_some()
+}
+
+/// An address on the current stack.
+fn stack_address() -> usize {
+    let marker = 0u8;
+    std::ptr::addr_of!(marker) as usize
+}
+
+/// The body of every thread of the pool.
+pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
+    let Ticket {
+        index,
+        counters,
+        shutdown,
+    } = ticket;
+    if let Some(hook) = &registry.config.on_start {
+        guard::quietly("an on_thread_start hook", || hook(index));
+    }
+    let (rx, spare) = match role {
+        Role::Worker(rx) => (Some(rx), None),
+        Role::Spare(slot) => (None, lock(&slot).take()),
+    };
+    let worker = Rc::new(Worker {
+        registry: Arc::clone(&registry),
+        counters: Arc::clone(&counters),
+        rx,
+        stack_base: stack_address(),
+        shutdown,
+    });
+    WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&worker)));
+    let last_worker = match (spare, &worker.rx) {
+        (Some(nested), _) => {
+            worker.run(Work::Nested(nested));
+            false
+        }
+        (None, None) => false, // a spare whose waiter took the job back
+        (None, Some(_)) => {
+            let mut serve = Serve {
+                rounds: 0,
+                left: None,
+            };
+            work_until(Some(&worker), &mut serve);
+            serve.left.unwrap_or(false)
+        }
+    };
+    WORKER.with(|w| w.borrow_mut().take());
+    if let Some(hook) = &registry.config.on_stop {
+        guard::quietly("an on_thread_stop hook", || hook(index));
+    }
+    registry.thread_left(&counters, last_worker);
+    // A leaving worker hands its place on: one that lacked a permit may go on now.
+    registry.sleep.wake_one();
+    // Last: the shutdown sender, so that `shutdown` returns only once this thread is done.
+    drop(worker);
+}
+
+/// What a loop runs for (see the module docs).
+trait Goal {
+    /// True once the loop may return.
+    fn reached(&mut self, worker: Option<&Worker>) -> bool;
+    /// The next piece of work to run now on this thread of the pool, if any.
+    fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>>;
+    /// Waits until something the goal depends on may have changed.
+    fn wait(&mut self, worker: Option<&Worker>);
+}
+
+/// The one loop: check the goal, run what it allows, else wait. `worker` is this thread's
+/// place in the pool (`None` off the pool's threads: nothing to run, only to wait).
+fn work_until(worker: Option<&Worker>, goal: &mut impl Goal) {
+    loop {
+        if goal.reached(worker) {
+            return;
+        }
+        match worker.and_then(|w| Some((w, goal.next(w)?))) {
+            Some((worker, work)) => worker.run(work),
+            None => goal.wait(worker),
+        }
+    }
+}
+
+impl Worker {
+    /// Runs a piece of work: here, or on a spare thread if it is an awaited job and this
+    /// thread's stack is more than half used.
+    fn run(&self, work: Work<'_>) {
+        match work {
+            Work::Queued(job, permit) => {
+                job.run(&|o| self.record(o));
+                drop(permit);
+            }
+            Work::Nested(nested) => {
+                if self.stack_is_half_used() {
+                    match self.run_on_spare(nested) {
+                        Ok(()) => {}
+                        Err(nested) => self.run_nested(nested),
+                    }
+                } else {
+                    self.run_nested(nested);
+                }
+            }
+        }
+    }
+
+    fn run_nested(&self, nested: Nested) {
+        match nested {
+            Nested::Held(job) => job.run(&|o| self.record(o)),
+            Nested::OutOfLine(cell) => {
+                let husks = &self.registry.husks;
+                // Counted before the start, so that the husk's removal never comes first.
+                husks.fetch_add(1, Relaxed);
+                cell.run(Start::OutOfLine, &|o| {
+                    if o == Outcome::Lost {
+                        husks.fetch_sub(1, Relaxed);
+                    }
+                    self.record(o);
+                });
+            }
+        }
+    }
+
+    fn record(&self, outcome: Outcome) {
+        if outcome == Outcome::Husk {
+            self.registry.husks.fetch_sub(1, Relaxed);
+        }
+        self.counters.record(outcome);
+    }
+
+    fn stack_is_half_used(&self) -> bool {
+        stack_address().abs_diff(self.stack_base) > self.registry.config.stack_size / 2
+    }
+
+    /// Hands `nested` to a new spare thread; gives it back if the OS refuses one.
+    fn run_on_spare(&self, nested: Nested) -> Result<(), Nested> {
+        let slot = Arc::new(Mutex::new(Some(nested)));
+        let role = Role::Spare(Arc::clone(&slot));
+        match self.registry.start_spare(self.shutdown.clone(), role) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    target: "asyncify_pool",
+                    "no spare thread for a deeply nested wait ({e}); running it on this stack"
+                );
+                // A thread that failed to start never took it.
+                let nested = lock(&slot).take();
+                nested.map_or(Ok(()), Err)
+            }
+        }
+    }
+}
+
+/// A worker's top level: serve the queue.
+struct Serve {
+    /// Rounds of spinning since the last job.
+    rounds: u32,
+    /// Set once the worker has left the live count: whether it was the last worker.
+    left: Option<bool>,
+}
+
+impl Goal for Serve {
+    fn reached(&mut self, worker: Option<&Worker>) -> bool {
+        let worker = worker.expect("only workers serve");
+        self.left = worker.registry.retire_or_stop();
+        self.left.is_some()
+    }
+
+    fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
+        let registry = &worker.registry;
+        // The permit first: a job never leaves the queue into a thread that cannot run it.
+        let permit = registry.permits.try_acquire()?;
+        let job = worker.rx.as_ref()?.try_recv().ok()?;
+        registry.room.release();
+        self.rounds = 0;
+        Some(Work::Queued(job, permit))
+    }
+
+    fn wait(&mut self, worker: Option<&Worker>) {
+        let worker = worker.expect("only workers serve");
+        if self.rounds < SPINS_BEFORE_SLEEP {
+            pause(self.rounds);
+            self.rounds += 1;
+            return;
+        }
+        let registry = &worker.registry;
+        registry.sleep.sleep(|| {
+            registry.is_closed()
+                || registry.live() > registry.permits.target()
+                || (!registry.queue_is_empty() && registry.permits.available())
+        });
+    }
+}
+
+/// A wait on a handle, inside a job or not.
+struct Await<'h, T> {
+    handle: &'h mut JobHandle<T>,
+    /// `None`: no limit.
+    deadline: Option<Instant>,
+    waker: Waker,
+    result: Option<Result<T, JobError>>,
+    /// The awaited job was offered to run here once already.
+    offered: bool,
+}
+
+impl<T> Goal for Await<'_, T> {
+    fn reached(&mut self, _: Option<&Worker>) -> bool {
+        let mut cx = Context::from_waker(&self.waker);
+        if let Poll::Ready(result) = self.handle.poll_with(Some(&mut cx)) {
+            self.result = Some(result);
+            return true;
+        }
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
+        // Only a thread of the job's own pool runs it: another pool's limit is not ours.
+        if worker.registry.id != self.handle.pool() || std::mem::replace(&mut self.offered, true) {
+            return None;
+        }
+        let nested = match self.handle.take_pending() {
+            Some(job) => Nested::Held(job),
+            None => Nested::OutOfLine(self.handle.out_of_line()?),
+        };
+        Some(Work::Nested(nested))
+    }
+
+    fn wait(&mut self, _: Option<&Worker>) {
+        match self.deadline {
+            None => thread::park(),
+            Some(deadline) => {
+                thread::park_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        }
+    }
+}
+
+impl<T> JobHandle<T> {
+    /// Blocks the current thread until the job finishes, and returns its result.
+    ///
+    /// Inside a job of the same pool (a program calling a sub-program and waiting on it), if no
+    /// worker has started the awaited job yet, the waiting worker runs it itself, on its own
+    /// stack and under its own place in the pool, and returns when it is done; so waiting on a
+    /// job of the same pool never deadlocks, even with one thread. It runs only that job, never
+    /// other queued work, so nested waits use stack in proportion to their nesting and not to
+    /// the queue; past half of the stack, the awaited job runs on a short-lived spare thread
+    /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)). Anywhere else it
+    /// parks the thread until the job is done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let inner = pool.clone();
+    /// // The only worker waits on a job queued behind it, and runs it itself.
+    /// let outer = pool.spawn(move || inner.spawn(|| 1).wait().unwrap() + 1);
+    /// assert_eq!(outer.wait(), Ok(2));
+    /// ```
+    pub fn wait(mut self) -> Result<T, JobError> {
+        self.wait_until(None)
+            .expect("a wait without a deadline ends with a result")
+    }
+
+    /// Like [`wait`](Self::wait), but gives up after `timeout` and returns `None`, keeping the
+    /// handle (and so the job) alive. `Duration::MAX` (or any timeout past what an `Instant`
+    /// holds) waits without a limit.
+    ///
+    /// Inside a job of the same pool it runs the awaited job itself as `wait` does, if nobody
+    /// has started it; it then returns when that job is done, even if that is after `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::WorkerPool;
+    /// use std::time::Duration;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let mut slow = pool.spawn(|| std::thread::sleep(Duration::from_millis(200)));
+    /// assert_eq!(slow.wait_timeout(Duration::from_millis(1)), None);
+    /// assert_eq!(slow.wait_timeout(Duration::MAX), Some(Ok(())));
+    /// ```
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<T, JobError>> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<T, JobError>> {
+        let worker = worker_of(self.pool());
+        let mut goal = Await {
+            handle: self,
+            deadline,
+            waker: thread_waker(),
+            result: None,
+            offered: false,
+        };
+        work_until(worker.as_deref(), &mut goal);
+        goal.result
+    }
+}
