@@ -196,6 +196,11 @@ impl<P> AsyncProgram<P> {
         &self.program
     }
 
+    /// The shared program, for a batch's jobs (each holds a count, as a call's job does).
+    pub(crate) fn shared(&self) -> &Arc<P> {
+        &self.program
+    }
+
     /// Whether this program follows the `async_max_workers` setting (made by the free
     /// [`asyncify`](crate::asyncify)) or keeps its pool's size (made by [`WorkerPool::asyncify`]).
     pub(crate) fn follows_setting(&self) -> bool {

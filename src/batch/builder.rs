@@ -224,7 +224,8 @@ where
     ///
     /// It runs on whoever drives the batch (the awaiting task, the waiting thread), after the
     /// results that arrived together were counted, so calls are coalesced under load; the last
-    /// call has every item accounted for. A panic in it propagates to the driver.
+    /// call has every item accounted for. A panic in it is caught and reported through
+    /// `tracing`, and the batch goes on.
     ///
     /// # Examples
     ///
@@ -248,7 +249,9 @@ where
     /// Counts an item whose program returned as failed when `predicate(&output)` is true, for
     /// programs that report errors in their output (`.fail_if(Result::is_err)`). The output
     /// stays in the result; the failure counts, the error budget and
-    /// [`keep_failed_inputs`](Self::keep_failed_inputs) see it as a failure.
+    /// [`keep_failed_inputs`](Self::keep_failed_inputs) see it as a failure. It runs on the
+    /// driver; if it panics, the panic is caught and reported through `tracing`, and the item
+    /// counts as failed.
     ///
     /// # Examples
     ///
@@ -302,7 +305,7 @@ where
     ///
     /// **The program must be safe to run twice on the same input** (no side effect that must
     /// happen once). Copies count against [`concurrency`](Self::concurrency). Inputs are cloned
-    /// when submitted, to have one for the copy.
+    /// when submitted, to have one for the copy. A `timeout` of `Duration::MAX` never fires.
     ///
     /// Timing: a driver blocked in [`wait`](Self::wait) wakes itself at the deadline; an
     /// awaited batch starts a timer thread per deadline, which leaves at the deadline or when

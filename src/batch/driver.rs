@@ -1,40 +1,93 @@
 //! The batch's state machine, run by whoever consumes the batch: it submits items within the
-//! concurrency cap, collects what the jobs report, keeps the counts and the error budget, stops
-//! the batch, resubmits stragglers, and between steps sleeps the way its consumer does (parking
-//! the thread, or leaving a waker and, for a deadline, a timer thread).
+//! concurrency cap, collects their results, keeps the counts and the error budget, stops the
+//! batch, resubmits stragglers, and between steps sleeps the way its consumer does (parking the
+//! thread, or leaving a waker and, for a deadline, a timer).
+//!
+//! # Item states
+//!
+//! Each item moves forward only, [`Slot::Unsubmitted`] → [`Slot::InFlight`] →
+//! [`Slot::Finished`]:
+//!
+//! * `Unsubmitted`: its input waits in `pending`. Left by [`Driver::submit`] (→ `InFlight`)
+//!   or, when the batch stops or the setting it needs is unusable, by [`Driver::refuse`]
+//!   (→ `Finished`, not started, input handed back).
+//! * `InFlight`: one job in the pool, two with a straggler copy. Each copy is a [`JobHandle`]
+//!   polled with an [`ItemWaker`]: the pool wakes it when the copy's result is in, and the
+//!   driver polls that handle again. The first copy that *ran* (returned or panicked) gives
+//!   the item's result; a copy that never started leaves the item in flight while the other
+//!   copy may still run. Left only by [`Driver::finish`].
+//! * `Finished`: the result is counted and waits in `ready` until handed out; jobs of the item
+//!   still in the pool (a straggler's losing copy) are ignored when they report.
+//!
+//! # The batch's phases
+//!
+//! Idle until first driven ([`Driver::start`]); then running: submitting and collecting; once
+//! more than `max_errors` items failed, stopped ([`Driver::stop`]): nothing more is submitted,
+//! items not started resolve to `Cancelled`, running ones are asked to stop
+//! ([`is_cancelled`](crate::is_cancelled)) and still waited for; done when every item is
+//! finished and handed out. `jobs` counts this batch's jobs in the pool, which is what
+//! `concurrency(n)` bounds: a copy counts from its submission until its result is collected,
+//! or, for a copy dropped unresolved when its item finished (a straggler's losing copy), until
+//! its ticket reports it gone.
+//!
+//! # User code
+//!
+//! `fail_if`, `on_progress` and input clones run through the guard: a panic there is reported
+//! and the batch goes on (a panicking `fail_if` counts the item as failed). Events drained from
+//! the inbox wait in the driver's own queue and are processed one by one, so nothing the driver
+//! has taken in can be lost.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::builder::{Batch, Options, Stragglers};
 use super::result::Progress;
-use super::ticket::{Event, Inbox, Shared, Ticket};
+use super::ticket::{Event, Inbox, ItemWaker, Ticket};
+use super::timer::Timers;
 use crate::capture::Captured;
 use crate::error::JobError;
+use crate::guard;
 use crate::job::{thread_waker, JobHandle};
 use crate::pool::on_thread_of;
-use crate::program::Program;
+use crate::program::{AsyncProgram, Program};
 
+/// A result handed out: the item's index and what it gave.
 pub(super) type Item<O> = (usize, Result<O, JobError>);
 
-/// One item the pool has (or had) jobs for.
-struct Flight<I> {
-    /// The original's handle and the straggler copy's. `None` once dropped (to cancel) or
-    /// taken (to help, in a nested wait).
-    handles: [Option<JobHandle<()>>; 2],
-    /// Jobs of this item that have not reported yet.
-    live: u8,
+/// Where one item is (see the module docs).
+enum Slot<I, O> {
+    Unsubmitted,
+    InFlight(Flight<I, O>),
+    Finished {
+        /// False if it never started: its input goes back to the caller.
+        ran: bool,
+        /// True once its input was handed back (or it needs none).
+        input_given: bool,
+        /// Copies dropped unresolved that are still in the pool (see `jobs`).
+        lingering: [bool; 2],
+    },
+}
+
+/// An item with jobs in the pool.
+struct Flight<I, O> {
+    /// The original (0) and the straggler copy (1); `None` once resolved or taken to wait on.
+    copies: [Option<Copy<O>>; 2],
     /// When the first copy started (only tracked with stragglers on).
     started: Option<Instant>,
     copied: bool,
-    /// A clone of the input, for failed inputs or a straggler copy.
+    /// A clone of the input (for failed inputs or a straggler copy).
     kept: Option<I>,
+    /// The input handed back by a copy that never ran.
+    returned: Option<I>,
+}
+
+/// One job of an item: its handle, and the waker it is polled with.
+struct Copy<O> {
+    handle: JobHandle<O>,
+    waker: Waker,
 }
 
 enum Advance<O> {
@@ -50,18 +103,19 @@ pub(super) struct Driver<P, I>
 where
     P: Program<I>,
 {
-    shared: Arc<Shared<P, I>>,
+    program: AsyncProgram<P>,
+    inbox: Arc<Inbox<I>>,
     captured: Captured,
     opts: Options<I, P::Output>,
     /// Inputs not submitted yet; the next one has index `next_index`.
     pending: std::vec::IntoIter<I>,
     next_index: usize,
-    /// Indexed by item; `Some` from submission until the item's result is known.
-    flights: Vec<Option<Flight<I>>>,
+    /// Indexed by item, sized at `start`.
+    slots: Vec<Slot<I, P::Output>>,
     /// Items below this index are finished (a cursor for scans).
     scan_from: usize,
     total: usize,
-    /// Jobs of this batch submitted and not reported yet (the `concurrency` gauge).
+    /// This batch's jobs in the pool (the `concurrency` gauge).
     jobs: usize,
     pub(super) done: usize,
     pub(super) failed: usize,
@@ -69,20 +123,16 @@ where
     pub(super) stopped: bool,
     /// Results known and not handed out yet, in completion order.
     ready: VecDeque<Item<P::Output>>,
-    /// An empty event buffer, swapped with the inbox's so that draining allocates nothing.
-    spare: VecDeque<Event<I, P::Output>>,
+    /// Events taken from the inbox and not processed yet.
+    events: VecDeque<Event<I>>,
     failed_inputs: Vec<(usize, I)>,
     unstarted_inputs: Vec<(usize, I)>,
     started: Option<Instant>,
     last_reported: (usize, usize, usize),
-    /// A job whose handle waits for room in the pool's full bounded queue: `(index, copy)`.
+    /// A copy whose handle waits for room in the pool's full bounded queue: `(index, copy)`.
+    /// Nothing more is submitted meanwhile.
     waiting_for_room: Option<(usize, usize)>,
-    /// The deadline of the last timer thread started (async straggler deadlines).
-    timer: Option<Instant>,
-    /// The timer threads started, to unpark when the driver goes, and the token whose end
-    /// tells them to leave without waiting out their deadline.
-    timers: Vec<thread::JoinHandle<()>>,
-    alive: Option<Arc<()>>,
+    timers: Timers,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
 }
@@ -126,20 +176,13 @@ where
         } = batch;
         let total = inputs.len();
         Driver {
-            shared: Arc::new(Shared {
-                program,
-                stopped: AtomicBool::new(false),
-                track_starts: opts.stragglers.is_some(),
-                inbox: Mutex::new(Inbox {
-                    events: VecDeque::new(),
-                    waker: None,
-                }),
-            }),
+            program,
+            inbox: Arc::new(Inbox::new(opts.stragglers.is_some())),
             captured,
             opts,
             pending: inputs.into_iter(),
             next_index: 0,
-            flights: Vec::new(),
+            slots: Vec::new(),
             scan_from: 0,
             total,
             jobs: 0,
@@ -148,15 +191,13 @@ where
             not_started: 0,
             stopped: false,
             ready: VecDeque::new(),
-            spare: VecDeque::new(),
+            events: VecDeque::new(),
             failed_inputs: Vec::new(),
             unstarted_inputs: Vec::new(),
             started: None,
             last_reported: (0, 0, 0),
             waiting_for_room: None,
-            timer: None,
-            timers: Vec::new(),
-            alive: Some(Arc::new(())),
+            timers: Timers::new(),
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -174,18 +215,20 @@ where
         inputs
     }
 
+    /// Idle → running, at the first drive.
     fn start(&mut self) {
         if self.started.is_some() {
             return;
         }
         self.started = Some(Instant::now());
-        self.flights = (0..self.total).map(|_| None).collect();
-        let program = &self.shared.program;
-        if let Some(Ok(workers)) = self.opts.workers {
+        self.slots = (0..self.total).map(|_| Slot::Unsubmitted).collect();
+        match self.opts.workers.take() {
             // Sized by `async_max_workers` as in force at `batch()`, like one `call` there.
-            if program.pool().threads() != workers {
-                let _ = program.pool().set_threads(workers);
+            Some(Ok(workers)) if self.program.pool().threads() != workers => {
+                let _ = self.program.pool().set_threads(workers);
             }
+            Some(Err(e)) => self.refuse(JobError::invalid_setting(e)),
+            _ => {}
         }
         #[cfg(feature = "progress")]
         if self.opts.progress_bar {
@@ -202,162 +245,178 @@ where
                 return Advance::Item(item);
             }
             if self.finished() == self.total {
+                // Inputs of items that never started were posted before their results came
+                // in (a job drops its ticket before its handle resolves): collect them.
+                while self.inbox.drain_into(&mut self.events, waker) {
+                    while let Some(event) = self.events.pop_front() {
+                        self.process(event);
+                    }
+                }
                 self.close_bar();
                 return Advance::Done;
             }
-            self.submit(waker);
-            let deadline = self.resubmit_stragglers(waker);
-            let mut events = std::mem::take(&mut self.spare);
-            {
-                let mut inbox = self.shared.lock();
-                if inbox.events.is_empty() {
-                    match &inbox.waker {
-                        Some(registered) if registered.will_wake(waker) => {}
-                        _ => inbox.waker = Some(waker.clone()),
-                    }
-                    drop(inbox);
-                    self.spare = events;
-                    return Advance::Sleep(deadline);
-                }
-                std::mem::swap(&mut inbox.events, &mut events);
+            self.submit();
+            let deadline = self.resubmit_stragglers();
+            if !self.ready.is_empty() {
+                continue;
             }
-            for event in events.drain(..) {
+            if self.events.is_empty() && !self.inbox.drain_into(&mut self.events, waker) {
+                return Advance::Sleep(deadline);
+            }
+            while let Some(event) = self.events.pop_front() {
                 self.process(event);
             }
-            self.spare = events;
             self.report();
         }
     }
 
-    /// Submits items while the batch may have more jobs in the pool.
-    fn submit(&mut self, waker: &Waker) {
-        // First, always: a job held back by a full queue is queued only when its handle is
-        // polled, whether or not more items are to come.
-        if !self.queue_has_room(waker)
-            || self.stopped
-            || self.jobs >= self.opts.concurrency
-            || self.pending.len() == 0
+    /// Unsubmitted → in flight, while the batch may have more jobs in the pool.
+    fn submit(&mut self) {
+        while !self.stopped && self.waiting_for_room.is_none() && self.jobs < self.opts.concurrency
         {
-            return;
-        }
-        // Every job captures the context in force at `spawn`: put the batch's in force once
-        // for the whole round.
-        {
-            while self.jobs < self.opts.concurrency {
-                let Some(input) = self.pending.next() else {
-                    break;
-                };
-                let index = self.next_index;
-                self.next_index += 1;
-                let kept = self.opts.clone_input.map(|clone| clone(&input));
-                let handle = self.spawn(index, input);
-                let waiting = handle.is_waiting_for_room();
-                self.flights[index] = Some(Flight {
-                    handles: [Some(handle), None],
-                    live: 1,
-                    started: None,
-                    copied: false,
-                    kept,
-                });
-                if waiting {
-                    self.waiting_for_room = Some((index, 0));
-                    if !self.queue_has_room(waker) {
-                        break;
-                    }
-                }
-            }
+            let Some(input) = self.pending.next() else {
+                return;
+            };
+            let index = self.next_index;
+            self.next_index += 1;
+            let kept = self
+                .opts
+                .clone_input
+                .and_then(|clone| clone_input(clone, &input));
+            let copy = self.spawn(index, 0, input);
+            self.slots[index] = Slot::InFlight(Flight {
+                copies: [Some(copy), None],
+                started: None,
+                copied: false,
+                kept,
+                returned: None,
+            });
+            self.poll_copy(index, 0);
         }
     }
 
-    fn spawn(&mut self, index: usize, input: I) -> JobHandle<()> {
+    /// Submits one job for item `index` through the pool's one internal spawn, under the
+    /// batch's captured context.
+    fn spawn(&mut self, index: usize, copy: usize, input: I) -> Copy<P::Output> {
         let ticket = Ticket {
-            shared: Arc::clone(&self.shared),
+            program: Arc::clone(self.program.shared()),
+            inbox: Arc::clone(&self.inbox),
             index,
+            copy,
             input: Some(input),
-            reported: false,
         };
         self.jobs += 1;
-        self.shared
+        let handle = self
             .program
             .pool()
             .registry()
-            .submit(move || ticket.run(), self.captured.clone())
+            .submit(move || ticket.run(), self.captured.clone());
+        let waker = Waker::from(Arc::new(ItemWaker {
+            inbox: Arc::clone(&self.inbox),
+            index,
+            copy,
+        }));
+        Copy { handle, waker }
     }
 
-    /// False while one of this batch's jobs waits for room in the pool's full bounded queue
-    /// (its handle queues it when polled, and `waker` is woken when there is room).
-    fn queue_has_room(&mut self, waker: &Waker) -> bool {
-        let Some((index, copy)) = self.waiting_for_room else {
-            return true;
+    /// Polls copy `copy` of item `index` (registering its waker); resolves it if it is ready.
+    fn poll_copy(&mut self, index: usize, copy: usize) {
+        let Slot::InFlight(flight) = &mut self.slots[index] else {
+            return;
         };
-        let slot = self.flights[index]
-            .as_mut()
-            .and_then(|flight| flight.handles[copy].as_mut());
-        if let Some(handle) = slot {
-            if handle.is_waiting_for_room() {
-                let mut cx = Context::from_waker(waker);
-                if Pin::new(&mut *handle).poll(&mut cx).is_ready() {
-                    // Resolved without running (the pool shut down): its ticket reported.
-                    if let Some(flight) = self.flights[index].as_mut() {
-                        flight.handles[copy] = None;
-                    }
-                } else if handle.is_waiting_for_room() {
-                    return false;
+        let Some(c) = flight.copies[copy].as_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(&c.waker);
+        let polled = c.handle.poll_with(Some(&mut cx));
+        let waiting = c.handle.is_waiting_for_room();
+        match polled {
+            Poll::Ready(result) => {
+                flight.copies[copy] = None;
+                if self.waiting_for_room == Some((index, copy)) {
+                    self.waiting_for_room = None;
+                }
+                self.resolve(index, result);
+            }
+            Poll::Pending if waiting => self.waiting_for_room = Some((index, copy)),
+            Poll::Pending => {
+                if self.waiting_for_room == Some((index, copy)) {
+                    self.waiting_for_room = None;
                 }
             }
         }
-        self.waiting_for_room = None;
-        true
     }
 
-    fn process(&mut self, event: Event<I, P::Output>) {
+    fn process(&mut self, event: Event<I>) {
         match event {
             Event::Started { index, at } => {
-                if let Some(flight) = self.flights[index].as_mut() {
+                if let Slot::InFlight(flight) = &mut self.slots[index] {
                     flight.started.get_or_insert(at);
                 }
             }
-            Event::Ran { index, result } => {
-                self.jobs -= 1;
-                if self.flights[index].is_some() {
-                    self.finish(index, result, true, None);
+            Event::Woken { index, copy } => self.poll_copy(index, copy),
+            Event::Released { index, copy, input } => {
+                if let Slot::Finished { lingering, .. } = &mut self.slots[index] {
+                    if std::mem::take(&mut lingering[copy]) {
+                        self.jobs -= 1;
+                    }
                 }
-            }
-            Event::NotRun { index, input } => {
-                self.jobs -= 1;
-                let Some(flight) = self.flights[index].as_mut() else {
-                    return; // a straggler copy of an item already finished
+                let Some(input) = input else {
+                    return;
                 };
-                flight.live -= 1;
-                if flight.live == 0 {
-                    let error = if self.stopped {
-                        JobError::cancelled()
-                    } else {
-                        JobError::shut_down()
-                    };
-                    self.finish(index, Err(error), false, input);
+                match &mut self.slots[index] {
+                    Slot::InFlight(flight) => flight.returned = Some(input),
+                    Slot::Finished {
+                        ran: false,
+                        input_given,
+                        ..
+                    } if !*input_given => {
+                        *input_given = true;
+                        self.unstarted_inputs.push((index, input));
+                    }
+                    _ => guard::drop("an input", input),
                 }
             }
         }
     }
 
-    /// Records item `index`'s result (`ran`: the program ran; otherwise it never started).
-    fn finish(
-        &mut self,
-        index: usize,
-        result: Result<P::Output, JobError>,
-        ran: bool,
-        returned: Option<I>,
-    ) {
-        let flight = self.flights[index]
-            .take()
-            .expect("only items in flight finish");
+    /// A copy of item `index` resolved with `result` (its result is collected: it no longer
+    /// counts against `concurrency`).
+    fn resolve(&mut self, index: usize, result: Result<P::Output, JobError>) {
+        self.jobs -= 1;
+        let ran = matches!(result, Ok(_) | Err(JobError::Panicked { .. }));
+        let Slot::InFlight(flight) = &self.slots[index] else {
+            return;
+        };
+        if !ran && flight.copies.iter().any(Option::is_some) {
+            return; // the other copy may still run and give the result
+        }
+        self.finish(index, result, ran);
+    }
+
+    /// In flight → finished: records item `index`'s result (`ran`: the program ran, otherwise
+    /// it never started).
+    fn finish(&mut self, index: usize, result: Result<P::Output, JobError>, ran: bool) {
+        let Slot::InFlight(flight) = std::mem::replace(
+            &mut self.slots[index],
+            Slot::Finished {
+                ran,
+                input_given: true,
+                lingering: [false; 2],
+            },
+        ) else {
+            unreachable!("only items in flight finish")
+        };
+        let lingering = [flight.copies[0].is_some(), flight.copies[1].is_some()];
         // A straggler copy still queued never runs; one still running sees `is_cancelled`.
-        drop(flight.handles);
+        guard::drop("a straggler copy", flight.copies);
         if ran {
             let failed = match &result {
                 Err(_) => true,
-                Ok(output) => self.opts.fail_if.as_ref().is_some_and(|f| f(output)),
+                Ok(output) => self.opts.fail_if.as_ref().is_some_and(|fail_if| {
+                    // A panicking predicate counts the item as failed.
+                    guard::call(|| fail_if(output)).unwrap_or(true)
+                }),
             };
             if failed {
                 self.failed += 1;
@@ -366,12 +425,25 @@ where
                 }
             } else {
                 self.done += 1;
+                guard::drop("an input", flight.kept);
             }
+            guard::drop("an input", flight.returned);
         } else {
             self.not_started += 1;
-            if let Some(input) = returned.or(flight.kept) {
-                self.unstarted_inputs.push((index, input));
+            match flight.returned.or(flight.kept) {
+                Some(input) => self.unstarted_inputs.push((index, input)),
+                // Its job is still to hand it back (see `Event::Released`).
+                None => {
+                    self.slots[index] = Slot::Finished {
+                        ran: false,
+                        input_given: false,
+                        lingering: [false; 2],
+                    }
+                }
             }
+        }
+        if let Slot::Finished { lingering: l, .. } = &mut self.slots[index] {
+            *l = lingering;
         }
         self.ready.push_back((index, result));
         if self.failed > self.opts.max_errors {
@@ -379,54 +451,81 @@ where
         }
     }
 
+    /// Unsubmitted → finished, not started, with `error`: every item not submitted yet.
+    fn refuse(&mut self, error: JobError) {
+        for input in std::mem::replace(&mut self.pending, Vec::new().into_iter()) {
+            let index = self.next_index;
+            self.next_index += 1;
+            self.not_started += 1;
+            self.slots[index] = Slot::Finished {
+                ran: false,
+                input_given: true,
+                lingering: [false; 2],
+            };
+            self.unstarted_inputs.push((index, input));
+            self.ready.push_back((index, Err(error.clone())));
+        }
+    }
+
     /// The error budget is spent: nothing more starts. Items not submitted finish now as
-    /// cancelled; submitted ones still queued are revoked (their tickets report `NotRun`), and
-    /// those running are flagged as cancelled by dropping their handles (they report when done).
+    /// cancelled; submitted ones still queued (or waiting for room) are revoked and resolve at
+    /// once; those running are asked to stop, and report when done.
     fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
-        self.shared.stopped.store(true, Relaxed);
         self.waiting_for_room = None;
-        for input in std::mem::replace(&mut self.pending, Vec::new().into_iter()) {
-            let index = self.next_index;
-            self.next_index += 1;
-            self.not_started += 1;
-            self.unstarted_inputs.push((index, input));
-            self.ready.push_back((index, Err(JobError::cancelled())));
-        }
-        for flight in self.flights.iter_mut().flatten() {
-            for handle in flight.handles.iter_mut().filter_map(Option::take) {
-                // Still queued: resolved now, and its ticket is dropped unrun. Running: dropping
-                // the handle makes `is_cancelled()` true in the job.
-                handle.revoke(JobError::cancelled());
+        self.refuse(JobError::cancelled());
+        let mut revoked = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate().skip(self.scan_from) {
+            let Slot::InFlight(flight) = slot else {
+                continue;
+            };
+            for (copy, c) in flight.copies.iter_mut().enumerate() {
+                let Some(c) = c else { continue };
+                if c.handle.revoke(JobError::cancelled()) {
+                    // A job still waiting for room never enters the queue now.
+                    drop(c.handle.take_pending());
+                    revoked.push((index, copy));
+                } else {
+                    c.handle.ask_to_stop();
+                }
             }
+        }
+        for (index, copy) in revoked {
+            self.poll_copy(index, copy);
         }
     }
 
     /// Submits a second copy of each item that has run past the straggler timeout, once all
     /// items are submitted and few are left. Returns the next deadline to check again at.
-    fn resubmit_stragglers(&mut self, waker: &Waker) -> Option<Instant> {
+    fn resubmit_stragglers(&mut self) -> Option<Instant> {
         let Stragglers { timeout, limit } = self.opts.stragglers?;
         let clone = self.opts.clone_input?;
         if self.stopped || self.pending.len() > 0 || self.total - self.finished() > limit {
             return None;
         }
-        while self.scan_from < self.total && self.flights[self.scan_from].is_none() {
+        while self.scan_from < self.total
+            && matches!(self.slots[self.scan_from], Slot::Finished { .. })
+        {
             self.scan_from += 1;
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         for index in self.scan_from..self.total {
-            let Some(flight) = self.flights[index].as_mut() else {
+            let Slot::InFlight(flight) = &mut self.slots[index] else {
                 continue;
             };
-            // Not started yet: its `Started` report will wake the driver.
-            let Some(started) = flight.started.filter(|_| !flight.copied) else {
+            // Not started yet: its `Started` report will wake the driver. `Duration::MAX`
+            // (a deadline past what an `Instant` holds) is never due.
+            let Some(due) = flight
+                .started
+                .filter(|_| !flight.copied)
+                .and_then(|started| started.checked_add(timeout))
+            else {
                 continue;
             };
-            let due = started + timeout;
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
@@ -434,18 +533,19 @@ where
             if self.jobs >= self.opts.concurrency || self.waiting_for_room.is_some() {
                 continue; // a job finishing, or room in the queue, wakes the driver
             }
-            let input = clone(flight.kept.as_ref().expect("stragglers keep every input"));
             flight.copied = true;
-            flight.live += 1;
-            let handle = self.spawn(index, input);
-            let waiting = handle.is_waiting_for_room();
-            if let Some(flight) = self.flights[index].as_mut() {
-                flight.handles[1] = Some(handle);
+            let Some(input) = flight
+                .kept
+                .as_ref()
+                .and_then(|kept| clone_input(clone, kept))
+            else {
+                continue;
+            };
+            let copy = self.spawn(index, 1, input);
+            if let Slot::InFlight(flight) = &mut self.slots[index] {
+                flight.copies[1] = Some(copy);
             }
-            if waiting {
-                self.waiting_for_room = Some((index, 1));
-                self.queue_has_room(waker);
-            }
+            self.poll_copy(index, 1);
         }
         next
     }
@@ -469,7 +569,7 @@ where
             }
         }
         if let Some(callback) = self.opts.on_progress.as_mut() {
-            callback(progress);
+            guard::quietly("an on_progress callback", || callback(progress));
         }
     }
 
@@ -480,28 +580,27 @@ where
         }
     }
 
-    /// The blocking path: sleeps on a thread waker, or, inside a pool job, waits on one of
-    /// the batch's handles so that the worker runs queued jobs meanwhile.
+    /// The blocking path: sleeps on the thread's waker or, on a thread of the batch's pool
+    /// (inside a job), waits on one of the batch's handles, which runs that job here if
+    /// nobody has started it.
     pub(super) fn next_blocking(&mut self) -> Option<Item<P::Output>> {
+        let waker = thread_waker();
         loop {
-            let waker = thread_waker();
             match self.advance(&waker) {
                 Advance::Item(item) => return Some(item),
                 Advance::Done => return None,
                 Advance::Sleep(deadline) => {
-                    if on_thread_of(self.shared.program.pool().registry().id) {
-                        if let Some(handle) = self.take_handle() {
-                            let _ = handle.wait();
+                    if on_thread_of(self.program.pool().registry().id) {
+                        if let Some((index, handle)) = self.take_handle() {
+                            let result = handle.wait();
+                            self.resolve(index, result);
                             continue;
                         }
                     }
                     match deadline {
                         None => thread::park(),
                         Some(deadline) => {
-                            let now = Instant::now();
-                            if deadline > now {
-                                thread::park_timeout(deadline - now);
-                            }
+                            thread::park_timeout(deadline.saturating_duration_since(Instant::now()))
                         }
                     }
                 }
@@ -509,16 +608,20 @@ where
         }
     }
 
-    /// A handle of a job in flight, the earliest submitted, for a nested wait to help with.
-    fn take_handle(&mut self) -> Option<JobHandle<()>> {
-        while self.scan_from < self.next_index && self.flights[self.scan_from].is_none() {
-            self.scan_from += 1;
-        }
-        let end = self.next_index;
-        self.flights[self.scan_from..end]
+    /// The handle of a copy in flight, the earliest submitted, for a nested wait.
+    fn take_handle(&mut self) -> Option<(usize, JobHandle<P::Output>)> {
+        let (start, end) = (self.scan_from, self.next_index);
+        self.slots[start..end]
             .iter_mut()
-            .flatten()
-            .find_map(|flight| flight.handles.iter_mut().find_map(Option::take))
+            .enumerate()
+            .find_map(|(offset, slot)| match slot {
+                Slot::InFlight(flight) => flight
+                    .copies
+                    .iter_mut()
+                    .find_map(Option::take)
+                    .map(|c| (start + offset, c.handle)),
+                _ => None,
+            })
     }
 
     /// The async path: the timer thread stands in for `park_timeout`.
@@ -528,65 +631,24 @@ where
             Advance::Done => Poll::Ready(None),
             Advance::Sleep(deadline) => {
                 if let Some(deadline) = deadline {
-                    self.arm_timer(deadline);
+                    self.timers.arm(deadline, &self.inbox);
                 }
                 Poll::Pending
             }
         }
     }
-
-    /// Makes sure the driver is woken by `deadline`: starts a thread that sleeps until then
-    /// and wakes whatever waker is registered, unless one already pending fires earlier. The
-    /// thread leaves early when the driver is dropped.
-    fn arm_timer(&mut self, deadline: Instant) {
-        let now = Instant::now();
-        if matches!(self.timer, Some(t) if t > now && t <= deadline) {
-            return;
-        }
-        let Some(alive) = self.alive.as_ref().map(Arc::downgrade) else {
-            return;
-        };
-        let shared = Arc::downgrade(&self.shared);
-        let spawned = thread::Builder::new()
-            .name("asyncify-batch-timer".to_owned())
-            .spawn(move || loop {
-                if alive.strong_count() == 0 {
-                    return;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.wake();
-                    }
-                    return;
-                }
-                thread::park_timeout(deadline - now);
-            });
-        match spawned {
-            Ok(timer) => {
-                self.timers.retain(|t| !t.is_finished());
-                self.timers.push(timer);
-                self.timer = Some(deadline);
-            }
-            Err(e) => tracing::warn!(
-                "asyncify-pool: no timer thread for a straggler deadline ({e}); \
-                 it is checked when an item finishes"
-            ),
-        }
-    }
 }
 
-impl<P, I> Drop for Driver<P, I>
-where
-    P: Program<I>,
-{
-    fn drop(&mut self) {
-        // Before the handles go (with the fields, after this): a job the worker has already
-        // taken then skips the program.
-        self.shared.stopped.store(true, Relaxed);
-        self.alive = None;
-        for timer in &self.timers {
-            timer.thread().unpark();
+/// Clones an input (user code): `None`, reported, if the clone panics.
+fn clone_input<I>(clone: fn(&I) -> I, input: &I) -> Option<I> {
+    match guard::call(|| clone(input)) {
+        Ok(copy) => Some(copy),
+        Err(message) => {
+            tracing::warn!(
+                target: "asyncify_pool",
+                "cloning a batch input panicked ({message}); the input is not kept"
+            );
+            None
         }
     }
 }

@@ -15,12 +15,14 @@
 //!   first poll and the pool bounds how many run. With `concurrency(n)`, at most `n` of the
 //!   batch's jobs are in the pool (queued or running) at a time, and the next one is submitted
 //!   when the driver learns that one finished.
-//! * **One report per job.** Each job reports to the batch itself, not through its
-//!   [`JobHandle`]: that it started (only when stragglers are on), and then either its result,
-//!   or that it was dropped without running (its input travels back with that report). The
-//!   pool runs or drops every job it accepts, so the batch always learns how each item ended.
+//! * **Ordinary jobs.** Each item is a pool job submitted through the pool's one internal
+//!   spawn with the batch's captured context, and its result (output, or `Panicked` from the
+//!   pool's one panic guard) comes back through its [`JobHandle`], whose waker tells the
+//!   driver which item to look at. The job's ticket adds only that it started (for
+//!   stragglers) and that it left the pool, with its input if it never ran. The pool runs or
+//!   drops every job it accepts, so the batch always learns how each item ended.
 //! * **Error budget.** An item *fails* when its program panics, or when its output matches
-//!   [`fail_if`](Batch::fail_if). Once more than `max_errors` items failed, the batch stops: items
+//!   [`fail_if`](Batch::fail_if) (or `fail_if` panics on it). Once more than `max_errors` items failed, the batch stops: items
 //!   not yet submitted, and submitted ones still queued, never start and resolve to
 //!   [`JobError::Cancelled`]; running ones see [`is_cancelled`](crate::is_cancelled) turn true,
 //!   and the batch waits for them and records what they return. So when a batch completes,
@@ -46,6 +48,7 @@ mod running;
 // Machinery: what the jobs share with the driver, the jobs themselves, and the driver.
 mod driver;
 mod ticket;
+mod timer;
 
 pub use builder::Batch;
 pub use result::{BatchResult, Progress};

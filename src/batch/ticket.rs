@@ -1,122 +1,158 @@
-//! The jobs' side of a batch: the [`Ticket`] the driver submits for one copy of one item, and
-//! the [`Shared`] state through which it reports. Every job posts exactly one [`Event`] saying
-//! how it ended (after a `Started` one, when stragglers are on) to the inbox, and wakes the
-//! driver; the driver drains the inbox when it next runs.
+//! The jobs' side of a batch: the [`Ticket`] a batch job carries, the [`ItemWaker`] that tells
+//! the driver a job's handle may be ready, and the [`Inbox`] they report to.
+//!
+//! A batch job is an ordinary pool job: its result (the program's output, or `Panicked` from
+//! the pool's one panic guard) reaches the driver through the job's [`JobHandle`](crate::JobHandle),
+//! and the handle's waker is an `ItemWaker` that posts "this copy may be ready" to the inbox.
+//! The ticket only adds what the handle cannot say: when the program starts (for stragglers),
+//! and that the job is gone from the pool, with the input if it never ran.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::sync::Arc;
+use std::task::{Wake, Waker};
 use std::time::Instant;
 
-use crate::error::JobError;
-use crate::program::{AsyncProgram, Program};
+use crate::guard;
+use crate::program::Program;
+use crate::sync::{lock, Mutex};
 
-/// What a job tells its batch. Every job sends exactly one `Ran` or `NotRun`.
-pub(super) enum Event<I, O> {
-    /// The job is about to run the program (sent only when stragglers are on).
+/// What the jobs of a batch tell its driver.
+pub(super) enum Event<I> {
+    /// Copy `copy` of item `index` is about to run the program (sent only with stragglers).
     Started { index: usize, at: Instant },
-    /// The program ran and returned, or panicked.
-    Ran {
+    /// The handle of copy `copy` of item `index` may be ready: poll it.
+    Woken { index: usize, copy: usize },
+    /// Copy `copy` of item `index` has left the pool (it ran, or was dropped unrun and hands
+    /// its input back). Sent exactly once per job.
+    Released {
         index: usize,
-        result: Result<O, JobError>,
+        copy: usize,
+        input: Option<I>,
     },
-    /// The job was dropped without running the program (cancelled, refused, or the batch had
-    /// stopped when it was taken); the input comes back.
-    NotRun { index: usize, input: Option<I> },
 }
 
 /// Shared by the driver and every job of one batch.
-pub(super) struct Shared<P, I>
-where
-    P: Program<I>,
-{
-    pub(super) program: AsyncProgram<P>,
-    /// Set when the batch stops or is dropped. A job that reads it set does not run the program.
-    pub(super) stopped: AtomicBool,
+pub(super) struct Inbox<I> {
     /// Stragglers need to know when each item started.
-    pub(super) track_starts: bool,
-    pub(super) inbox: Mutex<Inbox<I, P::Output>>,
+    track_starts: bool,
+    state: Mutex<InboxState<I>>,
 }
 
-pub(super) struct Inbox<I, O> {
-    pub(super) events: VecDeque<Event<I, O>>,
+struct InboxState<I> {
+    events: VecDeque<Event<I>>,
     /// The driver's, registered when it found no events; taken (so woken once) by the next one.
-    pub(super) waker: Option<Waker>,
+    waker: Option<Waker>,
 }
 
-impl<P, I> Shared<P, I>
-where
-    P: Program<I>,
-{
-    pub(super) fn lock(&self) -> MutexGuard<'_, Inbox<I, P::Output>> {
-        // Nothing in this crate panics while holding it; a poisoned inbox is still consistent.
-        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+impl<I> Inbox<I> {
+    pub(super) fn new(track_starts: bool) -> Self {
+        Inbox {
+            track_starts,
+            state: Mutex::new(InboxState {
+                events: VecDeque::new(),
+                waker: None,
+            }),
+        }
     }
 
-    fn post(&self, event: Event<I, P::Output>) {
+    fn post(&self, event: Event<I>) {
         let waker = {
-            let mut inbox = self.lock();
-            inbox.events.push_back(event);
-            inbox.waker.take()
+            let mut state = lock(&self.state);
+            state.events.push_back(event);
+            state.waker.take()
         };
         if let Some(waker) = waker {
-            waker.wake();
+            guard::wake(waker);
         }
     }
 
+    /// Moves every event posted so far to the back of `into`; if there was none, registers
+    /// `waker` to be woken by the next one. True if events were moved.
+    pub(super) fn drain_into(&self, into: &mut VecDeque<Event<I>>, waker: &Waker) -> bool {
+        let mut state = lock(&self.state);
+        if !state.events.is_empty() {
+            into.append(&mut state.events);
+            return true;
+        }
+        if state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return false;
+        }
+        drop(state);
+        // The consumer's waker: cloning it is user code, so not under the lock.
+        let new = waker.clone();
+        let mut state = lock(&self.state);
+        let old = state.waker.replace(new);
+        let moved = !state.events.is_empty();
+        into.append(&mut state.events);
+        drop(state);
+        guard::drop("a waker", old);
+        moved
+    }
+
+    /// Wakes the driver (a straggler deadline passed).
     pub(super) fn wake(&self) {
-        let waker = self.lock().waker.take();
+        let waker = lock(&self.state).waker.take();
         if let Some(waker) = waker {
-            waker.wake();
+            guard::wake(waker);
         }
     }
 }
 
-/// The closure a batch submits for one copy of one item. Run, it runs the program and reports
-/// the result; dropped unrun, it reports `NotRun` with the input.
-pub(super) struct Ticket<P, I>
-where
-    P: Program<I>,
-{
-    pub(super) shared: Arc<Shared<P, I>>,
+/// The waker a batch polls a job's handle with: waking it posts [`Event::Woken`].
+pub(super) struct ItemWaker<I> {
+    pub(super) inbox: Arc<Inbox<I>>,
     pub(super) index: usize,
+    pub(super) copy: usize,
+}
+
+impl<I: Send + 'static> Wake for ItemWaker<I> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.inbox.post(Event::Woken {
+            index: self.index,
+            copy: self.copy,
+        });
+    }
+}
+
+/// What a batch job carries: the program, the input, and where to report. Run, it runs the
+/// program and returns its output; dropped (after running, or unrun), it reports
+/// [`Event::Released`], with the input if the program never took it.
+pub(super) struct Ticket<P, I> {
+    pub(super) program: Arc<P>,
+    pub(super) inbox: Arc<Inbox<I>>,
+    pub(super) index: usize,
+    pub(super) copy: usize,
     pub(super) input: Option<I>,
-    pub(super) reported: bool,
 }
 
 impl<P, I> Ticket<P, I>
 where
     P: Program<I>,
 {
-    pub(super) fn run(mut self) {
+    /// The job's work. A panic in the program unwinds out of here to the pool's guard, which
+    /// makes it the job's `Panicked` result; the ticket is dropped on the way and reports.
+    pub(super) fn run(mut self) -> P::Output {
         let input = self.input.take().expect("a ticket runs at most once");
-        if self.shared.track_starts {
-            let at = Instant::now();
-            self.shared.post(Event::Started {
+        if self.inbox.track_starts {
+            self.inbox.post(Event::Started {
                 index: self.index,
-                at,
+                at: Instant::now(),
             });
         }
-        let program = self.shared.program.program();
-        let result = crate::guard::call(|| program.run(input)).map_err(JobError::panicked);
-        self.reported = true;
-        let index = self.index;
-        self.shared.post(Event::Ran { index, result });
+        self.program.run(input)
     }
 }
 
-impl<P, I> Drop for Ticket<P, I>
-where
-    P: Program<I>,
-{
+impl<P, I> Drop for Ticket<P, I> {
     fn drop(&mut self) {
-        if !self.reported {
-            self.reported = true;
-            self.shared.post(Event::NotRun {
-                index: self.index,
-                input: self.input.take(),
-            });
-        }
+        self.inbox.post(Event::Released {
+            index: self.index,
+            copy: self.copy,
+            input: self.input.take(),
+        });
     }
 }

@@ -15,7 +15,8 @@
 //!   - a revoke (the queue torn down at shutdown, a batch calling the job off) → `Done(Err)`;
 //!     the revoker drops the work and wakes the waker.
 //! * [`Stage::Running`]: the runner owns the work. Only the runner moves it on, → `Done(result)`,
-//!   or → `Closed` if the handle is gone. A handle dropped meanwhile only sets [`CANCELLED`].
+//!   or → `Closed` if the handle is gone. A handle dropped meanwhile only sets [`CANCELLED`];
+//!   a handle that asks the job to stop but still wants the result sets [`STOP_ASKED`].
 //! * [`Stage::Done`]`(result)`: the result waits for the handle, which alone moves it on,
 //!   → `Closed`, taking the result (or dropping it, if the handle is dropped).
 //! * [`Stage::Closed`]: nobody wants anything more from this job; final.
@@ -45,6 +46,9 @@ use crate::sync::{lock, AtomicU8, Mutex, MutexGuard};
 const CANCELLED: u8 = 1;
 /// Set when a worker waiting on the job started it itself: its queue entry is a husk.
 const OUT_OF_LINE: u8 = 2;
+/// Set when the handle asks a running job to stop early but still wants its result (a batch
+/// that stopped waits for its running items): [`is_cancelled`](crate::is_cancelled) too.
+const STOP_ASKED: u8 = 4;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -210,7 +214,7 @@ where
     }
 
     fn is_cancelled(&self) -> bool {
-        self.flag(CANCELLED)
+        self.flag(CANCELLED | STOP_ASKED)
     }
 }
 
@@ -274,6 +278,10 @@ where
 
     fn revoke(&self, error: JobError) -> bool {
         Runnable::revoke(self, error)
+    }
+
+    fn ask_to_stop(&self) {
+        self.flags.fetch_or(STOP_ASKED, Relaxed);
     }
 
     fn runnable(self: Arc<Self>) -> Arc<dyn Runnable> {

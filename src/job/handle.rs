@@ -100,6 +100,14 @@ impl<T> JobHandle<T> {
         self.inner.as_ref().is_some_and(|i| i.revoke(error))
     }
 
+    /// Makes [`is_cancelled`](crate::is_cancelled) true inside the job if it runs, while the
+    /// handle still receives its result (a stopping batch waits for its running items).
+    pub(crate) fn ask_to_stop(&self) {
+        if let Some(inner) = &self.inner {
+            inner.ask_to_stop();
+        }
+    }
+
     /// Hands the handle a job that must still be queued when the bounded queue has room.
     pub(crate) fn set_pending(&mut self, submit: Box<dyn Submit>) {
         self.pending = Some(submit);

@@ -76,6 +76,8 @@ trait Completion<T>: Send + Sync {
     fn is_done(&self) -> bool;
     fn cancel(&self);
     fn revoke(&self, error: JobError) -> bool;
+    /// Makes `is_cancelled()` true in the running job; its result is still delivered.
+    fn ask_to_stop(&self);
     /// The same cell, as something to run (for a waiting worker that starts it out of line).
     fn runnable(self: Arc<Self>) -> Arc<dyn Runnable>;
 }
