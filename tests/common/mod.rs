@@ -5,10 +5,14 @@
 //! of a stuck `cargo test`; a passing run never gets near it.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use asyncify_pool::{JobError, JobHandle};
+use asyncify_pool::{JobError, JobHandle, WorkerPool};
 
 /// Turns a hang into a failure; never reached by a passing run.
 pub const HANG: Duration = Duration::from_secs(30);
@@ -57,6 +61,8 @@ pub fn quiet_planned_panics_and(also_planned: fn(&(dyn std::any::Any + Send)) ->
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();
             let planned = payload.is::<u32>()
+                || payload.is::<PoisonPayload>()
+                || payload.is::<PanicOnDrop>()
                 || also_planned(payload)
                 || payload
                     .downcast_ref::<&str>()
@@ -213,5 +219,259 @@ impl Gauge {
             self.release(1);
         }
         self.wait_for("every job to leave", |s| s.left == jobs);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes, for scenarios that may abort the process (a stack overflow) or hang forever.
+
+/// Runs `scenario` in a child process, so that an abort or a hang fails this test instead of
+/// killing or stalling the suite.
+///
+/// The test calls `in_child("<its own exact test name>", || ...)`. In the parent this re-runs
+/// the test binary on that one test with `ASYNCIFY_CHILD=<name>`; there the call runs
+/// `scenario` and returns. The child is killed after [`HANG`]. The parent panics with the tail
+/// of the child's output unless the child ran exactly that test and it passed.
+pub fn in_child(name: &str, scenario: impl FnOnce()) {
+    if std::env::var_os("ASYNCIFY_CHILD").is_some_and(|v| v == name) {
+        scenario();
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ASYNCIFY_CHILD", name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the child process");
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        match child.try_wait().expect("poll the child process") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let ran_it = stdout.contains("test result: ok. 1 passed");
+    let what = match status {
+        None => format!("timed out after {HANG:?} (a hang) and was killed"),
+        Some(s) if s.success() && ran_it => return,
+        Some(s) if s.success() => "ran no test of that exact name".to_owned(),
+        Some(s) => describe_exit(s),
+    };
+    panic!(
+        "child process for `{name}` {what}\n--- child panics ---\n{}\n--- child stderr (tail) ---\n{}\n--- child stdout (tail) ---\n{}",
+        panics(&stderr),
+        tail(&stderr, 20),
+        tail(&stdout, 10),
+    );
+}
+
+/// The child's panic messages (each "panicked at" line and the message lines after it, before
+/// any backtrace), so they are not lost in the tail behind a backtrace.
+fn panics(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("panicked at") || line.contains("overflowed its stack") {
+            out.push(line);
+            out.extend(
+                lines
+                    .by_ref()
+                    .take_while(|l| !l.starts_with("stack backtrace:") && !l.starts_with("note:"))
+                    .take(6),
+            );
+            if out.len() > 60 {
+                break;
+            }
+        }
+    }
+    out.join("\n")
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                6 => "SIGABRT (e.g. a stack overflow, or a panic while panicking)",
+                7 => "SIGBUS",
+                9 => "SIGKILL",
+                11 => "SIGSEGV (e.g. a stack overflow)",
+                _ => "a signal",
+            };
+            return format!("was killed by signal {signal}: {name}");
+        }
+    }
+    format!("failed ({status})")
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile user code: wakers and values that misbehave.
+
+/// A waker that counts its wake-ups.
+pub struct CountingWaker {
+    count: AtomicUsize,
+}
+
+impl CountingWaker {
+    pub fn new() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker {
+            count: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(Arc::clone(&counter));
+        (counter, waker)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(SeqCst)
+    }
+}
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.count.fetch_add(1, SeqCst);
+    }
+}
+
+struct PanickingWaker;
+
+impl Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("planned: a waker that panics when woken");
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        panic!("planned: a waker that panics when woken (by ref)");
+    }
+}
+
+/// A waker whose `wake` and `wake_by_ref` panic (with a "planned" message).
+pub fn panicking_waker() -> Waker {
+    Waker::from(Arc::new(PanickingWaker))
+}
+
+/// A value whose destructor panics (with a "planned" message), unless already panicking.
+#[derive(Debug)]
+pub struct PanicOnDrop(pub &'static str);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("planned: drop of {}", self.0);
+        }
+    }
+}
+
+/// A panic payload whose own destructor panics: whoever catches a panic carrying it and drops
+/// the payload gets a second panic, `"planned: payload drop"`.
+#[derive(Debug)]
+pub struct PoisonPayload;
+
+impl Drop for PoisonPayload {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("planned: payload drop");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// After an attack: is the pool whole?
+
+/// Runs one job per worker, all of which must be inside at once (a [`Barrier`] of `threads`),
+/// so every worker is alive and holds a permit it can use. Each job is spawned once the one
+/// before it has started, so that none waits for room in a bounded queue.
+pub fn assert_every_worker_runs(pool: &WorkerPool, threads: usize) {
+    let barrier = Barrier::new(threads);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (barrier, started) = (Arc::clone(&barrier), started_tx.clone());
+            let handle = pool.spawn(move || {
+                let _ = started.send(());
+                barrier.wait();
+                std::thread::current().id()
+            });
+            started_rx.recv_timeout(HANG).unwrap_or_else(|_| {
+                panic!("only {i} of {threads} workers took a job: a worker or a permit is gone")
+            });
+            handle
+        })
+        .collect();
+    let mut ids: Vec<_> = handles
+        .into_iter()
+        .map(|mut h| {
+            h.wait_timeout(HANG * 2)
+                .expect("a job on every worker hung: a worker or a permit is gone")
+                .expect("a job on every worker failed: a worker or a permit is gone")
+        })
+        .collect();
+    ids.sort_by_key(|id| format!("{id:?}"));
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        threads,
+        "the barrier jobs ran on {} threads",
+        ids.len()
+    );
+}
+
+/// Shuts `pool` down on a helper thread and asserts that `shutdown` returned, without
+/// panicking, within [`HANG`].
+pub fn assert_shutdown_returns(pool: &WorkerPool) {
+    let pool = pool.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.shutdown()));
+        let _ = tx.send(outcome.is_ok());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(true) => {}
+        Ok(false) => panic!("shutdown panicked"),
+        Err(_) => panic!("shutdown hung: a worker never left the live count"),
+    }
+}
+
+/// Runs `f` on a helper thread and returns its result, panicking if it takes longer than
+/// [`HANG`] (for calls that have no bound of their own: `Batch::wait`, `block_on`, shutdown).
+/// A panic in `f` propagates.
+pub fn within_hang<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let helper = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(helper.join().expect_err("the helper sent nothing"))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what} hung"),
     }
 }

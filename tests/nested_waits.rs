@@ -1,0 +1,121 @@
+//! Waiting inside a job: neither the worker's stack nor the pool's thread count may grow with
+//! the number of jobs queued behind the waiting one. A waiting worker that helps by running
+//! the next queued job on its own stack, whatever that job is, nests one frame per queued job
+//! that itself waits: enough of them and the stack overflows, which aborts the process. So
+//! these scenarios run in a child process, where an abort fails the test.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use asyncify_pool::WorkerPool;
+use common::{in_child, wait, HANG};
+
+/// The process's OS thread count, from /proc/self/status (0 where there is no procfs).
+fn os_threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `jobs` independent jobs, each spawning one child on the same pool and `wait`ing on it. All
+/// the outer jobs are queued before any child, so a worker that helps with "the next queued
+/// job" while waiting runs another outer job, which waits in turn: one frame per queued job.
+/// Returns the most OS threads the process had while the children ran.
+fn fan_of_nested_waits(pool: &WorkerPool, jobs: u64) -> usize {
+    let most_threads = Arc::new(AtomicUsize::new(0));
+    let outers: Vec<_> = (0..jobs)
+        .map(|i| {
+            let (inner, most) = (pool.clone(), most_threads.clone());
+            pool.spawn(move || {
+                let child = inner.spawn(move || {
+                    if i % 1000 == 0 {
+                        most.fetch_max(os_threads(), SeqCst);
+                    }
+                    i * 2
+                });
+                child.wait().unwrap() + 1
+            })
+        })
+        .collect();
+    for (i, outer) in (0..jobs).zip(outers) {
+        assert_eq!(wait(outer), Ok(i * 2 + 1), "outer job {i}");
+    }
+    most_threads.load(SeqCst)
+}
+
+#[test]
+fn breadth_100_000_nested_waits_on_a_256k_stack() {
+    in_child("breadth_100_000_nested_waits_on_a_256k_stack", || {
+        let pool = WorkerPool::builder()
+            .threads(2)
+            .stack_size(256 * 1024)
+            .build()
+            .unwrap();
+        let most_threads = fan_of_nested_waits(&pool, 100_000);
+        // Threads do not grow with the queue either: no compensating thread per waiting job.
+        let stats = pool.stats();
+        assert_eq!(stats.live_threads, 2, "{stats:?}");
+        assert_eq!(stats.completed, 200_000, "{stats:?}");
+        assert!(
+            most_threads < 64,
+            "the process ran {most_threads} OS threads for a 2-thread pool"
+        );
+    });
+}
+
+#[test]
+fn breadth_5_000_nested_waits_on_the_default_stack() {
+    in_child("breadth_5_000_nested_waits_on_the_default_stack", || {
+        let pool = WorkerPool::new(2);
+        let most_threads = fan_of_nested_waits(&pool, 5_000);
+        assert_eq!(pool.stats().live_threads, 2);
+        assert!(most_threads < 64, "{most_threads} OS threads");
+    });
+}
+
+fn depth(pool: WorkerPool, levels: u32) -> u32 {
+    if levels == 0 {
+        return 0;
+    }
+    let inner = pool.clone();
+    pool.spawn(move || depth(inner, levels - 1)).wait().unwrap() + 1
+}
+
+#[test]
+fn depth_1_000_nested_waits_on_one_thread_with_a_1m_stack() {
+    in_child(
+        "depth_1_000_nested_waits_on_one_thread_with_a_1m_stack",
+        || {
+            let pool = WorkerPool::builder()
+                .threads(1)
+                .stack_size(1 << 20)
+                .build()
+                .unwrap();
+            assert_eq!(depth(pool.clone(), 1000), 1000);
+            assert_eq!(pool.stats().live_threads, 1);
+        },
+    );
+}
+
+#[test]
+fn wait_timeout_inside_a_job_helps_like_wait() {
+    // The only worker waits, with a bound, on a trivial job queued behind its own. `wait` runs
+    // it itself; `wait_timeout` must too, or the bound (any bound) always runs out.
+    let pool = WorkerPool::new(1);
+    let inner = pool.clone();
+    let mut outer = pool.spawn(move || inner.spawn(|| 7).wait_timeout(HANG));
+    let result = outer.wait_timeout(HANG * 2).expect("the outer job hung");
+    assert_eq!(
+        result,
+        Ok(Some(Ok(7))),
+        "wait_timeout inside a job gave up on a job it could have run"
+    );
+}
