@@ -224,36 +224,34 @@ where
     T: Send + 'static,
 {
     fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
+        // Cloning a waker is user code: before the lock, not under it. (One lock per poll; a
+        // clone that turns out not to be needed is dropped after the lock.)
+        let waker = cx.map(|cx| cx.waker().clone());
         let mut slot = self.lock();
-        match std::mem::replace(&mut slot.stage, Stage::Closed) {
-            Stage::Done(result) => return Poll::Ready(result.map_err(|e| *e)),
+        let (replaced, spare) = match std::mem::replace(&mut slot.stage, Stage::Closed) {
+            Stage::Done(result) => {
+                drop(slot);
+                drop(waker);
+                return Poll::Ready(result.map_err(|e| *e));
+            }
             Stage::Closed => {
                 drop(slot);
                 panic!("JobHandle polled after it returned its result")
             }
-            pending => slot.stage = pending,
-        }
-        let Some(cx) = cx else {
-            return Poll::Pending;
+            pending => {
+                slot.stage = pending;
+                match waker {
+                    Some(w) if !matches!(&slot.side, Side::Waker(old) if old.will_wake(&w)) => (
+                        Some(std::mem::replace(&mut slot.side, Side::Waker(w))),
+                        None,
+                    ),
+                    spare => (None, spare),
+                }
+            }
         };
-        if matches!(&slot.side, Side::Waker(w) if w.will_wake(cx.waker())) {
-            return Poll::Pending;
-        }
-        // Cloning a waker is user code: not under the lock. The stage may move meanwhile.
         drop(slot);
-        let waker = cx.waker().clone();
-        let mut slot = self.lock();
-        if let Stage::Done(_) = slot.stage {
-            let Stage::Done(result) = std::mem::replace(&mut slot.stage, Stage::Closed) else {
-                unreachable!("matched above")
-            };
-            drop(slot);
-            drop(waker);
-            return Poll::Ready(result.map_err(|e| *e));
-        }
-        let old = std::mem::replace(&mut slot.side, Side::Waker(waker));
-        drop(slot);
-        drop(old);
+        drop(replaced);
+        drop(spare);
         Poll::Pending
     }
 

@@ -53,7 +53,7 @@ use crossbeam_channel::Receiver;
 use super::permits::Permit;
 use super::registry::{Registry, Ticket};
 use super::shutdown;
-use super::sleep::{pause, SPINS_BEFORE_SLEEP};
+use super::sleep::{pause, Sleeper, SPINS_BEFORE_SLEEP};
 use super::stats::Counters;
 use crate::error::JobError;
 use crate::guard;
@@ -91,8 +91,10 @@ struct Worker {
     counters: Arc<Counters>,
     /// The queue, for a worker; a spare takes nothing from it.
     rx: Option<Receiver<Job>>,
-    /// Where this thread's stack began, and its size.
+    /// Where this thread's stack began (its size is the pool's).
     stack_base: usize,
+    /// Where this worker sleeps when idle.
+    sleeper: Arc<Sleeper>,
     shutdown: shutdown::Sender,
 }
 
@@ -141,6 +143,7 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
         counters: Arc::clone(&counters),
         rx,
         stack_base: stack_address(),
+        sleeper: Arc::default(),
         shutdown,
     });
     WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&worker)));
@@ -280,6 +283,9 @@ impl Goal for Serve {
 
     fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
         let registry = &worker.registry;
+        if self.rounds > 0 && registry.queue_is_empty() {
+            return None; // idle: no permit taken and given back for nothing
+        }
         // The permit first: a job never leaves the queue into a thread that cannot run it.
         let permit = registry.permits.try_acquire()?;
         let job = worker.rx.as_ref()?.try_recv().ok()?;
@@ -296,7 +302,7 @@ impl Goal for Serve {
             return;
         }
         let registry = &worker.registry;
-        registry.sleep.sleep(|| {
+        registry.sleep.sleep(&worker.sleeper, || {
             registry.is_closed()
                 || registry.live() > registry.permits.target()
                 || (!registry.queue_is_empty() && registry.permits.available())
