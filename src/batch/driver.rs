@@ -665,3 +665,79 @@ fn new_bar(total: usize) -> indicatif::ProgressBar {
     }
     bar
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::WorkerPool;
+
+    fn drain<P: Program<u32>>(driver: &mut Driver<P, u32>) -> Vec<Item<P::Output>> {
+        std::iter::from_fn(|| driver.next_blocking()).collect()
+    }
+
+    /// A panicking `fail_if` counts its item as failed, and every other result still arrives.
+    #[test]
+    fn a_panicking_fail_if_fails_its_item_and_loses_nothing() {
+        let pool = WorkerPool::new(2);
+        let id = pool.asyncify(|x: u32| x);
+        let batch = id.batch(0..50).fail_if(|x| {
+            assert!(*x != 7, "planned: fail_if on 7");
+            false
+        });
+        let mut driver = Driver::new(batch);
+        let mut items = drain(&mut driver);
+        items.sort_by_key(|(i, _)| *i);
+        assert_eq!(items.len(), 50);
+        assert!(items.iter().all(|(i, r)| r == &Ok(*i as u32)));
+        assert_eq!((driver.done, driver.failed, driver.not_started), (49, 1, 0));
+        assert_eq!(driver.jobs, 0, "every copy's result was collected");
+    }
+
+    /// Events for an item already finished (a late wake-up, a straggler's losing copy) change
+    /// nothing: items only move forward.
+    #[test]
+    fn events_for_a_finished_item_change_nothing() {
+        let pool = WorkerPool::new(1);
+        let id = pool.asyncify(|x: u32| x);
+        let mut driver = Driver::new(id.batch(0..3));
+        assert_eq!(drain(&mut driver).len(), 3);
+        let counts = (driver.done, driver.failed, driver.not_started, driver.jobs);
+        driver.process(Event::Woken { index: 1, copy: 0 });
+        driver.process(Event::Woken { index: 1, copy: 1 });
+        driver.process(Event::Started {
+            index: 2,
+            at: Instant::now(),
+        });
+        driver.process(Event::Released {
+            index: 0,
+            copy: 1,
+            input: Some(0),
+        });
+        assert_eq!(
+            (driver.done, driver.failed, driver.not_started, driver.jobs),
+            counts
+        );
+        assert!(
+            driver.unstarted_inputs.is_empty(),
+            "a finished item that ran takes no input"
+        );
+        assert!(driver.ready.is_empty());
+    }
+
+    /// An item that never started gets its input back whichever comes first, its result or
+    /// its job's report that it left the pool.
+    #[test]
+    fn an_unstarted_items_input_comes_back_after_its_result_too() {
+        let pool = WorkerPool::new(1);
+        let id = pool.asyncify(|x: u32| x);
+        pool.shutdown();
+        let mut driver = Driver::new(id.batch(0..2));
+        driver.start();
+        // Item 0 resolved (refused by the shut-down pool) before its ticket's report is seen.
+        driver.submit();
+        assert!(matches!(driver.slots[0], Slot::Finished { ran: false, .. }));
+        let items = drain(&mut driver);
+        assert_eq!(items.len(), 2);
+        assert_eq!(driver.take_unstarted_inputs(), [(0, 0), (1, 1)]);
+    }
+}
