@@ -31,6 +31,14 @@
 //! turn. So only an address known to be a static identifies a dispatcher: captures under a
 //! scoped dispatcher are made per call and set the dispatcher on the worker, as before. The
 //! `dispatcher_addresses_behave_as_assumed` test pins this behaviour of tracing-core.
+//!
+//! # What each of these bought (interleaved A/B runs of `benches/pool.rs`, 2-vCPU machine)
+//!
+//! * Sharing and handing back, with the global dispatcher left alone: a call under a span and
+//!   a global subscriber went from ×2.2–2.6 of a plain call's cost to ×1.05–1.09, and 16
+//!   overrides from +4.8–7.6% to +1.3–5.0%.
+//! * The gap in [`Ctx`] between the counts and the fields the workers read: without it, the
+//!   global-span case cost ×1.19 instead of ×1.06.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -58,7 +66,8 @@ pub(crate) struct Captured(Option<Arc<Ctx>>);
 /// changes the `Arc`'s counts (the allocation's first 16 bytes) on every call: those two come
 /// last, at least 64 bytes in, so they never share a cache line with the counts. The fields
 /// before them are read only by a job that asks for its overrides or under a scoped dispatcher.
-/// 120 bytes in all, which keeps the allocation in malloc's fast bins.
+/// 120 bytes in all, which keeps the allocation in malloc's fast bins. (Without the gap, a call
+/// under a span and a global subscriber cost ×1.19 of a plain call instead of ×1.06.)
 #[repr(C)]
 pub(crate) struct Ctx {
     overrides: Overrides,

@@ -33,15 +33,18 @@
 //!
 //! # Guarantees
 //!
-//! * **Bounded.** At most [`WorkerPool::threads`] jobs run at once; jobs start in submission
-//!   order. [`WorkerPool::set_threads`] changes the bound at run time.
+//! * **Bounded.** At most [`WorkerPool::threads`] jobs run at once, and a pool has at most
+//!   [`WorkerPool::MAX_THREADS`] threads; jobs start in submission order.
+//!   [`WorkerPool::set_threads`] changes the bound at run time.
 //! * **Context.** The overrides ([`settings`]) and the tracing span and dispatcher in force at
 //!   [`AsyncProgram::call`] / [`WorkerPool::spawn`] are in force on the worker for exactly that
 //!   job, and the worker is clean again afterwards, panic or not.
 //! * **Cancellation.** Dropping a [`JobHandle`] before its job starts means the job never runs;
 //!   after it started, the result is discarded and [`is_cancelled`] turns true in the job.
 //! * **Panics.** A panicking program gives [`JobError::Panicked`] with the message; the worker
-//!   lives on.
+//!   lives on. User code that panics where nobody can be told (a destructor of a value handed
+//!   in, a panic payload's destructor, a waker, a hook, a batch callback) is caught and
+//!   reported through `tracing`: it never costs a worker, a place in the pool or an answer.
 //! * **Shutdown.** [`WorkerPool::shutdown`] runs everything accepted, then joins the threads;
 //!   later calls resolve at once to [`JobError::ShutDown`]. Every accepted job either runs and
 //!   delivers its result, or its caller is told why not.
@@ -58,11 +61,14 @@
 //!
 //! # Inside a job
 //!
-//! A job may call into the pool again. [`JobHandle::wait`] on a worker runs other queued jobs
-//! while it waits, so it never deadlocks, even on a one-thread pool. A job that instead runs
-//! its own executor (`pollster::block_on(handle)`) simply blocks its worker until the handle
-//! resolves: on a pool with a free thread that works, on a pool whose every thread does it, it
-//! waits forever; prefer `wait()` inside jobs.
+//! A job may call into the pool again. [`JobHandle::wait`] inside a job of the same pool runs
+//! the awaited job on the waiting worker if no worker has started it yet, so it never
+//! deadlocks, even on a one-thread pool. It runs only that job, never other queued work, so the
+//! stack grows with the program's own nesting and not with the queue (past half of a stack,
+//! the awaited job runs on a short-lived spare thread instead). A job that instead runs its own
+//! executor (`pollster::block_on(handle)`) simply blocks its worker until the handle resolves:
+//! on a pool with a free thread that works, on a pool whose every thread does it, it waits
+//! forever; prefer `wait()` inside jobs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
