@@ -1,0 +1,328 @@
+//! A/B benchmark of two revisions of asyncify-pool in one process, interleaved round by round.
+//!
+//! `benches/ab.sh` builds this file as the `src/main.rs` of a scratch crate that depends on two
+//! copies of the library: `before` (a base revision, by default `04c4150`, the code before the
+//! core rebuild) and `after` (by default `HEAD`, or `WORKTREE` for the work tree). Both run in
+//! the same binary, on the same machine state, so a neighbour's build lands on both alike.
+//!
+//! For each thread count in [2, 8] (this machine's cores; the default `async_max_workers`) it
+//! builds `before::WorkerPool::new(n)`, `after::WorkerPool::new(n)`, and a floor: `n` bare
+//! threads pulling boxed closures from one crossbeam unbounded channel, each answering through
+//! a `oneshot` (no cancellation, panic handling, context or counting). Everything is awaited
+//! from one tokio current-thread runtime. Groups, all in ns per call:
+//!
+//! * `round_trip/spawn`: 2,000 sequential `pool.spawn(noop)`, each awaited before the next.
+//! * `round_trip/call`: 2,000 sequential `program.call(i)` on `pool.asyncify(|x: u64| x)`.
+//! * `throughput/spawn`: `ASYNCIFY_BENCH_CALLS` (default 100,000) spawns in flight, then all
+//!   awaited.
+//! * `throughput/call`: the same with `program.call(i)`.
+//!
+//! In the `call` groups the floor runs `move || i`, so it returns the same `u64`.
+//!
+//! Each round measures one chunk of every contender back to back, the starting contender
+//! rotating from round to round; round 0 is a warm-up and is not counted. Per row: the median
+//! over the counted rounds, p10 and p90, the median of the per-round ratios to the floor of the
+//! same round, and for `after` the median (p10–p90) of the per-round ratios after/before.
+//!
+//! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15, and
+//! `ASYNCIFY_BENCH_CALLS` pass through). The output is a Markdown table.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+/// Sequential calls in one round-trip chunk.
+const ROUND_TRIPS: u64 = 2_000;
+/// The thread counts: this machine's 2 cores, and the default `async_max_workers`.
+const THREAD_COUNTS: [usize; 2] = [2, 8];
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// `threads` bare threads on one crossbeam unbounded channel of boxed closures.
+struct Floor {
+    sender: Option<crossbeam_channel::Sender<Task>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Floor {
+    fn new(threads: usize) -> Floor {
+        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
+        let workers = (0..threads)
+            .map(|_| {
+                let receiver = receiver.clone();
+                thread::spawn(move || {
+                    for task in receiver.iter() {
+                        task();
+                    }
+                })
+            })
+            .collect();
+        Floor {
+            sender: Some(sender),
+            workers,
+        }
+    }
+
+    /// Queues `f` at once; its result comes back through the returned oneshot.
+    fn run<T, F>(&self, f: F) -> oneshot::Receiver<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let task: Task = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.sender
+            .as_ref()
+            .expect("the floor is open until dropped")
+            .send(task)
+            .expect("the floor's workers are alive");
+        rx
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn noop() {}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// `ROUND_TRIPS` calls, each awaited before the next.
+    RoundTrip,
+    /// `calls` calls in flight, then all awaited.
+    Throughput,
+}
+
+/// One chunk: ns per call. `submit(i)` queues call `i` at once and returns a future of its end.
+fn chunk<Fut, S>(
+    runtime: &tokio::runtime::Runtime,
+    shape: Shape,
+    calls: usize,
+    mut submit: S,
+) -> f64
+where
+    Fut: Future<Output = ()>,
+    S: FnMut(u64) -> Fut,
+{
+    runtime.block_on(async move {
+        match shape {
+            Shape::RoundTrip => {
+                let start = Instant::now();
+                for i in 0..ROUND_TRIPS {
+                    submit(i).await;
+                }
+                start.elapsed().as_nanos() as f64 / ROUND_TRIPS as f64
+            }
+            Shape::Throughput => {
+                let mut in_flight = Vec::with_capacity(calls);
+                let start = Instant::now();
+                in_flight.extend((0..calls as u64).map(&mut submit));
+                for call in in_flight.drain(..) {
+                    call.await;
+                }
+                start.elapsed().as_nanos() as f64 / calls as f64
+            }
+        }
+    })
+}
+
+type Measure<'a> = Box<dyn Fn() -> f64 + 'a>;
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 0 {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
+}
+
+/// (p10, p90), picked as `benches/pool.rs` does.
+fn spread(xs: &[f64]) -> (f64, f64) {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 10], xs[xs.len() * 9 / 10])
+}
+
+fn ratios(xs: &[f64], base: &[f64]) -> Vec<f64> {
+    xs.iter().zip(base).map(|(x, b)| x / b).collect()
+}
+
+/// Runs `rounds` counted rounds (plus warm-up round 0) of `[floor, before, after]`, rotating
+/// the starting contender, and prints one table row per contender.
+fn interleave(rounds: usize, threads: usize, group: &str, entries: &[(&str, Measure<'_>); 3]) {
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); entries.len()];
+    for round in 0..=rounds {
+        let mut this_round = [0.0; 3];
+        for i in 0..entries.len() {
+            let at = (i + round) % entries.len();
+            this_round[at] = (entries[at].1)();
+        }
+        if round > 0 {
+            for (t, x) in times.iter_mut().zip(this_round) {
+                t.push(x);
+            }
+        }
+    }
+    let [floor, before, after] = [&times[0], &times[1], &times[2]];
+    for (i, (name, _)) in entries.iter().enumerate() {
+        let (p10, p90) = spread(&times[i]);
+        let to_floor = if i == 0 {
+            "x1.00".to_string()
+        } else {
+            format!("x{:.2}", median(&ratios(&times[i], floor)))
+        };
+        let after_before = if i == 2 {
+            let r = ratios(after, before);
+            let (lo, hi) = spread(&r);
+            format!("**x{:.2}** ({lo:.2}-{hi:.2})", median(&r))
+        } else {
+            String::new()
+        };
+        println!(
+            "| {threads} | {group:<16} | {name:<6} | {:>9.1} | {p10:>9.1} | {p90:>9.1} | {to_floor:>6} | {after_before} |",
+            median(&times[i]),
+        );
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
+fn main() {
+    let rounds = env_usize("AB_ROUNDS", 15);
+    let calls = env_usize("ASYNCIFY_BENCH_CALLS", 100_000);
+    let base = std::env::var("AB_BASE_LABEL").unwrap_or_else(|_| "before".into());
+    let new = std::env::var("AB_NEW_LABEL").unwrap_or_else(|_| "after".into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio current-thread runtime");
+    let rt = &runtime;
+    let started = Instant::now();
+
+    println!(
+        "A/B interleaved: before = {base}, after = {new}; {rounds} rounds (+1 warm-up), \
+         round trip {ROUND_TRIPS} sequential calls, throughput {calls} calls in flight; \
+         ns/call; loadavg at start {}",
+        loadavg()
+    );
+    println!();
+    println!("| threads | group | contender | median | p10 | p90 | /floor | after/before (p10-p90) |");
+    println!("|---|---|---|---|---|---|---|---|");
+
+    for threads in THREAD_COUNTS {
+        let floor = Floor::new(threads);
+        let before_pool = before::WorkerPool::new(threads);
+        let after_pool = after::WorkerPool::new(threads);
+        let before_prog = before_pool.asyncify(|x: u64| x);
+        let after_prog = after_pool.asyncify(|x: u64| x);
+        let (floor, bp, ap, bprog, aprog) =
+            (&floor, &before_pool, &after_pool, &before_prog, &after_prog);
+
+        for (shape, shape_name) in [
+            (Shape::RoundTrip, "round_trip"),
+            (Shape::Throughput, "throughput"),
+        ] {
+            let spawn: [(&str, Measure<'_>); 3] = [
+                (
+                    "floor",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |_| {
+                            let rx = floor.run(noop);
+                            async move { rx.await.expect("floor job") }
+                        })
+                    }),
+                ),
+                (
+                    "before",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |_| {
+                            let h = bp.spawn(noop);
+                            async move { h.await.expect("before job") }
+                        })
+                    }),
+                ),
+                (
+                    "after",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |_| {
+                            let h = ap.spawn(noop);
+                            async move { h.await.expect("after job") }
+                        })
+                    }),
+                ),
+            ];
+            interleave(rounds, threads, &format!("{shape_name}/spawn"), &spawn);
+
+            let call: [(&str, Measure<'_>); 3] = [
+                (
+                    "floor",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |i| {
+                            let rx = floor.run(move || black_box(i));
+                            async move {
+                                black_box(rx.await.expect("floor job"));
+                            }
+                        })
+                    }),
+                ),
+                (
+                    "before",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |i| {
+                            let h = bprog.call(i);
+                            async move {
+                                black_box(h.await.expect("before call"));
+                            }
+                        })
+                    }),
+                ),
+                (
+                    "after",
+                    Box::new(move || {
+                        chunk(rt, shape, calls, |i| {
+                            let h = aprog.call(i);
+                            async move {
+                                black_box(h.await.expect("after call"));
+                            }
+                        })
+                    }),
+                ),
+            ];
+            interleave(rounds, threads, &format!("{shape_name}/call"), &call);
+        }
+
+        drop((before_prog, after_prog));
+        before_pool.shutdown();
+        after_pool.shutdown();
+    }
+
+    println!();
+    println!(
+        "total {:.1} s; loadavg at end {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
