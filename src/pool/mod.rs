@@ -381,6 +381,43 @@ impl fmt::Debug for WorkerPool {
 mod tests {
     use super::*;
     use std::pin::Pin;
+    use std::time::Duration;
+
+    /// The last worker tears the queue down outside every lock of the pool: a job still queued
+    /// whose closure holds the last `WorkerPool` handle is dropped there, and dropping that
+    /// handle closes the pool again, which takes the control lock. Done under the lock (as it
+    /// once was), that deadlocked. Here the queue is torn down as the last worker does it, on a
+    /// thread of its own, and must finish, telling the job's caller `ShutDown`.
+    #[test]
+    fn tearing_the_queue_down_drops_a_last_handle_outside_the_lock() {
+        let config = builder::ThreadConfig {
+            name: "teardown".to_owned(),
+            stack_size: 1 << 20,
+            on_start: None,
+            on_stop: None,
+        };
+        let registry = Registry::new(1, None, config);
+        let last = WorkerPool {
+            handle: Arc::new(Handle {
+                registry: Arc::clone(&registry),
+            }),
+        };
+        // Queued as a call that raced the close would be, with the last handle in its closure.
+        let handle = registry.submit(move || drop(last), Captured::default());
+        registry.close();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let teardown = {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || {
+                registry.thread_left(&Arc::default(), true);
+                done_tx.send(()).unwrap();
+            })
+        };
+        done.recv_timeout(Duration::from_secs(60))
+            .expect("tearing the queue down deadlocked");
+        teardown.join().unwrap();
+        assert_eq!(handle.wait(), Err(crate::JobError::shut_down()));
+    }
 
     #[test]
     fn pin_is_not_needed_for_handles() {

@@ -9,8 +9,9 @@
 //! its slot, then looks for registered waiters. The two sides write one of `used` and
 //! `waiting` and then read the other, with a `SeqCst` fence in between, the Dekker pattern: at
 //! least one sees the other's write, so either the handle's second try finds the slot or the
-//! releaser sees the waiter and wakes it. (Fences, not `SeqCst` accesses alone: loom checks the
-//! fences, and the model below fails without them.)
+//! releaser sees the waiter and wakes it. (Fences, not `SeqCst` accesses alone: loom does not
+//! model `SeqCst` accesses as one total order but does model fences, and the model below fails
+//! without them.)
 //!
 //! Waking wakes every registered waiter: a woken handle that was dropped meanwhile must not
 //! swallow the only wake-up. The wakers are taken out under the lock and woken after it, each
