@@ -3,18 +3,18 @@
 //! without spinning; dropping it meanwhile queues nothing; `try_call`/`try_spawn` hand the input
 //! back; and under load every job still resolves exactly once.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use asyncify_pool::{JobError, JobHandle, WorkerPool};
-
-/// Turns a hang into a failure; never reached by a passing run.
-const HANG: Duration = Duration::from_secs(60);
+use common::{wait, CountingWaker, HANG};
 
 fn bounded_pool(threads: usize, capacity: usize) -> WorkerPool {
     WorkerPool::builder()
@@ -22,10 +22,6 @@ fn bounded_pool(threads: usize, capacity: usize) -> WorkerPool {
         .queue_capacity(capacity)
         .build()
         .unwrap()
-}
-
-fn wait<T>(mut handle: JobHandle<T>) -> Result<T, JobError> {
-    handle.wait_timeout(HANG).expect("a job hung")
 }
 
 /// Occupies one worker until released; returns once the job has started.
@@ -150,14 +146,6 @@ fn wait_blocks_until_room_appears() {
     assert_eq!(*order.lock().unwrap(), ["q1", "held"]);
 }
 
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
 #[test]
 fn dropping_a_waiting_handle_queues_nothing() {
     let pool = bounded_pool(1, 1);
@@ -175,12 +163,11 @@ fn dropping_a_waiting_handle_queues_nothing() {
     // task that is then dropped: none of them may ever run.
     let never_polled = pool.spawn(job(&ran));
     let mut polled = pool.spawn(job(&ran));
-    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(Arc::clone(&wakes));
+    let (wakes, waker) = CountingWaker::new();
     assert!(Pin::new(&mut polled)
         .poll(&mut Context::from_waker(&waker))
         .is_pending());
-    assert_eq!(wakes.0.load(SeqCst), 0, "no wake-up without room");
+    assert_eq!(wakes.count(), 0, "no wake-up without room");
     let in_task = pool.spawn(job(&ran));
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -218,22 +205,17 @@ fn a_handle_polled_many_times_while_waiting_registers_once() {
     let blocker = Blocker::start(&pool);
     let q1 = pool.spawn(|| "q1");
     let mut held = pool.spawn(|| "held");
-    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(Arc::clone(&wakes));
+    let (wakes, waker) = CountingWaker::new();
     for _ in 0..1_000 {
         assert!(Pin::new(&mut held)
             .poll(&mut Context::from_waker(&waker))
             .is_pending());
     }
-    assert_eq!(wakes.0.load(SeqCst), 0);
+    assert_eq!(wakes.count(), 0);
     blocker.release();
     assert_eq!(wait(q1), Ok("q1"));
     // The worker made room (and then ran out of work): the held handle was woken, once.
-    assert_eq!(
-        wakes.0.load(SeqCst),
-        1,
-        "woken once per poll made while waiting"
-    );
+    assert_eq!(wakes.count(), 1, "woken once per poll made while waiting");
     assert_eq!(wait(held), Ok("held"));
 }
 

@@ -2,6 +2,8 @@
 //! concurrency, stragglers. No timing assertions: every wait is bounded only to turn a hang
 //! into a failure.
 
+mod common;
+
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
@@ -10,23 +12,8 @@ use std::time::{Duration, Instant};
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::{is_cancelled, BatchResult, WorkerPool};
+use common::{quiet_planned_panics, within_hang, HANG};
 use futures::StreamExt;
-
-/// How long any test may take before a hang is reported as a failure.
-const HANG: Duration = Duration::from_secs(60);
-
-/// Runs `f` on its own thread and fails the test if it has not returned within `HANG`.
-fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(HANG) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the test hung for {HANG:?}"),
-    }
-}
 
 /// A pseudo-random number from `seed` (xorshift), for per-item latencies and failures.
 fn scramble(seed: u64) -> u64 {
@@ -53,26 +40,6 @@ fn wait_until(done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Keeps the expected panics of the programs below (messages containing "fails") off the
-/// output, and every other panic (a failing assertion) on it.
-fn silence_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let message = info
-                .payload()
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| info.payload().downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.contains("fails") {
-                default(info);
-            }
-        }));
-    });
-}
-
 fn check_order(result: &BatchResult<u64, u64>, n: u64) {
     assert_eq!(result.total(), n as usize);
     assert_eq!(result.done(), n as usize);
@@ -83,7 +50,7 @@ fn check_order(result: &BatchResult<u64, u64>, n: u64) {
 
 #[test]
 fn order_is_kept_under_random_latency() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(8);
         let triple = pool.asyncify(|i: u64| {
             jitter(i);
@@ -104,7 +71,7 @@ fn order_is_kept_under_random_latency() {
 
 #[test]
 fn completions_yield_every_index_once_with_its_result() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(6);
         let triple = pool.asyncify(|i: u64| {
             jitter(i);
@@ -137,8 +104,8 @@ fn completions_yield_every_index_once_with_its_result() {
 
 #[test]
 fn error_budget_stops_the_batch_and_no_item_starts_after_the_stop() {
-    silence_panics();
-    bounded(|| {
+    quiet_planned_panics();
+    within_hang("the test", || {
         // One item at a time: the stop is decided before the next item is submitted, so the
         // counts are exact. Items 0, 3, 6, … fail; the third failure (item 6) exceeds 2.
         let pool = WorkerPool::new(1);
@@ -146,7 +113,7 @@ fn error_budget_stops_the_batch_and_no_item_starts_after_the_stop() {
         let s = starts.clone();
         let program = pool.asyncify(move |i: u32| {
             s.fetch_add(1, SeqCst);
-            assert!(i % 3 != 0, "item {i} fails");
+            assert!(i % 3 != 0, "planned: item {i} fails");
             i
         });
         let result = program.batch(0..100).max_errors(2).concurrency(1).wait();
@@ -168,8 +135,8 @@ fn error_budget_stops_the_batch_and_no_item_starts_after_the_stop() {
 
 #[test]
 fn error_budget_counts_every_start_under_load() {
-    silence_panics();
-    bounded(|| {
+    quiet_planned_panics();
+    within_hang("the test", || {
         for round in 0..5u64 {
             let pool = WorkerPool::new(8);
             let starts = Arc::new(AtomicUsize::new(0));
@@ -177,7 +144,10 @@ fn error_budget_counts_every_start_under_load() {
             let program = pool.asyncify(move |i: u64| {
                 s.fetch_add(1, SeqCst);
                 jitter(i + round * 1000);
-                assert!(scramble(i + round) % 5 != 0, "an unlucky item fails");
+                assert!(
+                    scramble(i + round) % 5 != 0,
+                    "planned: an unlucky item fails"
+                );
                 i
             });
             let result = if round % 2 == 0 {
@@ -206,7 +176,7 @@ fn error_budget_counts_every_start_under_load() {
 
 #[test]
 fn max_errors_defaults_to_the_setting_in_force_at_batch() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(1);
         let program = pool.asyncify(|i: u32| i);
         let strict = settings::context(Overrides::new().with(settings::MAX_ERRORS, 0usize), || {
@@ -224,8 +194,8 @@ fn max_errors_defaults_to_the_setting_in_force_at_batch() {
 
 #[test]
 fn running_items_see_is_cancelled_when_the_batch_stops() {
-    silence_panics();
-    bounded(|| {
+    quiet_planned_panics();
+    within_hang("the test", || {
         let pool = WorkerPool::new(4);
         let running = Arc::new(AtomicUsize::new(0));
         let r = running.clone();
@@ -235,7 +205,7 @@ fn running_items_see_is_cancelled_when_the_batch_stops() {
         let program = pool.asyncify(move |i: u32| {
             if i == 0 {
                 assert!(wait_until(|| r.load(SeqCst) == 3));
-                panic!("item 0 fails");
+                panic!("planned: item 0 fails");
             }
             r.fetch_add(1, SeqCst);
             wait_until(is_cancelled)
@@ -255,7 +225,7 @@ fn running_items_see_is_cancelled_when_the_batch_stops() {
 
 #[test]
 fn overrides_and_span_reach_every_item() {
-    bounded(|| {
+    within_hang("the test", || {
         let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
         let pool = WorkerPool::new(4);
         let program = pool.asyncify(|i: u32| {
@@ -289,7 +259,7 @@ fn overrides_and_span_reach_every_item() {
 
 #[test]
 fn dropping_a_batch_midway_cancels_its_queued_items() {
-    bounded(|| {
+    within_hang("the test", || {
         for awaited in [false, true] {
             let pool = WorkerPool::new(1);
             let starts = Arc::new(AtomicUsize::new(0));
@@ -361,7 +331,7 @@ impl Gauge {
 
 #[test]
 fn two_concurrent_batches_each_keep_their_concurrency() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(8);
         let gauges = [Arc::new(Gauge::default()), Arc::new(Gauge::default())];
         let programs = gauges.clone().map(|gauge| {
@@ -393,7 +363,7 @@ fn count_run(runs: &Mutex<Vec<usize>>, i: usize) -> usize {
 
 #[test]
 fn straggler_copies_run_only_when_asked() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(4);
         let runs = Arc::new(Mutex::new(vec![0usize; 20]));
         let r = runs.clone();
@@ -416,7 +386,7 @@ fn straggler_copies_run_only_when_asked() {
 
 #[test]
 fn a_straggler_gets_one_copy_and_the_first_to_finish_wins() {
-    bounded(|| {
+    within_hang("the test", || {
         for awaited in [false, true] {
             let pool = WorkerPool::new(4);
             let runs = Arc::new(Mutex::new(vec![0usize; 20]));
@@ -447,11 +417,11 @@ fn a_straggler_gets_one_copy_and_the_first_to_finish_wins() {
 
 #[test]
 fn failed_and_unstarted_inputs_come_back() {
-    silence_panics();
-    bounded(|| {
+    quiet_planned_panics();
+    within_hang("the test", || {
         let pool = WorkerPool::new(1);
         let program = pool.asyncify(|word: String| {
-            assert!(!word.starts_with('x'), "a bad word fails");
+            assert!(!word.starts_with('x'), "planned: a bad word fails");
             word.len()
         });
         let words = ["ab", "xc", "def", "xg", "hi", "jk"].map(String::from);
@@ -479,12 +449,12 @@ fn failed_and_unstarted_inputs_come_back() {
 
 #[test]
 fn progress_is_monotonic_and_ends_complete() {
-    silence_panics();
-    bounded(|| {
+    quiet_planned_panics();
+    within_hang("the test", || {
         let pool = WorkerPool::new(4);
         let program = pool.asyncify(|i: u64| {
             jitter(i);
-            assert!(i % 10 != 9, "every tenth item fails");
+            assert!(i % 10 != 9, "planned: every tenth item fails");
         });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
@@ -507,7 +477,7 @@ fn progress_is_monotonic_and_ends_complete() {
 
 #[test]
 fn a_batch_waited_on_inside_a_job_completes_on_one_thread() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(1);
         let inner = pool.asyncify(|i: u32| i + 1);
         let outer = pool.spawn(move || {
@@ -521,7 +491,7 @@ fn a_batch_waited_on_inside_a_job_completes_on_one_thread() {
 
 #[test]
 fn a_shut_down_pool_resolves_every_item() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::new(2);
         let program = pool.asyncify(|i: u32| i);
         pool.shutdown();
@@ -538,7 +508,7 @@ fn a_shut_down_pool_resolves_every_item() {
 
 #[test]
 fn a_bounded_queue_holds_the_batch_back_without_losing_items() {
-    bounded(|| {
+    within_hang("the test", || {
         let pool = WorkerPool::builder()
             .threads(2)
             .queue_capacity(2)

@@ -9,11 +9,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use asyncify_pool::{is_cancelled, WorkerPool};
-use common::{wait, Gate, HANG};
+use common::{env_or, occupy, spin_until, wait, CountingWaker, Gate, HANG};
 
 /// Counts its own drops, wherever they happen.
 struct Tracked(Arc<AtomicUsize>);
@@ -24,42 +24,10 @@ impl Drop for Tracked {
     }
 }
 
-/// Blocks the only worker of `pool` until the returned gate opens; returns once it is blocked.
-fn occupy(pool: &WorkerPool) -> (Arc<Gate>, asyncify_pool::JobHandle<()>) {
-    let gate = Gate::new();
-    let held = gate.clone();
-    let (started_tx, started) = mpsc::channel();
-    let blocker = pool.spawn(move || {
-        started_tx.send(()).unwrap();
-        held.wait();
-    });
-    started
-        .recv_timeout(HANG)
-        .expect("the blocker never started");
-    (gate, blocker)
-}
-
-/// Spins, yielding, until `done`; panics after [`HANG`].
-fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !done() {
-        assert!(Instant::now() < deadline, "hung waiting for {what}");
-        std::thread::yield_now();
-    }
-}
-
-struct CountingWaker(AtomicUsize);
-
-impl Wake for CountingWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
 #[test]
 fn dropped_before_it_starts_the_job_never_runs() {
     let pool = WorkerPool::new(1);
-    let (gate, blocker) = occupy(&pool);
+    let (gate, mut blockers) = occupy(&pool, 1);
     let runs = Arc::new(AtomicUsize::new(0));
     let inputs_dropped = Arc::new(AtomicUsize::new(0));
 
@@ -74,7 +42,7 @@ fn dropped_before_it_starts_the_job_never_runs() {
     let mut polled = pool.spawn(move || {
         r.fetch_add(1, SeqCst);
     });
-    let waker = Waker::from(Arc::new(CountingWaker(AtomicUsize::new(0))));
+    let (_wakes, waker) = CountingWaker::new();
     assert!(Pin::new(&mut polled)
         .poll(&mut Context::from_waker(&waker))
         .is_pending());
@@ -89,7 +57,7 @@ fn dropped_before_it_starts_the_job_never_runs() {
     assert_eq!(inputs_dropped.load(SeqCst), 1);
 
     gate.open();
-    wait(blocker).unwrap();
+    wait(blockers.pop().unwrap()).unwrap();
     assert_eq!(wait(kept), Ok(0), "the kept job runs first of the three");
     pool.shutdown();
     assert_eq!(runs.load(SeqCst), 1, "only the kept job ran");
@@ -179,13 +147,6 @@ fn tokio_timeout_abandons_a_call_cleanly() {
     );
 }
 
-fn stress_rounds() -> usize {
-    std::env::var("ASYNCIFY_STRESS_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
-}
-
 /// faern/oneshot#87 is a use-after-free when a receiver that was polled once is dropped while
 /// the sender completes. This drives exactly that: each round polls a handle once (registering
 /// a real, reference-counted waker), lets the job finish, and drops the handle after a delay
@@ -195,14 +156,13 @@ fn stress_rounds() -> usize {
 /// (e.g. 200000 with `--release`).
 #[test]
 fn dropping_a_polled_handle_while_its_job_completes_is_memory_safe() {
-    let rounds = stress_rounds();
+    let rounds: usize = env_or("ASYNCIFY_STRESS_ROUNDS", 100_000);
     let pool = WorkerPool::new(1);
     let started = Arc::new(AtomicUsize::new(0));
     let go = Arc::new(AtomicUsize::new(0));
     let ran = Arc::new(AtomicUsize::new(0));
     let outputs_dropped = Arc::new(AtomicUsize::new(0));
-    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = CountingWaker::new();
     let mut pending_first_polls = 0usize;
 
     for round in 1..=rounds {
@@ -244,7 +204,7 @@ fn dropping_a_polled_handle_while_its_job_completes_is_memory_safe() {
         "{rounds} rounds: {ran} ran, {} skipped, {pending_first_polls} first polls pending, \
          {} wakes",
         stats.cancelled,
-        wakes.0.load(SeqCst)
+        wakes.count()
     );
     assert!(ran >= rounds - rounds / 4, "every job waited for ran");
     assert_eq!(stats.completed as usize, ran, "the pool counted what ran");
@@ -258,7 +218,7 @@ fn dropping_a_polled_handle_while_its_job_completes_is_memory_safe() {
         ran,
         "each output dropped once"
     );
-    assert!(wakes.0.load(SeqCst) <= pending_first_polls);
+    assert!(wakes.count() <= pending_first_polls);
 }
 
 /// The same race through a real executor: many `select`-style abandonments of calls whose jobs

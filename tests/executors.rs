@@ -11,12 +11,12 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::WorkerPool;
-use common::{Gate, HANG};
+use common::{within_hang, Gate};
 
 const CALLS: u32 = 8;
 
@@ -61,20 +61,10 @@ fn expected(executor: &str) -> Vec<String> {
     (0..CALLS).map(|i| format!("{executor}:{i}")).collect()
 }
 
-/// Runs `f` on its own thread and fails instead of hanging if it never finishes.
-fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(HANG)
-        .expect("the executor never got its result")
-}
-
 #[test]
 fn tokio_current_thread() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || {
+    let out = within_hang("the executor", move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -91,7 +81,7 @@ fn tokio_current_thread() {
 #[test]
 fn tokio_multi_thread() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || {
+    let out = within_hang("the executor", move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
@@ -117,7 +107,7 @@ fn tokio_multi_thread() {
 #[test]
 fn smol() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || {
+    let out = within_hang("the executor", move || {
         let direct = smol::block_on(scenario(pool.clone(), "smol"));
         let spawned = smol::block_on(smol::spawn(scenario(pool, "smol-task")));
         (direct, spawned)
@@ -129,21 +119,25 @@ fn smol() {
 #[test]
 fn futures_executor() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || futures::executor::block_on(scenario(pool, "futures")));
+    let out = within_hang("the executor", move || {
+        futures::executor::block_on(scenario(pool, "futures"))
+    });
     assert_eq!(out, expected("futures"));
 }
 
 #[test]
 fn pollster() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || pollster::block_on(scenario(pool, "pollster")));
+    let out = within_hang("the executor", move || {
+        pollster::block_on(scenario(pool, "pollster"))
+    });
     assert_eq!(out, expected("pollster"));
 }
 
 #[test]
 fn plain_thread_with_wait() {
     let pool = WorkerPool::new(2);
-    let out = bounded(move || {
+    let out = within_hang("the executor", move || {
         let gate = Gate::new();
         let held = gate.clone();
         let program = pool.asyncify(move |i: u32| {
@@ -197,7 +191,7 @@ fn handles_and_programs_can_go_anywhere_and_the_program_is_held_once() {
     send_unpin_future(&handle);
     let copies: Vec<_> = (0..4).map(|_| program.clone()).collect();
     let results: Vec<_> = copies.iter().map(|p| p.call(2)).collect();
-    assert_eq!(bounded(move || handle.wait()), Ok(2));
+    assert_eq!(within_hang("the executor", move || handle.wait()), Ok(2));
     for r in results {
         assert_eq!(common::wait(r), Ok(3));
     }

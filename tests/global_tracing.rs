@@ -12,11 +12,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::WorkerPool;
-use common::{wait, Gate, HANG};
+use common::{spin_until, wait, Gate};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
@@ -111,11 +110,7 @@ fn closed(n: u64) -> bool {
 
 /// Waits until span `n` closes; the bound only turns a hang into a failure.
 fn wait_closed(n: u64) {
-    let deadline = Instant::now() + HANG;
-    while !closed(n) {
-        assert!(Instant::now() < deadline, "span {n} never closed");
-        std::thread::yield_now();
-    }
+    spin_until(&format!("span {n} to close"), || closed(n));
 }
 
 /// A job that records a `probe` event and returns the overrides' `n` it sees.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::{JobError, WorkerPool};
 use common::{
-    assert_every_worker_runs, assert_shutdown_returns, in_child, panicking_waker,
+    assert_every_worker_runs, assert_shutdown_returns, in_child, occupy, panicking_waker,
     quiet_planned_panics, wait, within_hang, CountingWaker, Gate, PanicOnDrop, PoisonPayload, HANG,
 };
 
@@ -32,27 +32,6 @@ impl Drop for DropPanicsWithPoison {
             std::panic::panic_any(PoisonPayload);
         }
     }
-}
-
-/// Blocks `workers` workers until the returned gate opens (one at a time, so that each has
-/// left the queue before the next is spawned, which matters for a bounded queue).
-fn occupy(pool: &WorkerPool, workers: usize) -> (Arc<Gate>, Vec<asyncify_pool::JobHandle<()>>) {
-    let gate = Gate::new();
-    let (started_tx, started_rx) = mpsc::channel();
-    let handles = (0..workers)
-        .map(|_| {
-            let (gate, started) = (gate.clone(), started_tx.clone());
-            let handle = pool.spawn(move || {
-                started.send(()).unwrap();
-                gate.wait();
-            });
-            started_rx
-                .recv_timeout(HANG)
-                .expect("no worker took the job: a worker is gone");
-            handle
-        })
-        .collect();
-    (gate, handles)
 }
 
 fn whole_after_attack(pool: &WorkerPool, threads: usize) {

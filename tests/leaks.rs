@@ -13,16 +13,15 @@
 //! and `LEAK_CALLS=<n>` changes the count of the default run.
 
 mod common;
+use common::{env_or, HANG};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, Once};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, Once};
+use std::time::Instant;
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::{JobHandle, WorkerPool};
 
-/// Turns a hang into a failure; never reached by a passing run.
-const HANG: Duration = Duration::from_secs(60);
 const SUBMITTERS: usize = 4;
 const WARM_UP: usize = 20_000;
 /// How much resident memory may grow over the measured calls: a leak of 10 bytes a call (far
@@ -142,29 +141,12 @@ fn check(n: usize, out: Result<usize, asyncify_pool::JobError>) {
     }
 }
 
-/// Runs one job on every worker at once (they meet at a gate), so that each has finished
+/// Runs one job on every worker at once (they meet at a barrier), so that each has finished
 /// whatever it ran before; returns whether each saw no overrides.
 fn every_worker_idle_and_clean(pool: &WorkerPool) -> Vec<bool> {
-    let n = pool.threads();
-    let gate = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let probes: Vec<_> = (0..n)
-        .map(|_| {
-            let gate = Arc::clone(&gate);
-            pool.spawn(move || {
-                let clean = settings::current().is_empty();
-                let (count, all) = &*gate;
-                let mut count = count.lock().unwrap();
-                *count += 1;
-                all.notify_all();
-                let (count, timeout) = all.wait_timeout_while(count, HANG, |c| *c < n).unwrap();
-                drop(count);
-                clean && !timeout.timed_out()
-            })
-        })
-        .collect();
-    probes
+    common::probe_every_worker(pool, || settings::current().is_empty())
         .into_iter()
-        .map(|mut p| p.wait_timeout(HANG).expect("a probe hung").unwrap())
+        .map(|(clean, met)| clean && met)
         .collect()
 }
 
@@ -228,12 +210,7 @@ fn measure(calls: usize) {
 
 #[test]
 fn memory_and_overrides_return_to_baseline_after_200k_calls() {
-    measure(
-        std::env::var("LEAK_CALLS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200_000),
-    );
+    measure(env_or("LEAK_CALLS", 200_000));
 }
 
 #[test]

@@ -9,13 +9,7 @@ use std::time::Duration;
 
 use asyncify_pool::settings::{self, Overrides, SettingsError};
 use asyncify_pool::{JobError, PoolError, WorkerPool};
-use common::{wait, HANG};
-
-/// The panics these tests provoke on purpose are noise in the output, and so is the payload of
-/// a value that panics when dropped; keep the others.
-fn quiet_planned_panics() {
-    common::quiet_planned_panics_and(|payload| payload.is::<PanicsOnDrop>());
-}
+use common::{quiet_planned_panics, wait, PoisonPayload, HANG};
 
 #[test]
 #[should_panic(expected = "WorkerPool::new(0): a pool needs at least one thread")]
@@ -128,16 +122,6 @@ fn dropping_the_last_pool_handle_inside_a_job() {
     assert_eq!(wait(queued), Ok("queued before the close"));
 }
 
-struct PanicsOnDrop;
-
-impl Drop for PanicsOnDrop {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            panic!("planned panic in a destructor");
-        }
-    }
-}
-
 #[test]
 fn non_string_panic_payloads_and_panicking_destructors() {
     quiet_planned_panics();
@@ -160,7 +144,7 @@ fn non_string_panic_payloads_and_panicking_destructors() {
     );
 
     // A payload whose destructor panics too: the worker drops it without dying.
-    let err = wait(pool.spawn(|| -> u8 { std::panic::panic_any(PanicsOnDrop) })).unwrap_err();
+    let err = wait(pool.spawn(|| -> u8 { std::panic::panic_any(PoisonPayload) })).unwrap_err();
     assert!(err.is_panic(), "{err:?}");
 
     // An output whose destructor panics, thrown away because its caller left while it ran.
@@ -169,7 +153,7 @@ fn non_string_panic_payloads_and_panicking_destructors() {
     let abandoned = pool.spawn(move || {
         started_tx.send(()).unwrap();
         go_rx.recv_timeout(HANG).expect("the test never said go");
-        PanicsOnDrop
+        PoisonPayload
     });
     started_rx.recv_timeout(HANG).unwrap();
     drop(abandoned);

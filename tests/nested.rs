@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use asyncify_pool::WorkerPool;
-use common::wait;
+use common::{depth, wait};
 
 #[test]
 fn waiting_inside_a_job_on_a_one_thread_pool() {
@@ -23,14 +23,6 @@ fn waiting_inside_a_job_on_a_one_thread_pool() {
         (value * 2, ran_on == me)
     });
     assert_eq!(wait(outer), Ok((42, true)));
-}
-
-fn depth(pool: WorkerPool, levels: u32) -> u32 {
-    if levels == 0 {
-        return 0;
-    }
-    let inner = pool.clone();
-    pool.spawn(move || depth(inner, levels - 1)).wait().unwrap() + 1
 }
 
 #[test]

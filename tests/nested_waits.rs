@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use asyncify_pool::WorkerPool;
-use common::{in_child, wait, HANG};
+use common::{depth, in_child, wait, HANG};
 
 /// The process's OS thread count, from /proc/self/status (0 where there is no procfs).
 fn os_threads() -> usize {
@@ -79,14 +79,6 @@ fn breadth_5_000_nested_waits_on_the_default_stack() {
         assert_eq!(pool.stats().live_threads, 2);
         assert!(most_threads < 64, "{most_threads} OS threads");
     });
-}
-
-fn depth(pool: WorkerPool, levels: u32) -> u32 {
-    if levels == 0 {
-        return 0;
-    }
-    let inner = pool.clone();
-    pool.spawn(move || depth(inner, levels - 1)).wait().unwrap() + 1
 }
 
 #[test]

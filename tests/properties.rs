@@ -14,11 +14,11 @@
 //! `PROPTEST_RNG_SEED=<u64> PROPTEST_CASES=<n> cargo test --test properties -- --nocapture`.
 
 mod common;
-use common::quiet_planned_panics;
+use common::{env_or, lock, quiet_planned_panics, HANG};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::{JobError, JobHandle, WorkerPool};
@@ -28,8 +28,6 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 const DEFAULT_SEED: u64 = 0x5eed_a5c1_f1ed;
 const DEFAULT_CASES: u32 = 256;
-/// Turns a hang into a failure; never reached by a passing run.
-const HANG: Duration = Duration::from_secs(60);
 
 /// The overrides the model expects: key `k{n}` holds the `u32` value.
 type Env = BTreeMap<u8, u32>;
@@ -122,10 +120,6 @@ fn observe() -> Env {
         }
     }
     seen
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,54 +337,18 @@ fn run_async(
     .boxed_local()
 }
 
-/// A barrier that gives up after [`HANG`] instead of waiting forever.
-struct Gate {
-    arrived: Mutex<usize>,
-    all: Condvar,
-    of: usize,
-}
-
-impl Gate {
-    fn arrive(&self) -> bool {
-        let mut arrived = lock(&self.arrived);
-        *arrived += 1;
-        self.all.notify_all();
-        let (_arrived, timeout) = self
-            .all
-            .wait_timeout_while(arrived, HANG, |n| *n < self.of)
-            .unwrap_or_else(|e| e.into_inner());
-        !timeout.timed_out()
-    }
-}
-
-/// Runs one probe job on every worker at once (they meet at a gate, so no worker runs two) and
-/// returns what each saw: (thread name, no overrides, not cancelled, gate met).
+/// Runs one probe job on every worker at once (they meet at a barrier, so no worker runs two)
+/// and returns what each saw: (thread name, no overrides, not cancelled, barrier met).
 fn probe_every_worker(pool: &WorkerPool) -> Vec<(String, bool, bool, bool)> {
-    let n = pool.threads();
-    let gate = Arc::new(Gate {
-        arrived: Mutex::new(0),
-        all: Condvar::new(),
-        of: n,
+    let probes = common::probe_every_worker(pool, || {
+        let clean = settings::current().is_empty();
+        let not_cancelled = !asyncify_pool::is_cancelled();
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        (name, clean, not_cancelled)
     });
-    let probes: Vec<_> = (0..n)
-        .map(|_| {
-            let gate = Arc::clone(&gate);
-            pool.spawn(move || {
-                let clean = settings::current().is_empty();
-                let not_cancelled = !asyncify_pool::is_cancelled();
-                let met = gate.arrive();
-                let name = std::thread::current().name().unwrap_or("?").to_owned();
-                (name, clean, not_cancelled, met)
-            })
-        })
-        .collect();
     probes
         .into_iter()
-        .map(|mut h| {
-            h.wait_timeout(HANG)
-                .expect("a probe job hung")
-                .expect("a probe job failed")
-        })
+        .map(|((name, clean, not_cancelled), met)| (name, clean, not_cancelled, met))
         .collect()
 }
 
@@ -475,13 +433,6 @@ fn run_program(threads: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     TOTAL_RAN.fetch_add(starts.len(), SeqCst);
     TOTAL_CASES.fetch_add(1, SeqCst);
     Ok(())
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[test]

@@ -10,10 +10,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use asyncify_pool::{JobError, JobHandle, WorkerPool};
-use common::{wait, Gate, HANG};
+use common::{occupy, spin_until, wait, HANG};
 
 /// A pool whose `on_thread_stop` hook counts the threads that have exited.
 fn counted_pool(threads: usize) -> (WorkerPool, Arc<AtomicUsize>) {
@@ -29,33 +28,6 @@ fn counted_pool(threads: usize) -> (WorkerPool, Arc<AtomicUsize>) {
     (pool, stopped)
 }
 
-/// Occupies every one of `threads` workers with a job held at the returned gate.
-fn occupy_all(pool: &WorkerPool, threads: usize) -> (Arc<Gate>, Vec<JobHandle<()>>) {
-    let gate = Gate::new();
-    let (started_tx, started) = mpsc::channel();
-    let blockers = (0..threads)
-        .map(|_| {
-            let (held, started_tx) = (gate.clone(), started_tx.clone());
-            pool.spawn(move || {
-                started_tx.send(()).unwrap();
-                held.wait();
-            })
-        })
-        .collect();
-    for _ in 0..threads {
-        started.recv_timeout(HANG).expect("a blocker never started");
-    }
-    (gate, blockers)
-}
-
-fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !done() {
-        assert!(Instant::now() < deadline, "hung waiting for {what}");
-        std::thread::yield_now();
-    }
-}
-
 /// Polls once with a waker that does nothing: what a handle says without any waiting.
 fn poll_now<T>(handle: &mut JobHandle<T>) -> Poll<Result<T, JobError>> {
     Pin::new(handle).poll(&mut Context::from_waker(futures::task::noop_waker_ref()))
@@ -64,7 +36,7 @@ fn poll_now<T>(handle: &mut JobHandle<T>) -> Poll<Result<T, JobError>> {
 #[test]
 fn shutdown_runs_everything_accepted_then_joins_the_threads() {
     let (pool, stopped) = counted_pool(2);
-    let (gate, blockers) = occupy_all(&pool, 2);
+    let (gate, blockers) = occupy(&pool, 2);
     let ran = Arc::new(AtomicUsize::new(0));
     let queued: Vec<_> = (0..50usize)
         .map(|i| {
@@ -185,7 +157,7 @@ fn shutdown_from_inside_a_job_closes_and_returns_and_the_queue_still_drains() {
             })
             .build()
             .unwrap();
-        let (gate, blockers) = occupy_all(&pool, threads);
+        let (gate, blockers) = occupy(&pool, threads);
         let inner = pool.clone();
         let closer = pool.spawn(move || {
             inner.shutdown(); // returns without joining: it runs on a worker
@@ -226,7 +198,7 @@ fn dropping_every_pool_handle_lets_queued_jobs_finish() {
         .on_thread_stop(move |_| stop_tx.lock().unwrap().send(()).unwrap())
         .build()
         .unwrap();
-    let (gate, mut blockers) = occupy_all(&pool, 1);
+    let (gate, mut blockers) = occupy(&pool, 1);
     let program = pool.asyncify(|i: u32| i * 10);
     let queued: Vec<_> = (0..20u32).map(|i| program.call(i)).collect();
     let spawned = pool.spawn(|| "spawned");

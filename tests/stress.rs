@@ -13,7 +13,7 @@
 //! Scale it with `STRESS_CALLS=<calls per submitter>` (default 60 000).
 
 mod common;
-use common::quiet_planned_panics;
+use common::{env_or, quiet_planned_panics, wait, HANG};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
@@ -30,8 +30,6 @@ const SUBMITTERS: usize = 4;
 const WINDOWS: [usize; SUBMITTERS] = [1, 16, 128, 1024];
 /// The thread counts the resizer cycles through.
 const SIZES: [usize; 6] = [1, 3, 2, 5, 1, 4];
-/// Turns a hang into a failure; never reached by a passing run.
-const HANG: Duration = Duration::from_secs(60);
 
 const UNANSWERED: u8 = 0;
 const OK: u8 = 1;
@@ -186,10 +184,6 @@ fn job(ledger: &Ledger, pool: &WorkerPool, id: usize, work: u64) -> usize {
     id * 3
 }
 
-fn bounded<T>(mut handle: JobHandle<T>) -> Result<T, JobError> {
-    handle.wait_timeout(HANG).expect("a call hung")
-}
-
 struct Figures {
     calls: usize,
     ran: usize,
@@ -294,13 +288,13 @@ fn round(
                         ledger.accepted_before[id].store(true, SeqCst);
                     }
                     match answer {
-                        Answer::Wait => ledger.resolve(id, bounded(handle)),
+                        Answer::Wait => ledger.resolve(id, wait(handle)),
                         Answer::Await => ledger.resolve(id, futures::executor::block_on(handle)),
                         Answer::Later => {
                             window.push_back((id, handle));
                             if window.len() > WINDOWS[s] {
                                 let (id, handle) = window.pop_front().unwrap();
-                                ledger.resolve(id, bounded(handle));
+                                ledger.resolve(id, wait(handle));
                             }
                         }
                         Answer::Drop => {
@@ -327,7 +321,7 @@ fn round(
                     }
                 }
                 for (id, handle) in window {
-                    ledger.resolve(id, bounded(handle));
+                    ledger.resolve(id, wait(handle));
                 }
             })
         })
@@ -456,16 +450,9 @@ fn round(
     figures
 }
 
-fn calls_per_submitter() -> usize {
-    std::env::var("STRESS_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60_000)
-}
-
 #[test]
 fn every_call_gets_one_answer_consistent_with_what_ran() {
-    let n = calls_per_submitter();
+    let n: usize = env_or("STRESS_CALLS", 60_000);
     let started = Instant::now();
     let total = SUBMITTERS * n;
     let rounds: Vec<_> = [

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use asyncify_pool::{JobError, JobHandle, WorkerPool};
 
-/// Turns a hang into a failure; never reached by a passing run.
-pub const HANG: Duration = Duration::from_secs(30);
+/// The one bound on every wait in the tests. It only turns a hang into a failure (instead of a
+/// stuck `cargo test`); it is no timing assertion, and a passing run never gets near it.
+pub const HANG: Duration = Duration::from_secs(60);
 
 /// Waits for `handle` from a thread that is *not* a worker of its pool (`wait_timeout` does not
 /// run other jobs while it waits; inside a job use `wait`).
@@ -23,31 +24,66 @@ pub fn wait<T>(mut handle: JobHandle<T>) -> Result<T, JobError> {
     handle.wait_timeout(HANG).expect("a job hung")
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also after a panic poisoned it (a failing test must not hide behind a second
+/// failure).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Waits on `cv` until `done` holds, panicking after [`HANG`].
-fn wait_until<'a, T>(
+/// Waits on `cv` until `done` holds or [`HANG`] has passed; returns the guard and whether
+/// `done` holds.
+fn wait_within<'a, T>(
     cv: &Condvar,
     mut guard: MutexGuard<'a, T>,
-    what: &str,
     mut done: impl FnMut(&T) -> bool,
-) -> MutexGuard<'a, T> {
+) -> (MutexGuard<'a, T>, bool) {
     let deadline = Instant::now() + HANG;
     while !done(&guard) {
         let now = Instant::now();
-        assert!(now < deadline, "hung waiting for {what}");
+        if now >= deadline {
+            return (guard, false);
+        }
         guard = cv
             .wait_timeout(guard, deadline - now)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
+    (guard, true)
+}
+
+/// Waits on `cv` until `done` holds, panicking after [`HANG`].
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    what: &str,
+    done: impl FnMut(&T) -> bool,
+) -> MutexGuard<'a, T> {
+    let (guard, done) = wait_within(cv, guard, done);
+    assert!(done, "hung waiting for {what}");
     guard
 }
 
-/// The panics these tests provoke on purpose (messages starting with "planned", or a `u32`
-/// payload) are noise in the output; every other panic is still printed.
+/// Spins, yielding, until `done()`; panics after [`HANG`] (for conditions no condvar signals).
+pub fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !done() {
+        assert!(Instant::now() < deadline, "hung waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// The environment variable `name` parsed as a `T`, or `default` when it is unset or does not
+/// parse (for scaling a test from the command line).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The panics these tests provoke on purpose (messages starting with "planned", a `u32`
+/// payload, or a [`PanicOnDrop`] or [`PoisonPayload`] payload) are noise in the output; every
+/// other panic is still printed. Give a planned panic a message starting with "planned".
 pub fn quiet_planned_panics() {
     quiet_planned_panics_and(|_| false);
 }
@@ -119,16 +155,29 @@ impl Barrier {
     }
 
     pub fn wait(&self) {
+        assert!(
+            self.try_wait(),
+            "hung waiting for {} threads at a barrier",
+            self.n
+        );
+    }
+
+    /// Like [`wait`](Self::wait), but after [`HANG`] gives up and returns `false` instead of
+    /// panicking (for a test that reports the failure itself).
+    pub fn try_wait(&self) -> bool {
         let mut state = lock(&self.state);
         let generation = state.1;
         state.0 += 1;
         if state.0 == self.n {
             *state = (0, generation + 1);
             self.cv.notify_all();
-            return;
+            return true;
         }
-        let what = format!("{} threads at a barrier", self.n);
-        drop(wait_until(&self.cv, state, &what, |s| s.1 != generation));
+        let (mut state, met) = wait_within(&self.cv, state, |s| s.1 != generation);
+        if !met {
+            state.0 -= 1; // this one left: a late arrival does not complete the generation
+        }
+        met
     }
 }
 
@@ -220,6 +269,71 @@ impl Gauge {
         }
         self.wait_for("every job to leave", |s| s.left == jobs);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool scenarios that several test files set up the same way.
+
+/// Blocks `workers` idle workers of `pool` until the returned gate opens, and returns once all
+/// of them are blocked. The jobs are spawned one at a time, each once the one before it has
+/// started, so that each has left the queue before the next comes (which matters for a bounded
+/// queue).
+pub fn occupy(pool: &WorkerPool, workers: usize) -> (Arc<Gate>, Vec<JobHandle<()>>) {
+    let gate = Gate::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let handles = (0..workers)
+        .map(|i| {
+            let (gate, started) = (Arc::clone(&gate), started_tx.clone());
+            let handle = pool.spawn(move || {
+                started.send(()).unwrap();
+                gate.wait();
+            });
+            started_rx.recv_timeout(HANG).unwrap_or_else(|_| {
+                panic!("only {i} of {workers} blockers started: no worker took the job")
+            });
+            handle
+        })
+        .collect();
+    (gate, handles)
+}
+
+/// Nests `levels` jobs on `pool`, each spawned and waited on (`wait`, so the waiting worker
+/// helps) from inside the one before it; returns `levels`.
+pub fn depth(pool: WorkerPool, levels: u32) -> u32 {
+    if levels == 0 {
+        return 0;
+    }
+    let inner = pool.clone();
+    pool.spawn(move || depth(inner, levels - 1)).wait().unwrap() + 1
+}
+
+/// Runs one job on every worker of `pool` at once: each runs `probe`, then meets the others at a
+/// [`Barrier`], so no worker runs two and each has finished whatever it ran before. Returns, per
+/// job, what `probe` saw and whether all the jobs met within [`HANG`].
+pub fn probe_every_worker<T: Send + 'static>(
+    pool: &WorkerPool,
+    probe: fn() -> T,
+) -> Vec<(T, bool)> {
+    let barrier = Barrier::new(pool.threads());
+    let probes: Vec<_> = (0..pool.threads())
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            pool.spawn(move || {
+                let seen = probe();
+                (seen, barrier.try_wait())
+            })
+        })
+        .collect();
+    probes
+        .into_iter()
+        .map(|mut h| {
+            // Twice the barrier's own bound, so that a probe that gave up at the barrier is
+            // reported as not met rather than as hung.
+            h.wait_timeout(HANG * 2)
+                .expect("a probe job hung")
+                .expect("a probe job failed")
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
