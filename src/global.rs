@@ -35,7 +35,7 @@ pub fn default_pool() -> &'static WorkerPool {
 }
 
 /// Resizes `pool` to the `async_max_workers` in force here, or says why it cannot.
-pub(crate) fn follow_setting(pool: &WorkerPool) -> Result<(), SettingsError> {
+fn follow_setting(pool: &WorkerPool) -> Result<(), SettingsError> {
     let wanted = settings::async_max_workers()?;
     if pool.threads() != wanted {
         // Only fails after a shutdown, and then the call itself resolves to `ShutDown`.
@@ -61,5 +61,5 @@ pub(crate) fn follow_setting(pool: &WorkerPool) -> Result<(), SettingsError> {
 /// assert_eq!(pollster::block_on(out).unwrap(), "answer to life");
 /// ```
 pub fn asyncify<P>(program: P) -> AsyncProgram<P> {
-    AsyncProgram::new(program, default_pool().clone(), true)
+    AsyncProgram::new(program, default_pool().clone(), Some(follow_setting))
 }

@@ -52,6 +52,17 @@ pub(crate) fn wake(waker: Waker) {
     quietly("a waker", move || waker.wake());
 }
 
+/// Tells the application, through `tracing`, that something went wrong that nobody could be
+/// told otherwise (no spare thread could be started, say). A subscriber is user code: a panic
+/// in it is disposed of.
+pub(crate) fn warn(message: std::fmt::Arguments<'_>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(
+        || tracing::warn!(target: "asyncify_pool", "{message}"),
+    )) {
+        dispose(payload);
+    }
+}
+
 /// The text of a panic payload: the `&str` or `String` it carries, or a note saying it has none.
 pub(crate) fn message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {

@@ -72,7 +72,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-// The layers, bottom up; each uses only those above it in this list.
+// The modules form layers, and each uses only its own layer and those below (tests/layers.rs
+// checks it): error, guard, limits, sync; then settings; capture; job; pool; program; global;
+// batch.
 mod batch;
 mod capture;
 mod error;

@@ -4,9 +4,29 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::capture::Captured;
-use crate::error::{JobError, TryCallError};
+use crate::error::{JobError, SettingsError, TryCallError};
 use crate::job::JobHandle;
 use crate::pool::WorkerPool;
+
+impl WorkerPool {
+    /// Wraps `program` so that each [`call`](AsyncProgram::call) runs it on this pool.
+    /// The program is stored once; calls share it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(2);
+    /// let double = pool.asyncify(|x: u64| x * 2);
+    /// assert_eq!(double.call(21).wait(), Ok(42));
+    /// ```
+    pub fn asyncify<P>(&self, program: P) -> AsyncProgram<P> {
+        AsyncProgram::new(program, self.clone(), None)
+    }
+}
+
+/// What a program of the free `asyncify` does before each call: size the default pool by the
+/// `async_max_workers` in force (see `global`), or say why it cannot.
+pub(crate) type Follow = fn(&WorkerPool) -> Result<(), SettingsError>;
 
 /// A blocking program that can be asyncified: anything that turns an `I` into an output on a
 /// worker thread.
@@ -72,15 +92,15 @@ pub struct AsyncProgram<P> {
     program: Arc<P>,
     pool: WorkerPool,
     /// Made by the free `asyncify`: resize the default pool to `async_max_workers` before each call.
-    follows_setting: bool,
+    follow: Option<Follow>,
 }
 
 impl<P> AsyncProgram<P> {
-    pub(crate) fn new(program: P, pool: WorkerPool, follows_setting: bool) -> Self {
+    pub(crate) fn new(program: P, pool: WorkerPool, follow: Option<Follow>) -> Self {
         AsyncProgram {
             program: Arc::new(program),
             pool,
-            follows_setting,
+            follow,
         }
     }
 
@@ -124,10 +144,10 @@ impl<P> AsyncProgram<P> {
 
     /// For the free `asyncify`: sizes the default pool by the setting in force.
     fn follow_setting(&self) -> Result<(), JobError> {
-        if !self.follows_setting {
-            return Ok(());
+        match self.follow {
+            Some(follow) => follow(&self.pool).map_err(JobError::invalid_setting),
+            None => Ok(()),
         }
-        crate::global::follow_setting(&self.pool).map_err(JobError::invalid_setting)
     }
 
     /// Like [`call`](Self::call), but refuses instead of waiting when the pool's bounded queue
@@ -204,7 +224,7 @@ impl<P> AsyncProgram<P> {
     /// Whether this program follows the `async_max_workers` setting (made by the free
     /// [`asyncify`](crate::asyncify)) or keeps its pool's size (made by [`WorkerPool::asyncify`]).
     pub(crate) fn follows_setting(&self) -> bool {
-        self.follows_setting
+        self.follow.is_some()
     }
 }
 
@@ -213,7 +233,7 @@ impl<P> Clone for AsyncProgram<P> {
         AsyncProgram {
             program: Arc::clone(&self.program),
             pool: self.pool.clone(),
-            follows_setting: self.follows_setting,
+            follow: self.follow,
         }
     }
 }
@@ -222,7 +242,7 @@ impl<P> fmt::Debug for AsyncProgram<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncProgram")
             .field("pool", &self.pool)
-            .field("follows_async_max_workers", &self.follows_setting)
+            .field("follows_async_max_workers", &self.follows_setting())
             .finish_non_exhaustive()
     }
 }

@@ -52,7 +52,8 @@ use std::task::{Context, Poll};
 
 pub use crate::error::SettingsError;
 use crate::limits::{DEFAULT_ASYNC_MAX_WORKERS, DEFAULT_MAX_ERRORS, MAX_THREADS};
-use crate::sync::RwLock;
+use crate::sync::{RwLock, StaticAtomicUsize};
+use std::sync::atomic::Ordering;
 
 /// A stored value and the name of its type, for error messages.
 #[derive(Clone)]
@@ -287,12 +288,24 @@ fn check_workers(n: usize) -> Result<usize, SettingsError> {
     })
 }
 
+/// The global `async_max_workers`, kept apart from the map so that every call of the free
+/// `asyncify` reads it with one load instead of the global lock (it is checked at `configure`,
+/// so it always holds a usable value).
+static GLOBAL_WORKERS: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_ASYNC_MAX_WORKERS);
+
 /// The `async_max_workers` in force here, checked: the thread count the default pool follows.
 pub(crate) fn async_max_workers() -> Result<usize, SettingsError> {
-    match try_get::<usize>(ASYNC_MAX_WORKERS)? {
-        Some(n) => check_workers(n),
-        None => Ok(DEFAULT_ASYNC_MAX_WORKERS),
+    let local = IN_FORCE.with(|f| value_of(f.borrow().overrides.map.as_deref(), ASYNC_MAX_WORKERS));
+    match local {
+        Some(value) => check_workers(downcast(ASYNC_MAX_WORKERS, &value)?),
+        None => Ok(GLOBAL_WORKERS.load(Ordering::Relaxed)),
     }
+}
+
+/// The `async_max_workers` in a map given to `configure` (already checked).
+fn overrides_workers(map: &Map) -> Option<usize> {
+    map.get(ASYNC_MAX_WORKERS)
+        .and_then(|v| v.value.downcast_ref::<usize>().copied())
 }
 
 /// Checks the values the library itself reads, so a bad one fails at `configure`, not later.
@@ -333,10 +346,16 @@ pub fn configure(overrides: Overrides) -> Result<(), SettingsError> {
     let Some(new) = overrides.map else {
         return Ok(());
     };
+    let workers = overrides_workers(&new);
     let replaced = {
         let mut map = global().write().unwrap_or_else(PoisonError::into_inner);
         let mut merged = Map::clone(&map);
         merged.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(n) = workers {
+            // ORDERING: a reader may see the new map and the old count for a moment, or the
+            // other way round; each is a value `configure` accepted.
+            GLOBAL_WORKERS.store(n, Ordering::Relaxed);
+        }
         std::mem::replace(&mut *map, Arc::new(merged))
     };
     // Outside the lock: the old values' destructors are user code.

@@ -82,6 +82,8 @@ struct Flight<I, O> {
     kept: Option<I>,
     /// The input handed back by a copy that never ran.
     returned: Option<I>,
+    /// Which copies' jobs have left the pool (their tickets reported).
+    released: [bool; 2],
 }
 
 /// One job of an item: its handle, and the waker it is polled with.
@@ -290,6 +292,7 @@ where
                 copied: false,
                 kept,
                 returned: None,
+                released: [false; 2],
             });
             self.poll_copy(index, 0);
         }
@@ -333,10 +336,7 @@ where
         match polled {
             Poll::Ready(result) => {
                 flight.copies[copy] = None;
-                if self.waiting_for_room == Some((index, copy)) {
-                    self.waiting_for_room = None;
-                }
-                self.resolve(index, result);
+                self.collected(index, copy, result);
             }
             Poll::Pending if waiting => self.waiting_for_room = Some((index, copy)),
             Poll::Pending => {
@@ -360,6 +360,9 @@ where
                     if std::mem::take(&mut lingering[copy]) {
                         self.jobs -= 1;
                     }
+                }
+                if let Slot::InFlight(flight) = &mut self.slots[index] {
+                    flight.released[copy] = true;
                 }
                 let Some(input) = input else {
                     return;
@@ -407,7 +410,8 @@ where
         ) else {
             unreachable!("only items in flight finish")
         };
-        let lingering = [flight.copies[0].is_some(), flight.copies[1].is_some()];
+        // Copies dropped unresolved whose jobs are still in the pool.
+        let lingering = [0, 1].map(|c| flight.copies[c].is_some() && !flight.released[c]);
         // A straggler copy still queued never runs; one still running sees `is_cancelled`.
         guard::drop("a straggler copy", flight.copies);
         if ran {
@@ -591,9 +595,9 @@ where
                 Advance::Done => return None,
                 Advance::Sleep(deadline) => {
                     if on_thread_of(self.program.pool().registry().id) {
-                        if let Some((index, handle)) = self.take_handle() {
+                        if let Some((index, copy, handle)) = self.take_handle() {
                             let result = handle.wait();
-                            self.resolve(index, result);
+                            self.collected(index, copy, result);
                             continue;
                         }
                     }
@@ -608,20 +612,33 @@ where
         }
     }
 
-    /// The handle of a copy in flight, the earliest submitted, for a nested wait.
-    fn take_handle(&mut self) -> Option<(usize, JobHandle<P::Output>)> {
+    /// The handle of a copy that no worker has started, the earliest submitted, for a nested
+    /// wait to run it here: `(index, copy, handle)`. A copy already running elsewhere is not
+    /// taken: waiting on it would hold back every other result until it ends.
+    fn take_handle(&mut self) -> Option<(usize, usize, JobHandle<P::Output>)> {
         let (start, end) = (self.scan_from, self.next_index);
         self.slots[start..end]
             .iter_mut()
             .enumerate()
             .find_map(|(offset, slot)| match slot {
-                Slot::InFlight(flight) => flight
-                    .copies
-                    .iter_mut()
-                    .find_map(Option::take)
-                    .map(|c| (start + offset, c.handle)),
+                Slot::InFlight(flight) => {
+                    let copy = flight
+                        .copies
+                        .iter()
+                        .position(|c| c.as_ref().is_some_and(|c| c.handle.is_queued()))?;
+                    let c = flight.copies[copy].take()?;
+                    Some((start + offset, copy, c.handle))
+                }
                 _ => None,
             })
+    }
+
+    /// Copy `copy` of item `index` was collected outside `poll_copy` (a nested wait).
+    fn collected(&mut self, index: usize, copy: usize, result: Result<P::Output, JobError>) {
+        if self.waiting_for_room == Some((index, copy)) {
+            self.waiting_for_room = None;
+        }
+        self.resolve(index, result);
     }
 
     /// The async path: the timer thread stands in for `park_timeout`.
@@ -644,10 +661,9 @@ fn clone_input<I>(clone: fn(&I) -> I, input: &I) -> Option<I> {
     match guard::call(|| clone(input)) {
         Ok(copy) => Some(copy),
         Err(message) => {
-            tracing::warn!(
-                target: "asyncify_pool",
+            guard::warn(format_args!(
                 "cloning a batch input panicked ({message}); the input is not kept"
-            );
+            ));
             None
         }
     }

@@ -46,6 +46,8 @@ impl Timers {
                 if now >= deadline {
                     if let Some(inbox) = inbox.upgrade() {
                         inbox.wake();
+                        // Possibly the last owner, with events holding user values.
+                        crate::guard::drop("a batch's inbox", inbox);
                     }
                     return;
                 }
@@ -57,10 +59,9 @@ impl Timers {
                 self.threads.push(timer);
                 self.next = Some(deadline);
             }
-            Err(e) => tracing::warn!(
-                target: "asyncify_pool",
+            Err(e) => crate::guard::warn(format_args!(
                 "no timer thread for a straggler deadline ({e}); it is checked when an item finishes"
-            ),
+            )),
         }
     }
 }

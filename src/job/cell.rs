@@ -147,6 +147,9 @@ where
                     };
                     drop(slot);
                     record(outcome);
+                    // The queue entry may be the cell's last owner, and the cell still holds
+                    // the caller's context (user values): dropped through the guard.
+                    guard::drop("a finished job's context", self);
                     return;
                 }
             }
@@ -216,6 +219,11 @@ where
     fn is_cancelled(&self) -> bool {
         self.flag(CANCELLED | STOP_ASKED)
     }
+
+    fn is_husk(&self) -> bool {
+        let slot = self.lock();
+        !matches!(slot.stage, Stage::Queued(..)) && self.flag(OUT_OF_LINE)
+    }
 }
 
 impl<F, T> Completion<T> for Cell<F, T>
@@ -231,7 +239,7 @@ where
         let (replaced, spare) = match std::mem::replace(&mut slot.stage, Stage::Closed) {
             Stage::Done(result) => {
                 drop(slot);
-                drop(waker);
+                guard::drop("a waker", waker);
                 return Poll::Ready(result.map_err(|e| *e));
             }
             Stage::Closed => {
@@ -250,13 +258,16 @@ where
             }
         };
         drop(slot);
-        drop(replaced);
-        drop(spare);
+        guard::drop("a waker", (replaced, spare));
         Poll::Pending
     }
 
     fn is_done(&self) -> bool {
         matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+    }
+
+    fn is_queued(&self) -> bool {
+        matches!(self.lock().stage, Stage::Queued(..))
     }
 
     fn cancel(&self) {

@@ -90,6 +90,11 @@ impl<T> JobHandle<T> {
         self.pending.is_some()
     }
 
+    /// True while no worker has started the job (it is queued, or waits for room).
+    pub(crate) fn is_queued(&self) -> bool {
+        self.pending.is_some() || self.inner.as_ref().is_some_and(|i| i.is_queued())
+    }
+
     /// The id of the pool the job runs on (0 for a handle that was resolved at once).
     pub(crate) fn pool(&self) -> u64 {
         self.pool
@@ -142,7 +147,9 @@ impl<T> JobHandle<T> {
             .expect("JobHandle polled after it returned its result");
         let out = inner.poll_done(cx);
         if out.is_ready() {
-            self.inner = None;
+            // Possibly the cell's last owner, with the caller's context in it (user values):
+            // through the guard, so that a panicking destructor cannot cost this result.
+            crate::guard::drop("a finished job's context", self.inner.take());
         }
         out
     }
@@ -169,6 +176,7 @@ impl<T> Drop for JobHandle<T> {
         // A job still waiting for room is dropped with `pending`: it never runs.
         if let Some(inner) = self.inner.take() {
             inner.cancel();
+            crate::guard::drop("a job's context", inner);
         }
     }
 }

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::capture::Captured;
 use crate::error::JobError;
+use crate::guard;
 use cell::{Cell, Stage};
 pub use handle::JobHandle;
 pub(crate) use handle::{thread_waker, Submit};
@@ -64,6 +65,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn revoke(&self, error: JobError) -> bool;
     /// True once the handle was dropped while the job runs.
     fn is_cancelled(&self) -> bool;
+    /// True if the job was started out of line: a queue entry for it is a husk.
+    fn is_husk(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
@@ -74,6 +77,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
 trait Completion<T>: Send + Sync {
     fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>>;
     fn is_done(&self) -> bool;
+    /// True while no runner has started the job.
+    fn is_queued(&self) -> bool;
     fn cancel(&self);
     fn revoke(&self, error: JobError) -> bool;
     /// Makes `is_cancelled()` true in the running job; its result is still delivered.
@@ -98,12 +103,25 @@ impl Job {
             cell.run(Start::FromQueue, record);
         }
     }
+
+    /// Drops the entry unrun, telling a caller still waiting `ShutDown`; true if it was a husk
+    /// (its job had been started out of line), for the pool's count of husks.
+    pub(crate) fn discard(mut self) -> bool {
+        self.0.take().is_some_and(discard)
+    }
+}
+
+fn discard(cell: Arc<dyn Runnable>) -> bool {
+    let husk = !cell.revoke(JobError::shut_down()) && cell.is_husk();
+    // Possibly the cell's last owner, holding the caller's context (user values).
+    guard::drop("a discarded job", cell);
+    husk
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some(cell) = self.0.take() {
-            cell.revoke(JobError::shut_down());
+            discard(cell);
         }
     }
 }

@@ -55,7 +55,6 @@ use crate::capture::Captured;
 use crate::error::{PoolError, Refusal, ShutdownTimeout, TryCallError};
 use crate::job::JobHandle;
 use crate::limits::MAX_THREADS;
-use crate::program::AsyncProgram;
 use crate::sync::deadline_after;
 
 /// A pool of worker threads that runs blocking programs and hands their results back to async
@@ -156,20 +155,6 @@ impl WorkerPool {
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.handle.registry
-    }
-
-    /// Wraps `program` so that each [`call`](AsyncProgram::call) runs it on this pool.
-    /// The program is stored once; calls share it.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pool = asyncify_pool::WorkerPool::new(2);
-    /// let double = pool.asyncify(|x: u64| x * 2);
-    /// assert_eq!(double.call(21).wait(), Ok(42));
-    /// ```
-    pub fn asyncify<P>(&self, program: P) -> AsyncProgram<P> {
-        AsyncProgram::new(program, self.clone(), false)
     }
 
     /// Runs `f` once on the pool, like tokio's `spawn_blocking`, with the caller's settings
@@ -347,7 +332,7 @@ impl WorkerPool {
             threads: registry.stats().live_threads,
         };
         // Outside every lock: each job dropped tells its caller `ShutDown`.
-        drop(registry.abandon_queued());
+        registry.abandon_queued();
         Err(timeout)
     }
 

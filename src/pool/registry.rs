@@ -8,11 +8,12 @@
 //! * **Closed** ([`close`](Registry::close), by `shutdown` or the last `WorkerPool` handle):
 //!   calls are refused at once with `ShutDown`; every sleeping worker and every handle waiting
 //!   for room is woken. Workers go on until the queue is empty, then leave.
-//! * **Gone.** The last worker to leave takes the pool's own receiver, drops what is left in
-//!   the queue (each job dropped tells its caller `ShutDown`), and drops the receiver: the
-//!   channel is then disconnected, so a call that passed the "open?" check just before the
-//!   close finds its send refused and its job dropped the same way. Every accepted job runs or
-//!   tells its caller why not, and no lock is held while a dropped job's closure (user code)
+//! * **Gone.** The last worker to leave takes the pool's own receiver and drops what is left in
+//!   the queue (each job dropped tells its caller `ShutDown`); when it then drops its own
+//!   receiver, the channel is disconnected: a call that passed the "open?" check just before the
+//!   close finds its send refused and its job dropped the same way, and a job sent between the
+//!   drain and the disconnect is dropped by the channel, the same way. Every accepted job runs
+//!   or tells its caller why not, and no lock is held while a dropped job's closure (user code)
 //!   is dropped.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -140,16 +141,23 @@ impl Registry {
         true
     }
 
-    /// Starts `count` more workers.
-    pub(super) fn start_workers(self: &Arc<Self>, count: usize) -> Result<(), PoolError> {
+    /// Starts workers until `threads` are alive (for `build`).
+    pub(super) fn start_workers(self: &Arc<Self>, threads: usize) -> Result<(), PoolError> {
         let mut ctrl = lock(&self.ctrl);
-        for _ in 0..count {
+        self.grow_to(&mut ctrl, threads)
+    }
+
+    /// Starts workers until `threads` are alive, under `ctrl` so that two resizes cannot
+    /// interleave. It counts again before each start: a surplus worker may retire meanwhile
+    /// (it takes no lock), and the pool must not end below its target.
+    fn grow_to(self: &Arc<Self>, ctrl: &mut Ctrl, threads: usize) -> Result<(), PoolError> {
+        while self.live() < threads {
             let (Some(rx), Some(tx)) = (ctrl.rx.clone(), ctrl.shutdown_tx.clone()) else {
                 return Err(PoolError::ShutDown);
             };
             // Counted before it starts, so that it never sees itself as surplus.
             self.live.fetch_add(1, SeqCst);
-            if let Err(e) = self.start_thread(&mut ctrl, tx, Role::Worker(rx)) {
+            if let Err(e) = self.start_thread(ctrl, tx, Role::Worker(rx)) {
                 self.live.fetch_sub(1, SeqCst);
                 // Keep the target honest: the pool has what it has.
                 self.permits.set_target(self.live().max(1));
@@ -197,21 +205,16 @@ impl Registry {
 
     /// Changes the number of workers (checked by the caller).
     pub(super) fn set_threads(self: &Arc<Self>, threads: usize) -> Result<(), PoolError> {
-        // Under `ctrl`, so that two resizes do not interleave; retiring workers do not take it.
-        let ctrl = lock(&self.ctrl);
+        let mut ctrl = lock(&self.ctrl);
         if self.is_closed() {
             return Err(PoolError::ShutDown);
         }
         self.permits.set_target(threads);
+        let grown = self.grow_to(&mut ctrl, threads);
         drop(ctrl);
-        let live = self.live();
-        if threads > live {
-            self.start_workers(threads - live)
-        } else {
-            // Surplus workers notice at their next job boundary; idle ones must wake to.
-            self.sleep.wake_all();
-            Ok(())
-        }
+        // Surplus workers notice at their next job boundary; idle ones must wake to.
+        self.sleep.wake_all();
+        grown
     }
 
     /// For a worker between jobs: true if it must leave, because the pool has more workers
@@ -245,18 +248,26 @@ impl Registry {
             // Outside the lock: each dropped job drops its closure, which is user code (it may
             // even hold the last handle of this pool, and close it).
             while let Ok(job) = rx.try_recv() {
-                drop(job);
+                if job.discard() {
+                    self.husks.fetch_sub(1, Relaxed);
+                }
             }
             guard::drop("the pool's queue", rx);
         }
     }
 
-    /// After a shutdown ran out of time: the jobs still queued, taken out so that their callers
-    /// are told `ShutDown` now instead of waiting behind a job that may never return. The
-    /// caller drops them, outside any lock.
-    pub(super) fn abandon_queued(&self) -> Vec<Job> {
-        let rx = lock(&self.ctrl).rx.clone();
-        rx.map_or_else(Vec::new, |rx| rx.try_iter().collect())
+    /// After a shutdown ran out of time: takes the jobs still queued out, so that their callers
+    /// are told `ShutDown` now instead of waiting behind a job that may never return. They are
+    /// dropped outside every lock.
+    pub(super) fn abandon_queued(&self) {
+        let Some(rx) = lock(&self.ctrl).rx.clone() else {
+            return;
+        };
+        for job in rx.try_iter() {
+            if job.discard() {
+                self.husks.fetch_sub(1, Relaxed);
+            }
+        }
     }
 
     /// Waits until every thread of the pool has left, or `deadline` passes; then joins them.

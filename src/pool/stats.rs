@@ -71,7 +71,8 @@ impl Counters {
 pub struct Stats {
     /// Jobs waiting in the queue (not those still held by a handle waiting for room).
     pub queued: usize,
-    /// Jobs running now.
+    /// Jobs running now: places in the pool taken. A job waiting inside another job, run by the
+    /// waiting worker (or a spare thread for it), shares the waiter's place and counts once.
     pub running: usize,
     /// Jobs that ran and returned.
     pub completed: u64,

@@ -36,6 +36,13 @@
 //! on some thread, which by the same argument is making progress. Only a cycle of jobs waiting
 //! on each other through handles passed between them can block, as it would anywhere.
 //!
+//! A job of *another* pool is never run by the waiter (that pool's limit is not this one's).
+//! Two pools whose jobs wait on each other's (a job on A waits on one on B, which waits on one
+//! queued on A) would then deadlock if every worker of A were waiting: so a worker waiting on
+//! another pool's job runs jobs queued on its own pool meanwhile, on its stack, under its own
+//! permit, while less than half of the stack is in use. That helping is bounded by the stack,
+//! and it only happens across pools.
+//!
 //! Order: top-level calls start in submission order (one FIFO queue, a permit taken before the
 //! job). A job waited on from inside another starts in that order too, or earlier, on its
 //! waiter, when the waiter gets to it first.
@@ -75,6 +82,17 @@ enum Work<'w> {
     Queued(Job, Permit<'w>),
     /// An awaited job, run by (or for) the thread waiting on it, under the waiter's permit.
     Nested(Nested),
+    /// A job taken off the queue by a worker waiting on a job of *another* pool, run under the
+    /// waiter's permit (see the module docs).
+    Helped(Job),
+}
+
+/// Where a piece of work ran.
+#[derive(PartialEq)]
+enum Ran {
+    Here,
+    /// On a spare thread, under this thread's permit: the waiter must now wait for it to end.
+    OnSpare,
 }
 
 /// An awaited job that its waiter runs.
@@ -103,19 +121,14 @@ thread_local! {
     static WORKER: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
 }
 
-/// This thread's place in the pool with id `pool`, if it is one of that pool's threads.
-fn worker_of(pool: u64) -> Option<Rc<Worker>> {
-    WORKER.with(|w| {
-        w.borrow()
-            .as_ref()
-            .filter(|w| w.registry.id == pool)
-            .cloned()
-    })
+/// This thread's place in its pool, if it is a thread of one.
+fn this_worker() -> Option<Rc<Worker>> {
+    WORKER.with(|w| w.borrow().clone())
 }
 
 /// True on a thread of the pool with id `pool` (a job of it runs here).
 pub(crate) fn on_thread_of(pool: u64) -> bool {
-    worker_of(pool).is_some()
+    WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.registry.id == pool))
 }
 
 /// An address on the current stack.
@@ -124,16 +137,14 @@ fn stack_address() -> usize {
     std::ptr::addr_of!(marker) as usize
 }
 
-/// The body of every thread of the pool.
+/// The body of every thread of the pool. The thread is known as one of the pool's for all of
+/// it, hooks and teardown included, so that a `shutdown` from there does not wait for itself.
 pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
     let Ticket {
         index,
         counters,
         shutdown,
     } = ticket;
-    if let Some(hook) = &registry.config.on_start {
-        guard::quietly("an on_thread_start hook", || hook(index));
-    }
     let (rx, spare) = match role {
         Role::Worker(rx) => (Some(rx), None),
         Role::Spare(slot) => (None, lock(&slot).take()),
@@ -147,6 +158,9 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
         shutdown,
     });
     WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&worker)));
+    if let Some(hook) = &registry.config.on_start {
+        guard::quietly("an on_thread_start hook", || hook(index));
+    }
     let last_worker = match (spare, &worker.rx) {
         (Some(nested), _) => {
             worker.run(Work::Nested(nested));
@@ -162,13 +176,13 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
             serve.left.unwrap_or(false)
         }
     };
-    WORKER.with(|w| w.borrow_mut().take());
     if let Some(hook) = &registry.config.on_stop {
         guard::quietly("an on_thread_stop hook", || hook(index));
     }
     registry.thread_left(&counters, last_worker);
     // A leaving worker hands its place on: one that lacked a permit may go on now.
     registry.sleep.wake_one();
+    WORKER.with(|w| w.borrow_mut().take());
     // Last: the shutdown sender, so that `shutdown` returns only once this thread is done.
     drop(worker);
 }
@@ -181,6 +195,8 @@ trait Goal {
     fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>>;
     /// Waits until something the goal depends on may have changed.
     fn wait(&mut self, worker: Option<&Worker>);
+    /// The last piece of work went to a spare thread.
+    fn handed_to_spare(&mut self) {}
 }
 
 /// The one loop: check the goal, run what it allows, else wait. `worker` is this thread's
@@ -191,7 +207,11 @@ fn work_until(worker: Option<&Worker>, goal: &mut impl Goal) {
             return;
         }
         match worker.and_then(|w| Some((w, goal.next(w)?))) {
-            Some((worker, work)) => worker.run(work),
+            Some((worker, work)) => {
+                if worker.run(work) == Ran::OnSpare {
+                    goal.handed_to_spare();
+                }
+            }
             None => goal.wait(worker),
         }
     }
@@ -200,16 +220,17 @@ fn work_until(worker: Option<&Worker>, goal: &mut impl Goal) {
 impl Worker {
     /// Runs a piece of work: here, or on a spare thread if it is an awaited job and this
     /// thread's stack is more than half used.
-    fn run(&self, work: Work<'_>) {
+    fn run(&self, work: Work<'_>) -> Ran {
         match work {
             Work::Queued(job, permit) => {
                 job.run(&|o| self.record(o));
                 drop(permit);
             }
+            Work::Helped(job) => job.run(&|o| self.record(o)),
             Work::Nested(nested) => {
                 if self.stack_is_half_used() {
                     match self.run_on_spare(nested) {
-                        Ok(()) => {}
+                        Ok(()) => return Ran::OnSpare,
                         Err(nested) => self.run_nested(nested),
                     }
                 } else {
@@ -217,6 +238,7 @@ impl Worker {
                 }
             }
         }
+        Ran::Here
     }
 
     fn run_nested(&self, nested: Nested) {
@@ -254,10 +276,9 @@ impl Worker {
         match self.registry.start_spare(self.shutdown.clone(), role) {
             Ok(()) => Ok(()),
             Err(e) => {
-                tracing::warn!(
-                    target: "asyncify_pool",
+                guard::warn(format_args!(
                     "no spare thread for a deeply nested wait ({e}); running it on this stack"
-                );
+                ));
                 // A thread that failed to start never took it.
                 let nested = lock(&slot).take();
                 nested.map_or(Ok(()), Err)
@@ -332,8 +353,18 @@ impl<T> Goal for Await<'_, T> {
     }
 
     fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
-        // Only a thread of the job's own pool runs it: another pool's limit is not ours.
-        if worker.registry.id != self.handle.pool() || std::mem::replace(&mut self.offered, true) {
+        if worker.registry.id != self.handle.pool() {
+            // Another pool's job: its limit is not ours, so it is not run here. Meanwhile this
+            // worker runs its own pool's queued jobs, while its stack allows: two pools waiting
+            // on each other's jobs would otherwise deadlock.
+            if worker.stack_is_half_used() {
+                return None;
+            }
+            let job = worker.rx.as_ref()?.try_recv().ok()?;
+            worker.registry.room.release();
+            return Some(Work::Helped(job));
+        }
+        if std::mem::replace(&mut self.offered, true) {
             return None;
         }
         let nested = match self.handle.take_pending() {
@@ -343,7 +374,23 @@ impl<T> Goal for Await<'_, T> {
         Some(Work::Nested(nested))
     }
 
-    fn wait(&mut self, _: Option<&Worker>) {
+    fn handed_to_spare(&mut self) {
+        // The spare runs under this thread's permit: returning before it ends (a timeout)
+        // would let this thread's job end and free the permit while the spare still runs.
+        self.deadline = None;
+    }
+
+    fn wait(&mut self, worker: Option<&Worker>) {
+        if let Some(worker) = worker.filter(|w| w.registry.id != self.handle.pool()) {
+            if worker.rx.is_some() && !worker.stack_is_half_used() {
+                // Helping its own pool: woken by a job queued there too.
+                let registry = &worker.registry;
+                registry
+                    .sleep
+                    .park_helper(self.deadline, || !registry.queue_is_empty());
+                return;
+            }
+        }
         match self.deadline {
             None => thread::park(),
             Some(deadline) => {
@@ -362,8 +409,12 @@ impl<T> JobHandle<T> {
     /// job of the same pool never deadlocks, even with one thread. It runs only that job, never
     /// other queued work, so nested waits use stack in proportion to their nesting and not to
     /// the queue; past half of the stack, the awaited job runs on a short-lived spare thread
-    /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)). Anywhere else it
-    /// parks the thread until the job is done.
+    /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)).
+    ///
+    /// Inside a job of another pool, it does not run the awaited job (that pool's limit is not
+    /// this one's); the waiting worker runs jobs queued on its own pool meanwhile, while less
+    /// than half of its stack is in use, so that two pools waiting on each other's jobs do not
+    /// deadlock. Anywhere else it parks the thread until the job is done.
     ///
     /// # Examples
     ///
@@ -385,8 +436,9 @@ impl<T> JobHandle<T> {
     /// handle (and so the job) alive. `Duration::MAX` (or any timeout past what an `Instant`
     /// holds) waits without a limit.
     ///
-    /// Inside a job of the same pool it runs the awaited job itself as `wait` does, if nobody
-    /// has started it; it then returns when that job is done, even if that is after `timeout`.
+    /// Inside a job it helps as `wait` does: if it runs the awaited job (on this thread or on a
+    /// spare thread), or a job of its own pool while waiting on another pool's, it returns when
+    /// that job is done, even if that is after `timeout`.
     ///
     /// # Examples
     ///
@@ -404,7 +456,7 @@ impl<T> JobHandle<T> {
     }
 
     fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<T, JobError>> {
-        let worker = worker_of(self.pool());
+        let worker = this_worker();
         let mut goal = Await {
             handle: self,
             deadline,
