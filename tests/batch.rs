@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::{is_cancelled, BatchResult, WorkerPool};
-use common::{quiet_planned_panics, within_hang, HANG};
+use common::{in_child, quiet_planned_panics, wait, within_hang, HANG};
 use futures::StreamExt;
 
 /// A pseudo-random number from `seed` (xorshift), for per-item latencies and failures.
@@ -542,4 +542,24 @@ fn batches_can_be_sent_to_another_thread_or_task() {
         .unwrap();
     let spawned = rt.spawn(program.batch(vec!["abc".to_owned()]).into_future());
     assert_eq!(rt.block_on(spawned).unwrap().results(), [Ok(3)]);
+}
+
+/// A batch waited on inside a job of a one-thread pool whose queue holds one job: the waiting
+/// worker runs the batch's items itself, the one waiting for room included, and the batch
+/// completes.
+#[test]
+fn a_batch_waited_on_inside_a_job_of_a_pool_with_a_full_queue() {
+    in_child(
+        "a_batch_waited_on_inside_a_job_of_a_pool_with_a_full_queue",
+        || {
+            let pool = WorkerPool::builder()
+                .threads(1)
+                .queue_capacity(1)
+                .build()
+                .unwrap();
+            let id = pool.asyncify(|x: u32| x * 2);
+            let outer = pool.spawn(move || id.batch(0..3).wait().into_results());
+            assert_eq!(wait(outer), Ok(vec![Ok(0), Ok(2), Ok(4)]));
+        },
+    );
 }

@@ -525,3 +525,79 @@ fn an_on_progress_that_panics() {
         whole_after_attack(&pool, 2);
     });
 }
+
+/// A job waited on from inside another job runs out of line, and its queue entry, popped
+/// later, is the last owner of the job's context: a settings value whose `Drop` panics is
+/// released there, on the worker.
+#[test]
+fn a_settings_value_whose_drop_panics_released_by_a_husk() {
+    quiet_planned_panics();
+    in_child(
+        "a_settings_value_whose_drop_panics_released_by_a_husk",
+        || {
+            let pool = WorkerPool::new(1);
+            let p = pool.clone();
+            let outer = pool.spawn(move || {
+                let hostile = Overrides::new().with("v", Arc::new(PanicOnDrop("planned: husk")));
+                settings::context(hostile, || p.spawn(|| 1).wait())
+            });
+            assert_eq!(wait(outer), Ok(Ok(1)));
+            whole_after_attack(&pool, 1);
+        },
+    );
+}
+
+/// The caller takes its result while its handle is the last owner of the job's context, whose
+/// settings value panics when dropped: the result is not lost to that panic.
+#[test]
+fn a_result_is_not_lost_to_a_settings_value_dropped_with_it() {
+    quiet_planned_panics();
+    let pool = WorkerPool::new(1);
+    let p = pool.clone();
+    let outer = pool.spawn(move || {
+        let hostile = Overrides::new().with("v", Arc::new(PanicOnDrop("planned: with result")));
+        let child = settings::context(hostile, || p.spawn(|| 41));
+        child.wait().map(|x| x + 1)
+    });
+    assert_eq!(wait(outer), Ok(Ok(42)));
+    whole_after_attack(&pool, 1);
+}
+
+/// Hooks may use their pool: an `on_thread_start` hook that waits on a job of a one-thread
+/// pool, and an `on_thread_stop` hook that shuts the pool down, neither hangs.
+#[test]
+fn hooks_that_call_back_into_their_pool() {
+    in_child("hooks_that_call_back_into_their_pool", || {
+        let slot: Arc<std::sync::Mutex<Option<WorkerPool>>> = Arc::default();
+        let (start_slot, stop_slot) = (slot.clone(), slot.clone());
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let pool = WorkerPool::builder()
+            .threads(1)
+            .on_thread_start(move |index| {
+                // Thread 1, started by the `set_threads(2)` below, once the pool is in the slot.
+                if index == 1 {
+                    let pool = start_slot.lock().unwrap().clone().expect("in the slot");
+                    assert_eq!(pool.spawn(|| 5).wait(), Ok(5));
+                    s.fetch_add(1, SeqCst);
+                }
+            })
+            .on_thread_stop(move |_| {
+                let pool = stop_slot.lock().unwrap().clone();
+                if let Some(pool) = pool {
+                    pool.shutdown();
+                }
+            })
+            .build()
+            .unwrap();
+        *slot.lock().unwrap() = Some(pool.clone());
+        pool.set_threads(2).unwrap(); // the new thread's start hook waits on a job
+        assert_eq!(wait(pool.spawn(|| 7)), Ok(7));
+        common::spin_until("the start hook's job", || started.load(SeqCst) == 1);
+        slot.lock().unwrap().take();
+        within_hang(
+            "shutdown with a stop hook that shuts the pool down",
+            move || pool.shutdown(),
+        );
+    });
+}

@@ -111,3 +111,71 @@ fn wait_timeout_inside_a_job_helps_like_wait() {
         "wait_timeout inside a job gave up on a job it could have run"
     );
 }
+
+/// A job on pool A waits on a job of pool B, which waits on a job queued on A, one thread
+/// each: A's only worker must not sit idle while the job everything waits for is queued on A.
+#[test]
+fn nested_waits_across_two_pools_that_wait_on_each_other() {
+    in_child(
+        "nested_waits_across_two_pools_that_wait_on_each_other",
+        || {
+            let a = WorkerPool::new(1);
+            let b = WorkerPool::new(1);
+            let (a2, b2) = (a.clone(), b.clone());
+            let outer = a.spawn(move || {
+                let a3 = a2.clone();
+                b2.spawn(move || a3.spawn(|| 1).wait().unwrap() + 1)
+                    .wait()
+                    .unwrap()
+                    + 1
+            });
+            assert_eq!(wait(outer), Ok(3));
+        },
+    );
+}
+
+/// Deep in a stack, the awaited job runs on a spare thread under the waiter's place in the
+/// pool; a `wait_timeout` then waits for it to end, so that the pool never runs more jobs at
+/// once than its threads: the next job may not start while the spare still runs.
+#[test]
+fn a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound() {
+    static CHILD_RUNNING: AtomicUsize = AtomicUsize::new(0);
+    #[inline(never)]
+    fn deep(pool: &WorkerPool, levels: usize) -> Option<Result<(), asyncify_pool::JobError>> {
+        let pad = [0u8; 16 * 1024];
+        std::hint::black_box(&pad);
+        if levels > 0 {
+            return deep(pool, levels - 1);
+        }
+        let mut child = pool.spawn(|| {
+            CHILD_RUNNING.store(1, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            CHILD_RUNNING.store(0, SeqCst);
+        });
+        child.wait_timeout(std::time::Duration::from_millis(1))
+    }
+    in_child(
+        "a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound",
+        || {
+            let pool = WorkerPool::builder()
+                .threads(1)
+                .stack_size(1 << 20)
+                .build()
+                .unwrap();
+            let p = pool.clone();
+            // 40 levels of 16 KiB: past half of the 1 MiB stack, so the child goes to a spare.
+            let outer = pool.spawn(move || deep(&p, 40));
+            let next = pool.spawn(|| CHILD_RUNNING.load(SeqCst));
+            assert_eq!(
+                wait(outer),
+                Ok(Some(Ok(()))),
+                "the wait gave up on a job it handed on"
+            );
+            assert_eq!(
+                wait(next),
+                Ok(0),
+                "a job started while the spare ran: two at once"
+            );
+        },
+    );
+}
