@@ -563,8 +563,9 @@ fn a_result_is_not_lost_to_a_settings_value_dropped_with_it() {
     whole_after_attack(&pool, 1);
 }
 
-/// Hooks may use their pool: an `on_thread_start` hook that waits on a job of a one-thread
-/// pool, and an `on_thread_stop` hook that shuts the pool down, neither hangs.
+/// Hooks may use their pool: an `on_thread_start` hook that waits on a job of its one-thread
+/// pool (the only thread that could run it is the hook's), and an `on_thread_stop` hook that
+/// shuts the pool down; neither hangs.
 #[test]
 fn hooks_that_call_back_into_their_pool() {
     in_child("hooks_that_call_back_into_their_pool", || {
@@ -574,27 +575,24 @@ fn hooks_that_call_back_into_their_pool() {
         let s = started.clone();
         let pool = WorkerPool::builder()
             .threads(1)
-            .on_thread_start(move |index| {
-                // Thread 1, started by the `set_threads(2)` below, once the pool is in the slot.
-                if index == 1 {
-                    let pool = start_slot.lock().unwrap().clone().expect("in the slot");
-                    assert_eq!(pool.spawn(|| 5).wait(), Ok(5));
-                    s.fetch_add(1, SeqCst);
-                }
+            .on_thread_start(move |_| {
+                let mut pool = None;
+                common::spin_until("the pool in the slot", || {
+                    pool = start_slot.lock().unwrap().clone();
+                    pool.is_some()
+                });
+                assert_eq!(pool.unwrap().spawn(|| 5).wait(), Ok(5));
+                s.fetch_add(1, SeqCst);
             })
             .on_thread_stop(move |_| {
                 let pool = stop_slot.lock().unwrap().clone();
-                if let Some(pool) = pool {
-                    pool.shutdown();
-                }
+                pool.expect("in the slot").shutdown();
             })
             .build()
             .unwrap();
         *slot.lock().unwrap() = Some(pool.clone());
-        pool.set_threads(2).unwrap(); // the new thread's start hook waits on a job
         assert_eq!(wait(pool.spawn(|| 7)), Ok(7));
-        common::spin_until("the start hook's job", || started.load(SeqCst) == 1);
-        slot.lock().unwrap().take();
+        assert_eq!(started.load(SeqCst), 1);
         within_hang(
             "shutdown with a stop hook that shuts the pool down",
             move || pool.shutdown(),
