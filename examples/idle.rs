@@ -162,8 +162,8 @@ fn main() {
         idle_ns as f64 / 1e3
     );
     println!(
-        "(a worker that finds the queue empty spins 127 pause instructions, yields 4 times and \
-         parks: crossbeam-channel's receive backoff; the main thread's own figures are its \
+        "(a worker that finds the queue empty spins up to 1,023 pause instructions, yields 10 \
+         times and sleeps (the pool's sleep protocol); the main thread's own figures are its \
          /proc reads)"
     );
     pool.shutdown();
