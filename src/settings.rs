@@ -295,7 +295,8 @@ static GLOBAL_WORKERS: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_ASYNC_
 
 /// The `async_max_workers` in force here, checked: the thread count the default pool follows.
 pub(crate) fn async_max_workers() -> Result<usize, SettingsError> {
-    let local = IN_FORCE.with(|f| value_of(f.borrow().overrides.map.as_deref(), ASYNC_MAX_WORKERS));
+    let local =
+        IN_FORCE.with(|f| value_of(f.borrow().effective().map.as_deref(), ASYNC_MAX_WORKERS));
     match local {
         Some(value) => check_workers(downcast(ASYNC_MAX_WORKERS, &value)?),
         None => Ok(GLOBAL_WORKERS.load(Ordering::Relaxed)),
@@ -400,7 +401,7 @@ pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
 /// ```
 pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
     let found = IN_FORCE
-        .with(|f| value_of(f.borrow().overrides.map.as_deref(), key))
+        .with(|f| value_of(f.borrow().effective().map.as_deref(), key))
         .or_else(|| global_value(key));
     found.map(|v| downcast(key, &v)).transpose()
 }
@@ -408,16 +409,43 @@ pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
 // ---------------------------------------------------------------------------------------------
 // What is in force on this thread.
 
-/// The overrides in force on a thread, and whether a pool job put them there.
+/// What a running job's captured context offers to settings: its overrides. The job's context
+/// (`capture::Ctx`) is moved into this thread's slot for the job's duration and moved back
+/// after, so that reading a job's overrides costs no reference count on them (a count taken on
+/// the worker would move their cache line between cores on every call; see `capture`).
+pub(crate) trait JobLayer: Any + Send + Sync {
+    fn overrides(&self) -> &Overrides;
+    /// Back to the concrete type, for the context's owner.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// The overrides in force on a thread: those of the innermost `context` or `scope` (`own`),
+/// else, inside a job, those the job's caller had (`job`); and whether a pool job runs here.
 struct InForce {
-    overrides: Overrides,
+    own: Overrides,
+    job: Option<Arc<dyn JobLayer>>,
     in_job: bool,
 }
 
+impl InForce {
+    const fn empty() -> Self {
+        InForce {
+            own: Overrides::new(),
+            job: None,
+            in_job: false,
+        }
+    }
+
+    fn effective(&self) -> &Overrides {
+        match &self.job {
+            Some(job) if self.own.is_empty() => job.overrides(),
+            _ => &self.own,
+        }
+    }
+}
+
 thread_local! {
-    static IN_FORCE: RefCell<InForce> = const {
-        RefCell::new(InForce { overrides: Overrides::new(), in_job: false })
-    };
+    static IN_FORCE: RefCell<InForce> = const { RefCell::new(InForce::empty()) };
 }
 
 /// True while a pool job runs on this thread (`configure` refuses there).
@@ -428,7 +456,7 @@ pub(crate) fn in_job() -> bool {
 /// The address of the overrides in force here, 0 for none: equal addresses while a capture
 /// holds them mean the same overrides.
 pub(crate) fn current_address() -> usize {
-    IN_FORCE.with(|f| f.borrow().overrides.address())
+    IN_FORCE.with(|f| f.borrow().effective().address())
 }
 
 /// A snapshot of the overrides in force here (not the global configuration, which every thread
@@ -445,7 +473,7 @@ pub(crate) fn current_address() -> usize {
 /// });
 /// ```
 pub fn current() -> Overrides {
-    IN_FORCE.with(|f| f.borrow().overrides.clone())
+    IN_FORCE.with(|f| f.borrow().effective().clone())
 }
 
 /// Puts overrides in force on this thread until dropped (also during a panic), then restores
@@ -458,20 +486,30 @@ fn swap_in(new: InForce) -> InForce {
     IN_FORCE.with(|f| std::mem::replace(&mut *f.borrow_mut(), new))
 }
 
-/// Puts `overrides` in force on this thread, as a `context` does.
+/// Puts `overrides` in force on this thread, as a `context` does (inside a job, the job stays
+/// in force underneath).
 pub(crate) fn install(overrides: Overrides) -> Installed {
-    let in_job = in_job();
+    let (job, in_job) = IN_FORCE.with(|f| {
+        let f = f.borrow();
+        (f.job.clone(), f.in_job)
+    });
     Installed {
-        previous: Some(swap_in(InForce { overrides, in_job })),
+        previous: Some(swap_in(InForce {
+            own: overrides,
+            job,
+            in_job,
+        })),
     }
 }
 
-/// Puts a job's overrides in force on this thread: nothing of the thread's own is in force
-/// then, and `configure` refuses until the guard is dropped.
-pub(crate) fn enter_job(overrides: Overrides) -> Installed {
+/// Puts a job's context in force on this thread (moved in, handed back by
+/// [`Installed::leave_job`]): none of the thread's own overrides are in force then, and
+/// `configure` refuses until it is left.
+pub(crate) fn enter_job(job: Option<Arc<dyn JobLayer>>) -> Installed {
     Installed {
         previous: Some(swap_in(InForce {
-            overrides,
+            own: Overrides::new(),
+            job,
             in_job: true,
         })),
     }
@@ -480,22 +518,26 @@ pub(crate) fn enter_job(overrides: Overrides) -> Installed {
 impl Installed {
     /// Restores the previous overrides and hands back the ones that were installed.
     pub(crate) fn restore(mut self) -> Overrides {
-        self.swap_back()
+        self.swap_back().map_or_else(Overrides::new, |f| f.own)
     }
 
-    fn swap_back(&mut self) -> Overrides {
-        match self.previous.take() {
-            Some(previous) => swap_in(previous).overrides,
-            None => Overrides::new(),
-        }
+    /// Leaves a job entered with [`enter_job`], handing its context back.
+    pub(crate) fn leave_job(mut self) -> Option<Arc<dyn JobLayer>> {
+        let left = self.swap_back()?;
+        crate::guard::drop("a settings value", left.own);
+        left.job
+    }
+
+    fn swap_back(&mut self) -> Option<InForce> {
+        self.previous.take().map(swap_in)
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        if self.previous.is_some() {
-            // The last reference to a value may go here, and its destructor is user code.
-            crate::guard::drop("a settings value", self.swap_back());
+        // The last reference to a value may go here, and its destructor is user code.
+        if let Some(left) = self.swap_back() {
+            crate::guard::drop("a settings value", (left.own, left.job));
         }
     }
 }
