@@ -486,17 +486,15 @@ fn swap_in(new: InForce) -> InForce {
     IN_FORCE.with(|f| std::mem::replace(&mut *f.borrow_mut(), new))
 }
 
-/// Puts `overrides` in force on this thread, as a `context` does (inside a job, the job stays
-/// in force underneath).
+/// Puts `overrides` in force on this thread, as a `context` does. They were layered on what was
+/// in force (`current()`), so inside a job the job's overrides are among them: the job's own
+/// layer is not kept underneath (an empty `own` would let it show through).
 pub(crate) fn install(overrides: Overrides) -> Installed {
-    let (job, in_job) = IN_FORCE.with(|f| {
-        let f = f.borrow();
-        (f.job.clone(), f.in_job)
-    });
+    let in_job = in_job();
     Installed {
         previous: Some(swap_in(InForce {
             own: overrides,
-            job,
+            job: None,
             in_job,
         })),
     }

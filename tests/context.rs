@@ -530,3 +530,18 @@ fn the_callers_span_and_thread_local_subscriber_travel_with_the_call() {
          nothing else reaches the caller's subscriber"
     );
 }
+
+/// A future scoped outside a job with no overrides, polled inside a job, sees none: a scope's
+/// overrides are those in force where it was made, not those of whatever job polls it.
+#[test]
+fn an_empty_scope_polled_inside_a_job_does_not_see_the_jobs_overrides() {
+    let pool = WorkerPool::new(1);
+    let scoped = settings::scope(Overrides::new(), async { settings::get::<&str>("lm") });
+    let job = settings::context(Overrides::new().with("lm", "the job's"), || {
+        pool.spawn(move || {
+            let inside = pollster::block_on(scoped);
+            (settings::get::<&str>("lm"), inside)
+        })
+    });
+    assert_eq!(common::wait(job), Ok((Some("the job's"), None)));
+}

@@ -31,8 +31,6 @@
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
-use std::thread::{self, Thread};
-use std::time::Instant;
 
 use crate::sync::{fence, lock, wait, AtomicUsize, Condvar, Mutex};
 
@@ -51,10 +49,6 @@ pub(crate) struct Sleep {
     /// The length of `sleepers`, readable without the lock.
     idle: AtomicUsize,
     sleepers: Mutex<Vec<Arc<Sleeper>>>,
-    /// Workers parked in a wait on another pool's job, which run this pool's queued jobs
-    /// meanwhile (see `worker`): woken, by `unpark`, when a job comes and no worker is idle.
-    helping: AtomicUsize,
-    helpers: Mutex<Vec<Thread>>,
 }
 
 /// One worker's place to sleep, made once per worker.
@@ -69,8 +63,6 @@ impl Sleep {
         Sleep {
             idle: AtomicUsize::new(0),
             sleepers: Mutex::new(Vec::new()),
-            helping: AtomicUsize::new(0),
-            helpers: Mutex::new(Vec::new()),
         }
     }
 
@@ -104,34 +96,7 @@ impl Sleep {
         me.take_wake();
     }
 
-    /// Parks a worker that waits on another pool's job until a job is queued here (or the
-    /// thread is unparked by that job's completion, or spuriously), unless `may_go_on()` holds
-    /// once registered. The same Dekker pattern as for sleepers, with `unpark` tokens: a wake-up
-    /// that comes early is kept by the thread, so none is lost.
-    pub(crate) fn park_helper(&self, deadline: Option<Instant>, may_go_on: impl Fn() -> bool) {
-        let me = thread::current();
-        {
-            let mut helpers = lock(&self.helpers);
-            helpers.push(me.clone());
-            self.helping.store(helpers.len(), Relaxed);
-        }
-        // ORDERING: the parker's half of the Dekker pattern (see the module docs).
-        fence(SeqCst);
-        if !may_go_on() {
-            match deadline {
-                None => thread::park(),
-                Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),
-            }
-        }
-        let mut helpers = lock(&self.helpers);
-        if let Some(at) = helpers.iter().position(|t| t.id() == me.id()) {
-            helpers.swap_remove(at);
-        }
-        self.helping.store(helpers.len(), Relaxed);
-    }
-
-    /// Wakes one sleeper, if any, after the caller made work or a permit available; with no
-    /// idle worker, a helper parked in a wait on another pool.
+    /// Wakes one sleeper, if any, after the caller made work or a permit available.
     pub(crate) fn wake_one(&self) {
         if self.someone_sleeps() {
             let sleeper = {
@@ -142,12 +107,6 @@ impl Sleep {
             };
             if let Some(sleeper) = sleeper {
                 sleeper.wake();
-                return;
-            }
-        }
-        if self.helping.load(Relaxed) > 0 {
-            if let Some(helper) = lock(&self.helpers).last() {
-                helper.unpark();
             }
         }
     }

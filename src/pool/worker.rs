@@ -36,12 +36,13 @@
 //! on some thread, which by the same argument is making progress. Only a cycle of jobs waiting
 //! on each other through handles passed between them can block, as it would anywhere.
 //!
-//! A job of *another* pool is never run by the waiter (that pool's limit is not this one's).
-//! Two pools whose jobs wait on each other's (a job on A waits on one on B, which waits on one
-//! queued on A) would then deadlock if every worker of A were waiting: so a worker waiting on
-//! another pool's job runs jobs queued on its own pool meanwhile, on its stack, under its own
-//! permit, while less than half of the stack is in use. That helping is bounded by the stack,
-//! and it only happens across pools.
+//! A job of *another* pool is never run by the waiter (that pool's limit is not this one's),
+//! and a waiting worker runs no other work either: it parks, keeping its place. So jobs of two
+//! pools that wait on each other's in a cycle (a job on A waits on one on B, which waits on one
+//! queued behind it on A) wait forever if A has no other free thread, as with any pool that
+//! keeps its threads while they block. Running A's queued jobs on the waiter's stack meanwhile
+//! (as this pool once did) breaks that cycle but makes others: a helped job that waits on the
+//! job buried under it hangs, and the stack grows with the queue again.
 //!
 //! Order: top-level calls start in submission order (one FIFO queue, a permit taken before the
 //! job). A job waited on from inside another starts in that order too, or earlier, on its
@@ -64,7 +65,7 @@ use super::sleep::{pause, Sleeper, SPINS_BEFORE_SLEEP};
 use super::stats::Counters;
 use crate::error::JobError;
 use crate::guard;
-use crate::job::{thread_waker, Job, JobHandle, Outcome, Runnable, Start};
+use crate::job::{running_a_job, thread_waker, Job, JobHandle, Outcome, Runnable, Start};
 use crate::sync::{deadline_after, lock, Mutex};
 
 /// What a thread of the pool is started for.
@@ -80,11 +81,9 @@ pub(super) enum Role {
 enum Work<'w> {
     /// A job taken off the queue, with the permit taken for it first.
     Queued(Job, Permit<'w>),
-    /// An awaited job, run by (or for) the thread waiting on it, under the waiter's permit.
-    Nested(Nested),
-    /// A job taken off the queue by a worker waiting on a job of *another* pool, run under the
-    /// waiter's permit (see the module docs).
-    Helped(Job),
+    /// An awaited job, run by (or for) the thread waiting on it, under the waiter's permit (or,
+    /// for a hook, under a permit taken for it).
+    Nested(Nested, Option<Permit<'w>>),
 }
 
 /// Where a piece of work ran.
@@ -163,7 +162,7 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
     }
     let last_worker = match (spare, &worker.rx) {
         (Some(nested), _) => {
-            worker.run(Work::Nested(nested));
+            worker.run(Work::Nested(nested, None));
             false
         }
         (None, None) => false, // a spare whose waiter took the job back
@@ -226,8 +225,7 @@ impl Worker {
                 job.run(&|o| self.record(o));
                 drop(permit);
             }
-            Work::Helped(job) => job.run(&|o| self.record(o)),
-            Work::Nested(nested) => {
+            Work::Nested(nested, permit) => {
                 if self.stack_is_half_used() {
                     match self.run_on_spare(nested) {
                         Ok(()) => return Ran::OnSpare,
@@ -236,6 +234,7 @@ impl Worker {
                 } else {
                     self.run_nested(nested);
                 }
+                drop(permit);
             }
         }
         Ran::Here
@@ -353,25 +352,22 @@ impl<T> Goal for Await<'_, T> {
     }
 
     fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
-        if worker.registry.id != self.handle.pool() {
-            // Another pool's job: its limit is not ours, so it is not run here. Meanwhile this
-            // worker runs its own pool's queued jobs, while its stack allows: two pools waiting
-            // on each other's jobs would otherwise deadlock.
-            if worker.stack_is_half_used() {
-                return None;
-            }
-            let job = worker.rx.as_ref()?.try_recv().ok()?;
-            worker.registry.room.release();
-            return Some(Work::Helped(job));
-        }
-        if std::mem::replace(&mut self.offered, true) {
+        // Only a thread of the job's own pool runs it: another pool's limit is not ours.
+        if worker.registry.id != self.handle.pool() || std::mem::replace(&mut self.offered, true) {
             return None;
         }
+        // Inside a job the waiter's own place covers the awaited job; a thread of the pool not
+        // running a job (a hook) needs a place of its own.
+        let permit = if running_a_job() {
+            None
+        } else {
+            Some(worker.registry.permits.try_acquire()?)
+        };
         let nested = match self.handle.take_pending() {
             Some(job) => Nested::Held(job),
             None => Nested::OutOfLine(self.handle.out_of_line()?),
         };
-        Some(Work::Nested(nested))
+        Some(Work::Nested(nested, permit))
     }
 
     fn handed_to_spare(&mut self) {
@@ -380,17 +376,7 @@ impl<T> Goal for Await<'_, T> {
         self.deadline = None;
     }
 
-    fn wait(&mut self, worker: Option<&Worker>) {
-        if let Some(worker) = worker.filter(|w| w.registry.id != self.handle.pool()) {
-            if worker.rx.is_some() && !worker.stack_is_half_used() {
-                // Helping its own pool: woken by a job queued there too.
-                let registry = &worker.registry;
-                registry
-                    .sleep
-                    .park_helper(self.deadline, || !registry.queue_is_empty());
-                return;
-            }
-        }
+    fn wait(&mut self, _: Option<&Worker>) {
         match self.deadline {
             None => thread::park(),
             Some(deadline) => {
@@ -411,10 +397,9 @@ impl<T> JobHandle<T> {
     /// the queue; past half of the stack, the awaited job runs on a short-lived spare thread
     /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)).
     ///
-    /// Inside a job of another pool, it does not run the awaited job (that pool's limit is not
-    /// this one's); the waiting worker runs jobs queued on its own pool meanwhile, while less
-    /// than half of its stack is in use, so that two pools waiting on each other's jobs do not
-    /// deadlock. Anywhere else it parks the thread until the job is done.
+    /// Waiting on a job of another pool, or off the pool's threads, it parks the thread until
+    /// the job is done. A waiting worker keeps its place in its pool meanwhile, so jobs of two
+    /// pools that wait on each other's in a cycle need a free thread on each side.
     ///
     /// # Examples
     ///
@@ -437,8 +422,7 @@ impl<T> JobHandle<T> {
     /// holds) waits without a limit.
     ///
     /// Inside a job it helps as `wait` does: if it runs the awaited job (on this thread or on a
-    /// spare thread), or a job of its own pool while waiting on another pool's, it returns when
-    /// that job is done, even if that is after `timeout`.
+    /// spare thread), it returns when that job is done, even if that is after `timeout`.
     ///
     /// # Examples
     ///
