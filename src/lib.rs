@@ -69,6 +69,7 @@
 //! executor (`pollster::block_on(handle)`) simply blocks its worker until the handle resolves:
 //! on a pool with a free thread that works, on a pool whose every thread does it, it waits
 //! forever; prefer `wait()` inside jobs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

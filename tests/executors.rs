@@ -1,5 +1,5 @@
 //! A `JobHandle` is a plain future woken by the worker: the same awaited call works on tokio
-//! (current-thread and multi-thread), smol, `futures::executor`, pollster, and on a plain
+//! (current-thread and multi-thread), smol's executor, `futures::executor`, pollster, and on a plain
 //! thread with `wait()`.
 //!
 //! Every scenario makes the first call provably pending when it is first polled (its job waits
@@ -104,12 +104,16 @@ fn tokio_multi_thread() {
     }
 }
 
+/// smol's executor (`async-executor`) and `block_on` (`futures-lite`), the pieces `smol::spawn`
+/// and `smol::block_on` are made of.
 #[test]
 fn smol() {
     let pool = WorkerPool::new(2);
     let out = within_hang("the executor", move || {
-        let direct = smol::block_on(scenario(pool.clone(), "smol"));
-        let spawned = smol::block_on(smol::spawn(scenario(pool, "smol-task")));
+        let direct = futures_lite::future::block_on(scenario(pool.clone(), "smol"));
+        let executor = async_executor::Executor::new();
+        let task = executor.spawn(scenario(pool, "smol-task"));
+        let spawned = futures_lite::future::block_on(executor.run(task));
         (direct, spawned)
     });
     assert_eq!(out.0, expected("smol"));

@@ -358,6 +358,7 @@ where
     /// assert_eq!(id.batch(0..100).progress_bar().wait().done(), 100);
     /// ```
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress_bar(mut self) -> Self {
         self.opts.progress_bar = true;
         self
