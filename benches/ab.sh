@@ -58,6 +58,7 @@ rename_manifest() {
         }
         skip { next }
         in_package && /^[[:space:]]*name[[:space:]]*=/ { print "name = \"" name "\""; next }
+        in_package && /^[[:space:]]*auto(benches|tests|examples|bins)[[:space:]]*=/ { next }
         { print }
     ' "$file" >"$file.new"
     mv "$file.new" "$file"
@@ -81,6 +82,7 @@ rename_manifest "$AB_DIR/after/Cargo.toml" asyncify-pool-after
 HARNESS="$AB_DIR/harness"
 mkdir -p "$HARNESS/src"
 cp "$HARNESS_SRC" "$HARNESS/src/main.rs"
+cp "$REPO/benches/floor.rs" "$HARNESS/src/floor.rs"
 cat >"$HARNESS/Cargo.toml" <<'EOF'
 [package]
 name = "asyncify-ab"

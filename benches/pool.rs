@@ -30,8 +30,11 @@
 
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
+
+mod floor;
+use floor::Floor;
 
 use asyncify_pool::settings::{self, Overrides};
 use asyncify_pool::WorkerPool;
@@ -53,55 +56,6 @@ fn calls() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000)
-}
-
-type Task = Box<dyn FnOnce() + Send>;
-
-/// The floor: bare threads, one crossbeam queue of boxed closures, a oneshot per call.
-struct Floor {
-    tx: Option<crossbeam_channel::Sender<Task>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Floor {
-    fn new(threads: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded::<Task>();
-        let threads = (0..threads)
-            .map(|_| {
-                let rx = rx.clone();
-                thread::spawn(move || {
-                    while let Ok(task) = rx.recv() {
-                        task();
-                    }
-                })
-            })
-            .collect();
-        Floor {
-            tx: Some(tx),
-            threads,
-        }
-    }
-
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> oneshot::Receiver<T> {
-        let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        let _ = self.tx.as_ref().expect("open until dropped").send(task);
-        rx
-    }
-}
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Everything that takes calls, built once, with the runtime that drives the awaits.

@@ -29,8 +29,10 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::thread::{self, JoinHandle};
 use std::time::Instant;
+
+mod floor;
+use floor::Floor;
 
 /// Sequential calls in one round-trip chunk.
 const ROUND_TRIPS: u64 = 2_000;
@@ -45,60 +47,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-type Task = Box<dyn FnOnce() + Send>;
-
-/// `threads` bare threads on one crossbeam unbounded channel of boxed closures.
-struct Floor {
-    sender: Option<crossbeam_channel::Sender<Task>>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl Floor {
-    fn new(threads: usize) -> Floor {
-        let (sender, receiver) = crossbeam_channel::unbounded::<Task>();
-        let workers = (0..threads)
-            .map(|_| {
-                let receiver = receiver.clone();
-                thread::spawn(move || {
-                    for task in receiver.iter() {
-                        task();
-                    }
-                })
-            })
-            .collect();
-        Floor {
-            sender: Some(sender),
-            workers,
-        }
-    }
-
-    /// Queues `f` at once; its result comes back through the returned oneshot.
-    fn run<T, F>(&self, f: F) -> oneshot::Receiver<T>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        self.sender
-            .as_ref()
-            .expect("the floor is open until dropped")
-            .send(task)
-            .expect("the floor's workers are alive");
-        rx
-    }
-}
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        drop(self.sender.take());
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-    }
-}
 
 fn noop() {}
 
@@ -250,7 +198,7 @@ fn main() {
                     "floor",
                     Box::new(move || {
                         chunk(rt, shape, calls, |_| {
-                            let rx = floor.run(noop);
+                            let rx = floor.call(noop);
                             async move { rx.await.expect("floor job") }
                         })
                     }),
@@ -281,7 +229,7 @@ fn main() {
                     "floor",
                     Box::new(move || {
                         chunk(rt, shape, calls, |i| {
-                            let rx = floor.run(move || black_box(i));
+                            let rx = floor.call(move || black_box(i));
                             async move {
                                 black_box(rx.await.expect("floor job"));
                             }
