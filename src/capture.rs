@@ -224,7 +224,7 @@ struct Entered {
     /// `leave`.
     overrides: Option<settings::Installed>,
     dispatcher: Option<DefaultGuard>,
-    /// The span to exit at `leave` (a clone only when one was entered: the span's own handle).
+    /// True if the context's span was entered, so `leave` exits it.
     span_entered: bool,
 }
 

@@ -18,7 +18,7 @@ use crate::sync::{lock, Mutex};
 
 /// What the jobs of a batch tell its driver.
 pub(super) enum Event<I> {
-    /// Copy `copy` of item `index` is about to run the program (sent only with stragglers).
+    /// A job of item `index` is about to run the program (sent only with stragglers).
     Started { index: usize, at: Instant },
     /// The handle of copy `copy` of item `index` may be ready: poll it.
     Woken { index: usize, copy: usize },

@@ -226,7 +226,9 @@ impl Worker {
                 drop(permit);
             }
             Work::Nested(nested, permit) => {
-                if self.stack_is_half_used() {
+                // A spare runs under its waiter's place in a job; a permit taken for a hook
+                // stays here, so the job runs here with it (a hook runs near its stack's top).
+                if permit.is_none() && self.stack_is_half_used() {
                     match self.run_on_spare(nested) {
                         Ok(()) => return Ran::OnSpare,
                         Err(nested) => self.run_nested(nested),
