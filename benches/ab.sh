@@ -83,6 +83,7 @@ HARNESS="$AB_DIR/harness"
 mkdir -p "$HARNESS/src"
 cp "$HARNESS_SRC" "$HARNESS/src/main.rs"
 cp "$REPO/benches/floor.rs" "$HARNESS/src/floor.rs"
+cp "$REPO/benches/stats.rs" "$HARNESS/src/stats.rs"
 cat >"$HARNESS/Cargo.toml" <<'EOF'
 [package]
 name = "asyncify-ab"

@@ -34,6 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod floor;
+mod stats;
 use floor::Floor;
 
 use asyncify_pool::settings::{self, Overrides};
@@ -358,16 +359,6 @@ fn job_for(shape: Shape) -> fn() {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 0 {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    } else {
-        xs[mid]
-    }
-}
-
 /// Runs `rounds` rounds of `entries` (the floor first in the list) for `shape`, rotating the
 /// order, and prints each entry's median, its spread, and its median per-round ratio to the floor.
 fn interleave(rounds: usize, shape: Shape, entries: &[(&str, Measure<'_>)]) {
@@ -391,15 +382,11 @@ fn interleave(rounds: usize, shape: Shape, entries: &[(&str, Measure<'_>)]) {
         "ns/call"
     };
     for (i, (name, _)) in entries.iter().enumerate() {
-        let ratios = times[i].iter().zip(&times[0]).map(|(x, f)| x / f).collect();
-        let mut sorted = times[i].clone();
-        sorted.sort_by(f64::total_cmp);
+        let (p10, p90) = stats::spread(&times[i]);
         println!(
-            "  {name:<40} median {:>10.1} {unit}  (p10 {:>10.1}, p90 {:>10.1})  x{:.2} floor",
-            median(times[i].clone()),
-            sorted[sorted.len() / 10],
-            sorted[sorted.len() * 9 / 10],
-            median(ratios),
+            "  {name:<40} median {:>10.1} {unit}  (p10 {p10:>10.1}, p90 {p90:>10.1})  x{:.2} floor",
+            stats::median(&times[i]),
+            stats::median(&stats::ratios(&times[i], &times[0])),
         );
     }
 }

@@ -73,7 +73,7 @@ enum Message {
 
 /// glibc's chunk for a request: the request plus an 8-byte header, rounded up to 16, at least 32.
 fn malloc_chunk(request: usize) -> usize {
-    ((request + 8 + 15) / 16).max(2) * 16
+    (request + 8).div_ceil(16).max(2) * 16
 }
 
 /// Queues `JOBS` calls made by `call` behind a blocked worker and returns the resident bytes

@@ -49,7 +49,7 @@ fn main() {
             }
 
             let wall = start.elapsed();
-            let ideal = Duration::from_millis(20) * ((CALLS + threads - 1) / threads);
+            let ideal = Duration::from_millis(20) * CALLS.div_ceil(threads);
             println!(
                 "{threads:>2} threads: {CALLS} calls in {:>4} ms (ideal {:>4} ms)",
                 wall.as_millis(),

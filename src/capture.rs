@@ -168,7 +168,7 @@ impl Captured {
         }
         let shareable = key
             .trace
-            .map_or(true, |t| t.at == STATIC_DISPATCH.load(Ordering::Relaxed));
+            .is_none_or(|t| t.at == STATIC_DISPATCH.load(Ordering::Relaxed));
         if shareable {
             // A live `Ctx` holds its overrides and its span, so no other overrides can have
             // their address and no other span their id meanwhile: an equal key is the same

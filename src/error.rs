@@ -34,8 +34,10 @@ pub enum JobError {
     /// never ran.
     #[non_exhaustive]
     ShutDown {},
-    /// The job was cancelled before it started by the batch that owned it (its error budget ran
-    /// out, or the batch was dropped); it never ran.
+    /// The job was cancelled: before it started, by the batch that owned it (its error budget
+    /// ran out, or the batch was dropped), so it never ran; or through its
+    /// [`AbortHandle`](crate::AbortHandle), before it started (it never ran) or while it ran
+    /// (its output was discarded).
     #[non_exhaustive]
     Cancelled {},
     /// The call was refused before it was queued, because a setting it depends on is unusable:
@@ -95,7 +97,8 @@ impl JobError {
         matches!(self, JobError::ShutDown { .. })
     }
 
-    /// True if the job never ran because its batch cancelled it.
+    /// True if the job was cancelled, by its batch or through its
+    /// [`AbortHandle`](crate::AbortHandle).
     ///
     /// # Examples
     ///
@@ -131,7 +134,7 @@ impl fmt::Display for JobError {
         match self {
             JobError::Panicked { message } => write!(f, "the job panicked: {message}"),
             JobError::ShutDown {} => f.write_str("the pool was shut down before the job could run"),
-            JobError::Cancelled {} => f.write_str("the job was cancelled before it started"),
+            JobError::Cancelled {} => f.write_str("the job was cancelled"),
             JobError::InvalidSetting { message } => write!(f, "the call was refused: {message}"),
         }
     }

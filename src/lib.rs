@@ -40,12 +40,15 @@
 //!   [`AsyncProgram::call`] / [`WorkerPool::spawn`] are in force on the worker for exactly that
 //!   job, and the worker is clean again afterwards, panic or not.
 //! * **Cancellation.** Dropping a [`JobHandle`] before its job starts means the job never runs;
-//!   after it started, the result is discarded and [`is_cancelled`] turns true in the job.
+//!   after it started, the result is discarded and [`is_cancelled`] turns true in the job. An
+//!   [`AbortHandle`] does the same through a shared reference; [`JobHandle::detach`] lets a job
+//!   run with nobody waiting.
 //! * **Panics.** A panicking program gives [`JobError::Panicked`] with the message; the worker
 //!   lives on. User code that panics where nobody can be told (a destructor of a value handed
 //!   in, a panic payload's destructor, a waker, a hook, a batch callback) is caught and
 //!   reported through `tracing`: it never costs a worker, a place in the pool or an answer.
-//! * **Shutdown.** [`WorkerPool::shutdown`] runs everything accepted, then joins the threads;
+//! * **Shutdown.** [`WorkerPool::shutdown`] (or, from async code,
+//!   [`WorkerPool::shutdown_async`]) runs everything accepted, then joins the threads;
 //!   later calls resolve at once to [`JobError::ShutDown`]. Every accepted job either runs and
 //!   delivers its result, or its caller is told why not.
 //! * **Any executor.** A [`JobHandle`] is a plain `Future` woken by the worker (tokio, smol,
@@ -75,7 +78,7 @@
 
 // The modules form layers, and each uses only its own layer and those below (tests/layers.rs
 // checks it): error, guard, limits, sync; then settings; capture; job; pool; program; global;
-// batch.
+// batch; tower.
 mod batch;
 mod capture;
 mod error;
@@ -87,13 +90,16 @@ mod pool;
 mod program;
 pub mod settings;
 mod sync;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, Progress};
 pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
-pub use job::{is_cancelled, JobHandle};
-pub use pool::{Builder, Stats, WorkerPool};
-pub use program::{AsyncProgram, Program};
+pub use job::{is_cancelled, AbortHandle, JobHandle};
+pub use pool::{worker_index, Builder, ShutdownFuture, Stats, WorkerPool};
+pub use program::{AsyncProgram, BoxProgram, Program};
 
 /// The README's examples, compiled and run as doc tests so the README cannot drift.
 #[cfg(doctest)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::capture::Captured;
 use crate::error::{JobError, SettingsError, TryCallError};
 use crate::job::JobHandle;
-use crate::pool::WorkerPool;
+use crate::pool::{Reserved, WorkerPool};
 
 impl WorkerPool {
     /// Wraps `program` so that each [`call`](AsyncProgram::call) runs it on this pool.
@@ -72,6 +72,25 @@ where
     }
 }
 
+/// A type-erased [`AsyncProgram`] from inputs `I` to outputs `O`, made by
+/// [`AsyncProgram::boxed`]: every program of that shape has this one type, whatever closure or
+/// module it wraps.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{BoxProgram, WorkerPool};
+///
+/// let pool = WorkerPool::new(1);
+/// let programs: Vec<BoxProgram<u32, u32>> = vec![
+///     pool.asyncify(|x: u32| x + 1).boxed(),
+///     pool.asyncify(|x: u32| x * 10).boxed(),
+/// ];
+/// let outs: Vec<u32> = programs.iter().map(|p| p.call(4).wait().unwrap()).collect();
+/// assert_eq!(outs, [5, 40]);
+/// ```
+pub type BoxProgram<I, O> = AsyncProgram<dyn Program<I, Output = O>>;
+
 /// A program bound to a pool: a cheap, cloneable async callable.
 ///
 /// Made by [`WorkerPool::asyncify`] or the free function [`asyncify`](crate::asyncify). The
@@ -88,7 +107,7 @@ where
 /// let (a, b) = pollster::block_on(async { (shout.call("hi").await, again.call("yo").await) });
 /// assert_eq!((a.unwrap(), b.unwrap()), ("HI".to_owned(), "YO".to_owned()));
 /// ```
-pub struct AsyncProgram<P> {
+pub struct AsyncProgram<P: ?Sized> {
     program: Arc<P>,
     pool: WorkerPool,
     /// Made by the free `asyncify`: resize the default pool to `async_max_workers` before each call.
@@ -104,6 +123,38 @@ impl<P> AsyncProgram<P> {
         }
     }
 
+    /// The same program behind a type-erased [`BoxProgram`], a type that is easy to name (in a
+    /// web framework's state, a struct field, a collection of programs of different types).
+    /// Calls go through one virtual call more; nothing else changes (the pool, the clones'
+    /// sharing, the following of `async_max_workers`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use asyncify_pool::{BoxProgram, WorkerPool};
+    ///
+    /// struct AppState {
+    ///     summarize: BoxProgram<String, usize>,
+    /// }
+    ///
+    /// let pool = WorkerPool::new(2);
+    /// let state = AppState { summarize: pool.asyncify(|s: String| s.len()).boxed() };
+    /// assert_eq!(state.summarize.call("four".to_owned()).wait(), Ok(4));
+    /// ```
+    pub fn boxed<I>(self) -> BoxProgram<I, P::Output>
+    where
+        P: Program<I>,
+    {
+        let program: Arc<dyn Program<I, Output = P::Output>> = self.program;
+        AsyncProgram {
+            program,
+            pool: self.pool,
+            follow: self.follow,
+        }
+    }
+}
+
+impl<P: ?Sized> AsyncProgram<P> {
     /// Queues one run of the program on `input` and returns its handle at once.
     ///
     /// The settings overrides and the tracing span in force here and now are captured and are
@@ -143,7 +194,7 @@ impl<P> AsyncProgram<P> {
     }
 
     /// For the free `asyncify`: sizes the default pool by the setting in force.
-    fn follow_setting(&self) -> Result<(), JobError> {
+    pub(crate) fn follow_setting(&self) -> Result<(), JobError> {
         match self.follow {
             Some(follow) => follow(&self.pool).map_err(JobError::invalid_setting),
             None => Ok(()),
@@ -177,17 +228,22 @@ impl<P> AsyncProgram<P> {
             return Ok(JobHandle::ready(Err(e)));
         }
         match self.pool.reserve() {
-            Ok(reserved) => {
-                let program = Arc::clone(&self.program);
-                let captured = Captured::here();
-                Ok(self.pool.registry().submit_reserved(
-                    reserved,
-                    move || program.run(input),
-                    captured,
-                ))
-            }
+            Ok(reserved) => Ok(self.call_reserved(reserved, input)),
             Err(reason) => Err(TryCallError::new(input, reason)),
         }
+    }
+
+    /// Queues a run in a queue slot already taken (`try_call`, a service's `poll_ready`).
+    pub(crate) fn call_reserved<I>(&self, reserved: Reserved, input: I) -> JobHandle<P::Output>
+    where
+        P: Program<I>,
+        I: Send + 'static,
+    {
+        let program = Arc::clone(&self.program);
+        let captured = Captured::here();
+        self.pool
+            .registry()
+            .submit_reserved(reserved, move || program.run(input), captured)
     }
 
     /// The pool the calls run on.
@@ -228,7 +284,7 @@ impl<P> AsyncProgram<P> {
     }
 }
 
-impl<P> Clone for AsyncProgram<P> {
+impl<P: ?Sized> Clone for AsyncProgram<P> {
     fn clone(&self) -> Self {
         AsyncProgram {
             program: Arc::clone(&self.program),
@@ -238,7 +294,7 @@ impl<P> Clone for AsyncProgram<P> {
     }
 }
 
-impl<P> fmt::Debug for AsyncProgram<P> {
+impl<P: ?Sized> fmt::Debug for AsyncProgram<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncProgram")
             .field("pool", &self.pool)

@@ -179,7 +179,7 @@ fn max_errors_defaults_to_the_setting_in_force_at_batch() {
     within_hang("the test", || {
         let pool = WorkerPool::new(1);
         let program = pool.asyncify(|i: u32| i);
-        let strict = settings::context(Overrides::new().with(settings::MAX_ERRORS, 0usize), || {
+        let strict = settings::context(Overrides::new().with(&settings::MAX_ERRORS, 0), || {
             program.batch(0..50).fail_if(|_| true).concurrency(1)
         });
         // Waited on outside the override: the budget was captured at `batch()`.

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("program", 5),
     ("global", 6),
     ("batch", 7),
+    ("tower", 8),
 ];
 
 fn layer(module: &str) -> Option<u8> {

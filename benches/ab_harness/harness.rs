@@ -32,6 +32,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 mod floor;
+mod stats;
+use stats::{median, ratios, spread, loadavg};
 use floor::Floor;
 
 /// Sequential calls in one round-trip chunk.
@@ -93,28 +95,6 @@ where
 
 type Measure<'a> = Box<dyn Fn() -> f64 + 'a>;
 
-fn median(xs: &[f64]) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 0 {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    } else {
-        xs[mid]
-    }
-}
-
-/// (p10, p90), picked as `benches/pool.rs` does.
-fn spread(xs: &[f64]) -> (f64, f64) {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    (xs[xs.len() / 10], xs[xs.len() * 9 / 10])
-}
-
-fn ratios(xs: &[f64], base: &[f64]) -> Vec<f64> {
-    xs.iter().zip(base).map(|(x, b)| x / b).collect()
-}
-
 /// Runs `rounds` counted rounds (plus warm-up round 0) of `[floor, before, after]`, rotating
 /// the starting contender, and prints one table row per contender.
 fn interleave(rounds: usize, threads: usize, group: &str, entries: &[(&str, Measure<'_>); 3]) {
@@ -151,12 +131,6 @@ fn interleave(rounds: usize, threads: usize, group: &str, entries: &[(&str, Meas
             median(&times[i]),
         );
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
 }
 
 fn main() {

@@ -23,7 +23,7 @@ use {
     futures_core::Stream,
 };
 
-impl<P> AsyncProgram<P> {
+impl<P: ?Sized> AsyncProgram<P> {
     /// Prepares a run of the program over every input, DSPy `Parallel`-style: a [`Batch`] to
     /// configure, then await (or [`wait`](Batch::wait) on, or stream with
     /// [`completions`](Batch::completions)).
@@ -55,7 +55,7 @@ impl<P> AsyncProgram<P> {
             inputs: inputs.into_iter().collect(),
             captured: Captured::here(),
             opts: Options {
-                max_errors: settings::get::<usize>(MAX_ERRORS).unwrap_or(DEFAULT_MAX_ERRORS),
+                max_errors: MAX_ERRORS.get().unwrap_or(DEFAULT_MAX_ERRORS),
                 workers: self.follows_setting().then(settings::async_max_workers),
                 concurrency: usize::MAX,
                 on_progress: None,
@@ -120,7 +120,7 @@ impl<P> AsyncProgram<P> {
 /// assert_eq!(result.results()[3], Ok(Ok(4)));
 /// ```
 #[must_use = "a batch does nothing until it is awaited, waited on, or its completions are pulled"]
-pub struct Batch<P, I>
+pub struct Batch<P: ?Sized, I>
 where
     P: Program<I>,
 {
@@ -155,7 +155,7 @@ pub(super) struct Stragglers {
     pub(super) limit: usize,
 }
 
-impl<P, I> Batch<P, I>
+impl<P: ?Sized, I> Batch<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -410,7 +410,7 @@ where
     }
 }
 
-impl<P, I> fmt::Debug for Batch<P, I>
+impl<P: ?Sized, I> fmt::Debug for Batch<P, I>
 where
     P: Program<I>,
 {

@@ -43,6 +43,8 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "progress")]
+use super::bar::Bar;
 use super::builder::{Batch, Options, Stragglers};
 use super::result::Progress;
 use super::ticket::{Event, Inbox, ItemWaker, Ticket};
@@ -101,7 +103,7 @@ enum Advance<O> {
 }
 
 /// The batch's state machine, run by whoever consumes the batch.
-pub(super) struct Driver<P, I>
+pub(super) struct Driver<P: ?Sized, I>
 where
     P: Program<I>,
 {
@@ -136,10 +138,10 @@ where
     waiting_for_room: Option<(usize, usize)>,
     timers: Timers,
     #[cfg(feature = "progress")]
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Bar>,
 }
 
-impl<P, I> Driver<P, I>
+impl<P: ?Sized, I> Driver<P, I>
 where
     P: Program<I>,
 {
@@ -164,7 +166,7 @@ where
     }
 }
 
-impl<P, I> Driver<P, I>
+impl<P: ?Sized, I> Driver<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -234,7 +236,7 @@ where
         }
         #[cfg(feature = "progress")]
         if self.opts.progress_bar {
-            self.bar = Some(new_bar(self.total));
+            self.bar = Some(Bar::new(self.total));
         }
     }
 
@@ -563,14 +565,7 @@ where
         let progress = self.progress();
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
-            bar.set_position(progress.finished() as u64);
-            match (progress.failed, progress.not_started) {
-                (0, 0) => {}
-                (failed, 0) => bar.set_message(format!("{failed} failed")),
-                (failed, skipped) => {
-                    bar.set_message(format!("{failed} failed, {skipped} not started"))
-                }
-            }
+            bar.update(&progress);
         }
         if let Some(callback) = self.opts.on_progress.as_mut() {
             guard::quietly("an on_progress callback", || callback(progress));
@@ -667,19 +662,6 @@ fn clone_input<I>(clone: fn(&I) -> I, input: &I) -> Option<I> {
             None
         }
     }
-}
-
-#[cfg(feature = "progress")]
-fn new_bar(total: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total as u64);
-    let template = "{elapsed_precise} [{wide_bar}] {pos}/{len} {rate} ETA {eta} {msg}";
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        let rate = |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-            let _ = write!(out, "{:.0} items/s", state.per_sec());
-        };
-        bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
-    }
-    bar
 }
 
 #[cfg(all(test, not(loom)))]

@@ -46,6 +46,8 @@ mod running;
 
 // ---------------------------------------------------------------------------------------------
 // Machinery: what the jobs share with the driver, the jobs themselves, and the driver.
+#[cfg(feature = "progress")]
+mod bar;
 mod driver;
 mod ticket;
 mod timer;

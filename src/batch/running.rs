@@ -15,7 +15,7 @@ use super::result::{BatchResult, Progress};
 use crate::error::JobError;
 use crate::program::Program;
 
-impl<P, I> IntoFuture for Batch<P, I>
+impl<P: ?Sized, I> IntoFuture for Batch<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -49,7 +49,7 @@ where
 /// assert_eq!(pollster::block_on(future).done(), 3);
 /// ```
 #[must_use = "futures do nothing unless polled"]
-pub struct BatchFuture<P, I>
+pub struct BatchFuture<P: ?Sized, I>
 where
     P: Program<I>,
 {
@@ -58,7 +58,7 @@ where
     finished: bool,
 }
 
-impl<P, I> BatchFuture<P, I>
+impl<P: ?Sized, I> BatchFuture<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -88,9 +88,9 @@ where
 
 // No field is ever pinned (the inputs and outputs sit in plain `Vec`s and are moved freely), so
 // the future is `Unpin` whatever `I` and the output are.
-impl<P, I> Unpin for BatchFuture<P, I> where P: Program<I> {}
+impl<P: ?Sized, I> Unpin for BatchFuture<P, I> where P: Program<I> {}
 
-impl<P, I> Future for BatchFuture<P, I>
+impl<P: ?Sized, I> Future for BatchFuture<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -110,7 +110,7 @@ where
     }
 }
 
-impl<P, I> fmt::Debug for BatchFuture<P, I>
+impl<P: ?Sized, I> fmt::Debug for BatchFuture<P, I>
 where
     P: Program<I>,
 {
@@ -148,14 +148,14 @@ where
 /// assert_eq!(total, 90);
 /// ```
 #[must_use = "a batch does nothing until its completions are pulled"]
-pub struct Completions<P, I>
+pub struct Completions<P: ?Sized, I>
 where
     P: Program<I>,
 {
     pub(super) driver: Driver<P, I>,
 }
 
-impl<P, I> Completions<P, I>
+impl<P: ?Sized, I> Completions<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -230,7 +230,7 @@ where
     }
 }
 
-impl<P, I> IntoIterator for Completions<P, I>
+impl<P: ?Sized, I> IntoIterator for Completions<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -244,9 +244,9 @@ where
 }
 
 // As for `BatchFuture`: nothing inside is ever pinned.
-impl<P, I> Unpin for Completions<P, I> where P: Program<I> {}
+impl<P: ?Sized, I> Unpin for Completions<P, I> where P: Program<I> {}
 
-impl<P, I> Stream for Completions<P, I>
+impl<P: ?Sized, I> Stream for Completions<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -262,7 +262,7 @@ where
     }
 }
 
-impl<P, I> fmt::Debug for Completions<P, I>
+impl<P: ?Sized, I> fmt::Debug for Completions<P, I>
 where
     P: Program<I>,
 {
@@ -289,14 +289,14 @@ where
 /// assert_eq!(outputs, [0, 2, 4, 6, 8]);
 /// ```
 #[must_use = "iterators are lazy and do nothing unless consumed"]
-pub struct CompletionsIter<P, I>
+pub struct CompletionsIter<P: ?Sized, I>
 where
     P: Program<I>,
 {
     inner: Completions<P, I>,
 }
 
-impl<P, I> CompletionsIter<P, I>
+impl<P: ?Sized, I> CompletionsIter<P, I>
 where
     P: Program<I>,
 {
@@ -330,7 +330,7 @@ where
     }
 }
 
-impl<P, I> Iterator for CompletionsIter<P, I>
+impl<P: ?Sized, I> Iterator for CompletionsIter<P, I>
 where
     P: Program<I>,
     I: Send + 'static,
@@ -346,7 +346,7 @@ where
     }
 }
 
-impl<P, I> fmt::Debug for CompletionsIter<P, I>
+impl<P: ?Sized, I> fmt::Debug for CompletionsIter<P, I>
 where
     P: Program<I>,
 {

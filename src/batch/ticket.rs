@@ -121,7 +121,7 @@ impl<I: Send + 'static> Wake for ItemWaker<I> {
 /// What a batch job carries: the program, the input, and where to report. Run, it runs the
 /// program and returns its output; dropped (after running, or unrun), it reports
 /// [`Event::Released`], with the input if the program never took it.
-pub(super) struct Ticket<P, I> {
+pub(super) struct Ticket<P: ?Sized, I> {
     pub(super) program: Arc<P>,
     pub(super) inbox: Arc<Inbox<I>>,
     pub(super) index: usize,
@@ -129,7 +129,7 @@ pub(super) struct Ticket<P, I> {
     pub(super) input: Option<I>,
 }
 
-impl<P, I> Ticket<P, I>
+impl<P: ?Sized, I> Ticket<P, I>
 where
     P: Program<I>,
 {
@@ -147,7 +147,7 @@ where
     }
 }
 
-impl<P, I> Drop for Ticket<P, I> {
+impl<P: ?Sized, I> Drop for Ticket<P, I> {
     fn drop(&mut self) {
         self.inbox.post(Event::Released {
             index: self.index,

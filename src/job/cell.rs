@@ -49,6 +49,15 @@ const OUT_OF_LINE: u8 = 2;
 /// Set when the handle asks a running job to stop early but still wants its result (a batch
 /// that stopped waits for its running items): [`is_cancelled`](crate::is_cancelled) too.
 const STOP_ASKED: u8 = 4;
+/// Set when an `AbortHandle` cancelled the job while it ran: its handle resolves to
+/// `Cancelled` at once, and the output is discarded ([`CANCELLED`] is set too).
+const ABORTED: u8 = 8;
+/// Set when the job runs on a spare thread under its waiter's permit: the waiter must not
+/// return before it ends, so an abort does not resolve the handle early then.
+const ON_SPARE: u8 = 16;
+/// Set when the handle was detached: nobody wants the result, which the runner drops (an
+/// `AbortHandle` may still hold the cell, and must not keep the output alive).
+const DETACHED: u8 = 32;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -97,7 +106,8 @@ impl Side {
 /// The cell shared by a job's queue entry, its runner and its handle.
 pub(super) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
-    /// [`CANCELLED`] and [`OUT_OF_LINE`]; read without the lock.
+    /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`] and
+    /// [`DETACHED`]; read without the lock.
     pub(super) flags: AtomicU8,
 }
 
@@ -187,7 +197,14 @@ where
         let mut slot = self.lock();
         let waker = slot.side.take_waker();
         slot.side = Side::Back(captured);
-        if self.flag(CANCELLED) {
+        if self.flag(ABORTED) {
+            // Aborted: the output is discarded, and the handle, which may not have polled
+            // since (or waits for a spare thread to end), finds `Cancelled`.
+            slot.stage = Stage::Done(Err(Box::new(JobError::cancelled())));
+            drop(slot);
+            guard::drop("a discarded output", result);
+            waker
+        } else if self.flag(CANCELLED | DETACHED) {
             // The handle is gone (it set the flag under this lock): nobody wants the result.
             slot.stage = Stage::Closed;
             drop(slot);
@@ -220,6 +237,28 @@ where
         self.flag(CANCELLED | STOP_ASKED)
     }
 
+    fn abort(&self) {
+        if Runnable::revoke(self, JobError::cancelled()) {
+            return; // it was queued: it never runs
+        }
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Running) {
+            return; // finished (the result stays), or nobody wants it any more
+        }
+        // The runner owns the work; it finds CANCELLED when it completes and discards the
+        // output. The handle, woken, finds ABORTED and resolves to `Cancelled` now.
+        self.flags.fetch_or(CANCELLED | ABORTED, Relaxed);
+        let waker = slot.side.take_waker();
+        drop(slot);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+    }
+
     fn is_husk(&self) -> bool {
         let slot = self.lock();
         !matches!(slot.stage, Stage::Queued(..)) && self.flag(OUT_OF_LINE)
@@ -246,6 +285,13 @@ where
                 drop(slot);
                 panic!("JobHandle polled after it returned its result")
             }
+            Stage::Running if self.flag(ABORTED) && !self.flag(ON_SPARE) => {
+                // The runner still owns the work and will discard its output (CANCELLED).
+                slot.stage = Stage::Running;
+                drop(slot);
+                guard::drop("a waker", waker);
+                return Poll::Ready(Err(JobError::cancelled()));
+            }
             pending => {
                 slot.stage = pending;
                 match waker {
@@ -263,7 +309,11 @@ where
     }
 
     fn is_done(&self) -> bool {
-        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+        match self.lock().stage {
+            Stage::Done(_) | Stage::Closed => true,
+            Stage::Running => self.flag(ABORTED) && !self.flag(ON_SPARE),
+            Stage::Queued(..) => false,
+        }
     }
 
     fn is_queued(&self) -> bool {
@@ -291,6 +341,29 @@ where
 
     fn ask_to_stop(&self) {
         self.flags.fetch_or(STOP_ASKED, Relaxed);
+    }
+
+    fn on_spare(&self) {
+        self.flags.fetch_or(ON_SPARE, Relaxed);
+    }
+
+    fn detach(&self) {
+        let mut slot = self.lock();
+        // Under the lock, so that a runner completing now sees it (or has stored the result,
+        // which is taken here).
+        self.flags.fetch_or(DETACHED, Relaxed);
+        let done = match std::mem::replace(&mut slot.stage, Stage::Closed) {
+            done @ Stage::Done(_) => Some(done),
+            other => {
+                slot.stage = other;
+                None
+            }
+        };
+        let side = done
+            .is_some()
+            .then(|| std::mem::replace(&mut slot.side, Side::empty()));
+        drop(slot);
+        guard::drop("a detached job's result", (done, side));
     }
 
     fn runnable(self: Arc<Self>) -> Arc<dyn Runnable> {

@@ -48,6 +48,8 @@ pub(crate) trait Submit: Send {
     fn poll_submit(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()>;
     /// The job itself, for a worker of the pool that waits on it and runs it at once.
     fn into_job(self: Box<Self>) -> Option<Job>;
+    /// Queues the job when the queue has room, with nobody polling (for a detached handle).
+    fn detach(self: Box<Self>);
 }
 
 impl<T> JobHandle<T> {
@@ -59,7 +61,9 @@ impl<T> JobHandle<T> {
         }
     }
 
-    /// True once the result is ready (or was already taken), so awaiting would not wait.
+    /// True once the result is ready (or was already taken), so awaiting would not wait. After
+    /// an [`AbortHandle::abort`] that is at once, while the job may still run; see
+    /// [`AbortHandle::is_finished`] for whether it has returned.
     ///
     /// # Examples
     ///
@@ -75,6 +79,77 @@ impl<T> JobHandle<T> {
         match &self.inner {
             None => true,
             Some(inner) => inner.is_done(),
+        }
+    }
+
+    /// Lets the job run to its end with nobody waiting for it: its output is dropped on the
+    /// worker (as smol's `Task::detach`). Dropping the handle instead cancels the job.
+    ///
+    /// A job still waiting for room in a full bounded queue is queued when room frees up, as
+    /// if its handle were still polled. At shutdown a detached job is like any other: queued
+    /// ones run, and those the pool cannot run are dropped unrun.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.spawn(move || tx.send("written to the audit log").unwrap()).detach();
+    /// assert_eq!(rx.recv().unwrap(), "written to the audit log");
+    /// ```
+    pub fn detach(mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.detach();
+        }
+        // Not `cancel`: the job goes on, and its runner drops the output (if it is done
+        // already, this drops it here).
+        if let Some(inner) = self.inner.take() {
+            inner.detach();
+            crate::guard::drop("a detached job's context", inner);
+        }
+    }
+
+    /// A handle that cancels this job through a shared reference, from anywhere (as tokio's
+    /// `AbortHandle`); it does not receive the result.
+    ///
+    /// [`AbortHandle::abort`] has the effect that dropping this handle has on the job (a job
+    /// that has not started never runs; a running one sees [`is_cancelled`](crate::is_cancelled)
+    /// and its output is discarded), and this handle then resolves at once to
+    /// [`JobError::Cancelled`], without waiting for a running job to return. Aborting a job
+    /// that has finished changes nothing: its result is still delivered. (One exception to
+    /// "at once": a job that its waiter started itself, inside a [`wait`](Self::wait) in a job
+    /// of the same pool, runs on the waiter's own stack, so that `wait` returns when the job
+    /// does; the job sees `is_cancelled()` meanwhile.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use asyncify_pool::{is_cancelled, WorkerPool};
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let handle = pool.spawn(|| {
+    ///     while !is_cancelled() {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    ///     "stopped"
+    /// });
+    /// let abort = handle.abort_handle();
+    /// abort.abort();
+    /// // The handle resolves at once; the job sees `is_cancelled()` and ends on its own.
+    /// assert!(handle.wait().unwrap_err().is_cancelled());
+    /// while !abort.is_finished() {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// ```
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            cell: self
+                .inner
+                .as_ref()
+                .map(|inner| Arc::clone(inner).runnable()),
         }
     }
 
@@ -113,6 +188,13 @@ impl<T> JobHandle<T> {
         }
     }
 
+    /// The job runs on a spare thread under its waiter's permit (see `pool::worker`).
+    pub(crate) fn on_spare(&self) {
+        if let Some(inner) = &self.inner {
+            inner.on_spare();
+        }
+    }
+
     /// Hands the handle a job that must still be queued when the bounded queue has room.
     pub(crate) fn set_pending(&mut self, submit: Box<dyn Submit>) {
         self.pending = Some(submit);
@@ -136,10 +218,19 @@ impl<T> JobHandle<T> {
         mut cx: Option<&mut Context<'_>>,
     ) -> Poll<Result<T, JobError>> {
         if let Some(pending) = &mut self.pending {
+            // The waker goes into the cell too, so that an abort wakes it, and an aborted job
+            // need not wait for room: it will never run.
+            let inner = self.inner.as_ref().expect("a pending handle has its cell");
+            if let Poll::Ready(out) = inner.poll_done(cx.as_deref_mut()) {
+                crate::guard::drop("an aborted job", self.pending.take());
+                crate::guard::drop("a finished job's context", self.inner.take());
+                return Poll::Ready(out);
+            }
             if pending.poll_submit(cx.as_deref_mut()).is_pending() {
                 return Poll::Pending;
             }
-            self.pending = None;
+            // Its registration in the room holds a clone of a user's waker.
+            crate::guard::drop("a waker", self.pending.take());
         }
         let inner = self
             .inner
@@ -186,6 +277,82 @@ impl<T> fmt::Debug for JobHandle<T> {
         f.debug_struct("JobHandle")
             .field("returned", &self.inner.is_none())
             .field("waiting_for_room", &self.pending.is_some())
+            .finish()
+    }
+}
+
+/// Cancels a job through a shared reference, made by [`JobHandle::abort_handle`]. Cheap to
+/// clone; it keeps the job's small shared cell alive, not the job's result.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::WorkerPool;
+///
+/// let pool = WorkerPool::new(1);
+/// let busy = pool.spawn(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+/// let queued = pool.spawn(|| "never runs");
+/// let abort = queued.abort_handle();
+/// std::thread::spawn(move || abort.abort()).join().unwrap();
+/// assert!(queued.wait().unwrap_err().is_cancelled());
+/// busy.wait().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct AbortHandle {
+    /// `None` for a handle whose result was already taken.
+    cell: Option<Arc<dyn Runnable>>,
+}
+
+impl AbortHandle {
+    /// Cancels the job, as dropping its [`JobHandle`] would, and resolves that handle to
+    /// [`JobError::Cancelled`] (see [`JobHandle::abort_handle`]). Does nothing once the job
+    /// has finished. Calling it again is fine.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let done = pool.spawn(|| 1);
+    /// let abort = done.abort_handle();
+    /// while !abort.is_finished() { std::thread::yield_now(); }
+    /// abort.abort(); // too late: the result stays
+    /// assert_eq!(done.wait(), Ok(1));
+    /// ```
+    pub fn abort(&self) {
+        if let Some(cell) = &self.cell {
+            cell.abort();
+        }
+    }
+
+    /// True once the job is over: it returned (an aborted job that was running counts once it
+    /// returns, unlike [`JobHandle::is_finished`], which turns true at the abort), was
+    /// cancelled before it started, or will never run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let h = pool.spawn(|| 1);
+    /// let abort = h.abort_handle();
+    /// assert_eq!(h.wait(), Ok(1));
+    /// assert!(abort.is_finished());
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.cell.as_ref().is_none_or(|cell| cell.is_finished())
+    }
+}
+
+impl Drop for AbortHandle {
+    fn drop(&mut self) {
+        // Possibly the cell's last owner, with the caller's context in it (user values).
+        crate::guard::drop("an abort handle's job", self.cell.take());
+    }
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle")
+            .field("finished", &self.is_finished())
             .finish()
     }
 }

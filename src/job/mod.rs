@@ -27,8 +27,8 @@ use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
 use cell::{Cell, Stage};
-pub use handle::JobHandle;
 pub(crate) use handle::{thread_waker, Submit};
+pub use handle::{AbortHandle, JobHandle};
 
 /// How a runner came by a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// True if the job was started out of line: a queue entry for it is a husk.
     fn is_husk(&self) -> bool;
+    /// Cancels the job as a dropped handle does, and resolves its handle to `Cancelled` at
+    /// once (see `AbortHandle`). Nothing once it has finished.
+    fn abort(&self);
+    /// True once the job has finished, was called off or will never run.
+    fn is_finished(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
@@ -83,6 +88,11 @@ trait Completion<T>: Send + Sync {
     fn revoke(&self, error: JobError) -> bool;
     /// Makes `is_cancelled()` true in the running job; its result is still delivered.
     fn ask_to_stop(&self);
+    /// The job runs on a spare thread under its waiter's permit: an abort must not resolve
+    /// the handle before it ends.
+    fn on_spare(&self);
+    /// Nobody will take the result: the runner drops it (or, if it is there, this does).
+    fn detach(&self);
     /// The same cell, as something to run (for a waiting worker that starts it out of line).
     fn runnable(self: Arc<Self>) -> Arc<dyn Runnable>;
 }
@@ -301,6 +311,51 @@ mod loom_tests {
                     );
                 }
             }
+        });
+    }
+
+    /// An abort races a worker that takes, runs and completes the job, while the caller has
+    /// polled once: the caller is woken (or finds the answer on its next poll) with the job's
+    /// value or `Cancelled`; the job ran at most once, and if it was cancelled before it
+    /// started it never ran. An aborted output is discarded, never delivered.
+    #[test]
+    fn abort_races_the_worker() {
+        loom::model(|| {
+            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let (job, mut handle) = new_job(
+                move || {
+                    r.fetch_add(1, SeqCst);
+                    3
+                },
+                Captured::default(),
+                1,
+            );
+            let wakes = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let abort = handle.abort_handle();
+            let first = handle.poll_with(Some(&mut Context::from_waker(&waker)));
+            assert!(first.is_pending() || first == Poll::Ready(Ok(3)));
+            let worker = thread::spawn(move || job.run(&|_| {}));
+            abort.abort();
+            worker.join().unwrap();
+            if first.is_ready() {
+                return;
+            }
+            assert!(wakes.0.load(SeqCst) >= 1, "the pending poll must be woken");
+            let result = match handle.poll_with(None) {
+                Poll::Ready(r) => r,
+                Poll::Pending => panic!("both sides are done, the handle must be ready"),
+            };
+            match result {
+                Ok(3) => assert_eq!(runs.load(SeqCst), 1),
+                Err(e) => {
+                    assert!(e.is_cancelled());
+                    assert!(runs.load(SeqCst) <= 1);
+                }
+                other => panic!("unexpected result {other:?}"),
+            }
+            assert!(abort.is_finished());
         });
     }
 

@@ -50,6 +50,7 @@ pub(crate) use registry::Registry;
 pub use stats::Stats;
 pub(crate) use submit::Reserved;
 pub(crate) use worker::on_thread_of;
+pub use worker::worker_index;
 
 use crate::capture::Captured;
 use crate::error::{PoolError, Refusal, ShutdownTimeout, TryCallError};
@@ -214,6 +215,16 @@ impl WorkerPool {
         self.registry().reserve()
     }
 
+    /// Takes a queue slot for one job, or arranges for `cx` to be woken when one frees up.
+    #[cfg(feature = "tower")]
+    pub(crate) fn poll_reserve(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        registered: &mut Option<(usize, std::task::Waker)>,
+    ) -> std::task::Poll<Result<Reserved, Refusal>> {
+        self.registry().poll_reserve(cx, registered)
+    }
+
     /// A snapshot of the pool's counters (see [`Stats`]).
     ///
     /// # Examples
@@ -294,6 +305,40 @@ impl WorkerPool {
         let _ = self.shutdown_until(None);
     }
 
+    /// Like [`shutdown`](Self::shutdown), but for async code: the pool closes when this is
+    /// called, and the returned future resolves once every thread of the pool has run what was
+    /// accepted and left, without blocking the executor that polls it.
+    ///
+    /// Dropping the future early leaves the pool closing in the background: the queued jobs
+    /// still run. To bound the wait, race it with your runtime's timer (or use
+    /// [`shutdown_timeout`](Self::shutdown_timeout), which blocks). Polled on a thread of this
+    /// pool (inside one of its jobs or hooks), it resolves at once, as
+    /// [`shutdown`](Self::shutdown) returns at once there. The
+    /// threads are not joined (they have only their exit left; a later blocking `shutdown`
+    /// joins them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(2);
+    /// let queued: Vec<_> = (0..4).map(|i| pool.spawn(move || i * 10)).collect();
+    /// pollster::block_on(async {
+    ///     pool.shutdown_async().await;
+    ///     assert_eq!(pool.stats().live_threads, 0);
+    ///     for (i, h) in queued.into_iter().enumerate() {
+    ///         assert_eq!(h.await, Ok(i * 10)); // everything accepted ran
+    ///     }
+    /// });
+    /// ```
+    pub fn shutdown_async(&self) -> ShutdownFuture {
+        let registry = self.registry();
+        registry.close();
+        ShutdownFuture {
+            registry: Arc::clone(registry),
+            slot: None,
+        }
+    }
+
     /// Like [`shutdown`](Self::shutdown), but waits at most `timeout` for the workers.
     /// `Duration::MAX` (or any timeout past what an `Instant` holds) waits without a limit.
     ///
@@ -348,6 +393,57 @@ impl WorkerPool {
     /// ```
     pub fn is_shut_down(&self) -> bool {
         self.registry().is_closed()
+    }
+}
+
+/// The future of [`WorkerPool::shutdown_async`]: resolves once every thread of the pool is gone.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{ShutdownFuture, WorkerPool};
+///
+/// let pool = WorkerPool::new(1);
+/// let closing: ShutdownFuture = pool.shutdown_async();
+/// assert!(pool.is_shut_down()); // closed at once, before the future is polled
+/// pollster::block_on(closing);
+/// ```
+#[must_use = "the pool is closed already; await this to know when its threads are gone"]
+pub struct ShutdownFuture {
+    registry: Arc<Registry>,
+    /// Where this future's waker waits for the last thread, once polled.
+    slot: Option<shutdown::WakerSlot>,
+}
+
+impl std::future::Future for ShutdownFuture {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.get_mut();
+        // Polled on a thread of the pool (wherever it was made), it cannot wait for itself.
+        if on_thread_of(this.registry.id) {
+            return std::task::Poll::Ready(());
+        }
+        this.registry.poll_gone(cx.waker(), &mut this.slot)
+    }
+}
+
+impl Drop for ShutdownFuture {
+    fn drop(&mut self) {
+        // Its slot stays listed until the threads are gone, but empty: no waker kept alive.
+        if let Some(slot) = self.slot.take() {
+            let waker = crate::sync::lock(&slot).take();
+            crate::guard::drop("a waker", waker);
+        }
+    }
+}
+
+impl fmt::Debug for ShutdownFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownFuture").finish_non_exhaustive()
     }
 }
 

@@ -271,13 +271,28 @@ impl Registry {
     }
 
     /// Waits until every thread of the pool has left, or `deadline` passes; then joins them.
+    /// For an async shutdown: ready once every thread of the pool is gone (not joined: the
+    /// threads have only their exit left, and a later blocking `shutdown` joins them).
+    pub(super) fn poll_gone(
+        &self,
+        waker: &std::task::Waker,
+        slot: &mut Option<shutdown::WakerSlot>,
+    ) -> std::task::Poll<()> {
+        self.shutdown.poll_gone(waker, slot)
+    }
+
     pub(super) fn wait_gone(&self, deadline: Option<std::time::Instant>) -> bool {
         if !self.shutdown.wait(deadline) {
             return false;
         }
         let threads = std::mem::take(&mut lock(&self.ctrl).threads);
+        let me = std::thread::current().id();
         for t in threads {
-            let _ = t.join();
+            // A leaving thread of the pool can get here (an async shutdown's waker, woken as
+            // it leaves, that shuts down again): it cannot join itself.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
         true
     }

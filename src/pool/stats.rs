@@ -74,12 +74,13 @@ pub struct Stats {
     /// Jobs running now: places in the pool taken. A job waiting inside another job, run by the
     /// waiting worker (or a spare thread for it), shares the waiter's place and counts once.
     pub running: usize,
-    /// Jobs that ran and returned.
+    /// Jobs that ran and returned (also those whose caller gave up while they ran: dropped or
+    /// aborted handles, whose output was discarded).
     pub completed: u64,
     /// Jobs that ran and panicked.
     pub panicked: u64,
-    /// Jobs taken off the queue without running because their caller had dropped the handle
-    /// (or their batch had cancelled them).
+    /// Jobs taken off the queue without running because their caller had dropped or aborted
+    /// the handle (or their batch had cancelled them).
     pub cancelled: u64,
     /// The thread count asked for ([`WorkerPool::threads`](crate::WorkerPool::threads)).
     pub threads: usize,

@@ -2,13 +2,15 @@
 //! through. It checks that the pool is open, takes a queue slot and queues the job, or, when a
 //! bounded queue is full, leaves the job in its handle until a worker makes room.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use super::registry::Registry;
 use crate::capture::Captured;
 use crate::error::{JobError, Refusal};
 use crate::job::{new_job, Job, JobHandle, Submit};
+use crate::sync::{lock, AtomicBool, Mutex};
 
 impl Registry {
     /// Queues `f` to run under `captured`. The handle resolves at once to `ShutDown` if the pool
@@ -50,6 +52,40 @@ impl Registry {
         })
     }
 
+    /// Takes a queue slot, or registers `cx` to be woken when one frees up (for a service's
+    /// `poll_ready`). `registered` remembers the last registration, so that a task polled again
+    /// while the queue stays full does not add a waker per poll.
+    #[cfg(feature = "tower")]
+    pub(crate) fn poll_reserve(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        registered: &mut Option<(usize, Waker)>,
+    ) -> Poll<Result<Reserved, Refusal>> {
+        let mut fresh = false;
+        loop {
+            match self.reserve() {
+                Err(Refusal::Full) => {}
+                done => {
+                    crate::guard::drop("a waker", registered.take());
+                    return Poll::Ready(done);
+                }
+            }
+            if fresh {
+                return Poll::Pending;
+            }
+            if let Some((round, waker)) = registered {
+                if self.room.still_registered(*round) && waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            // Register, then try once more: a slot freed in between is not missed.
+            let waker = cx.waker().clone();
+            let round = self.room.register(waker.clone());
+            crate::guard::drop("a waker", registered.replace((round, waker)));
+            fresh = true;
+        }
+    }
+
     /// Queues `f`, to run under `captured`, in a slot taken by [`reserve`](Self::reserve).
     pub(crate) fn submit_reserved<F, T>(
         &self,
@@ -61,6 +97,13 @@ impl Registry {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        // A slot may have been held for long (a ready tower service): after a close, this is
+        // a call made after the shutdown.
+        if self.is_closed() {
+            crate::guard::drop("the work of a refused call", (f, captured));
+            drop(reserved);
+            return JobHandle::ready(Err(JobError::shut_down()));
+        }
         let (job, handle) = new_job(f, captured, self.id);
         reserved.fill(job);
         handle
@@ -112,6 +155,62 @@ impl Submit for WaitingForRoom {
 
     fn into_job(mut self: Box<Self>) -> Option<Job> {
         self.job.take()
+    }
+
+    fn detach(self: Box<Self>) {
+        let detached = Arc::new(Detached {
+            waiting: Mutex::new(Some(*self)),
+            notified: AtomicBool::new(false),
+        });
+        detached.poll();
+    }
+}
+
+/// A job waiting for room whose handle was detached: it polls itself whenever the room wakes
+/// it, and queues the job when there is a slot (or drops it, telling nobody, at shutdown).
+struct Detached {
+    /// `None` while one thread polls it (or once it is queued).
+    waiting: Mutex<Option<WaitingForRoom>>,
+    /// A wake-up that came while another thread polled: that thread polls again.
+    notified: AtomicBool,
+}
+
+impl Detached {
+    fn poll(self: &Arc<Self>) {
+        self.notified.store(true, SeqCst);
+        let waker = Waker::from(Arc::clone(self));
+        loop {
+            // Taken out of the lock to poll: dropping the job (at shutdown) runs user code,
+            // which may close a pool and wake this very waker again.
+            let Some(mut waiting) = lock(&self.waiting).take() else {
+                return; // another thread polls it and will see `notified`
+            };
+            self.notified.store(false, SeqCst);
+            if waiting
+                .poll_submit(Some(&mut Context::from_waker(&waker)))
+                .is_ready()
+            {
+                // Queued (or dropped at shutdown). Dropping it also drops the registered
+                // waker, the only reference cycle back to `self`, and maybe a user's waker
+                // registered before the handle was detached.
+                crate::guard::drop("a waker", waiting);
+                return;
+            }
+            *lock(&self.waiting) = Some(waiting);
+            if !self.notified.load(SeqCst) {
+                return;
+            }
+        }
+    }
+}
+
+impl Wake for Detached {
+    fn wake(self: Arc<Self>) {
+        self.poll();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.poll();
     }
 }
 

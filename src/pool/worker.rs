@@ -105,6 +105,8 @@ pub(super) enum Nested {
 /// A thread of the pool, as its loop sees it.
 struct Worker {
     registry: Arc<Registry>,
+    /// The thread's number in its pool, as in its name and its hooks.
+    index: usize,
     counters: Arc<Counters>,
     /// The queue, for a worker; a spare takes nothing from it.
     rx: Option<Receiver<Job>>,
@@ -127,7 +129,38 @@ fn this_worker() -> Option<Rc<Worker>> {
 
 /// True on a thread of the pool with id `pool` (a job of it runs here).
 pub(crate) fn on_thread_of(pool: u64) -> bool {
-    WORKER.with(|w| w.borrow().as_ref().is_some_and(|w| w.registry.id == pool))
+    WORKER
+        .try_with(|w| w.borrow().as_ref().is_some_and(|w| w.registry.id == pool))
+        .unwrap_or(false)
+}
+
+/// The number of the pool thread this runs on: the `N` of its name (`asyncify-N`, see
+/// [`Builder::thread_name`](crate::Builder::thread_name)) and the index its
+/// [`on_thread_start`](crate::Builder::on_thread_start) hook was given. `None` off the
+/// threads of every pool.
+///
+/// A pool's first threads are numbered from 0 up; a thread started later (by
+/// [`set_threads`](crate::WorkerPool::set_threads), or a spare thread that runs a deeply
+/// nested wait) takes the next number never used in that pool, so no two threads of a pool
+/// ever share one. A job waited on from inside another job and run by its waiter sees the
+/// waiter's number.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::{worker_index, WorkerPool};
+///
+/// let pool = WorkerPool::new(2);
+/// let index = pool.spawn(worker_index).wait().unwrap();
+/// assert!(matches!(index, Some(0) | Some(1)));
+/// assert_eq!(worker_index(), None); // not a thread of a pool
+/// ```
+pub fn worker_index() -> Option<usize> {
+    // `try_with`: user code may ask from a thread-local's destructor, after this one is gone.
+    WORKER
+        .try_with(|w| w.borrow().as_ref().map(|w| w.index))
+        .ok()
+        .flatten()
 }
 
 /// An address on the current stack.
@@ -150,6 +183,7 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
     };
     let worker = Rc::new(Worker {
         registry: Arc::clone(&registry),
+        index,
         counters: Arc::clone(&counters),
         rx,
         stack_base: stack_address(),
@@ -375,7 +409,9 @@ impl<T> Goal for Await<'_, T> {
     fn handed_to_spare(&mut self) {
         // The spare runs under this thread's permit: returning before it ends (a timeout)
         // would let this thread's job end and free the permit while the spare still runs.
+        // An abort must not end the wait early either.
         self.deadline = None;
+        self.handle.on_spare();
     }
 
     fn wait(&mut self, _: Option<&Worker>) {

@@ -50,9 +50,12 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
+mod key;
+
 pub use crate::error::SettingsError;
 use crate::limits::{DEFAULT_ASYNC_MAX_WORKERS, DEFAULT_MAX_ERRORS, MAX_THREADS};
 use crate::sync::{RwLock, StaticAtomicUsize};
+pub use key::{Key, SettingKey};
 use std::sync::atomic::Ordering;
 
 /// A stored value and the name of its type, for error messages.
@@ -107,13 +110,13 @@ impl Overrides {
     /// assert_eq!(o.get::<u8>("k"), Some(2));
     /// ```
     #[must_use]
-    pub fn with<V: Any + Send + Sync>(mut self, key: impl Into<String>, value: V) -> Self {
+    pub fn with<V: Any + Send + Sync>(mut self, key: impl SettingKey<V>, value: V) -> Self {
         let value = Value {
             value: Arc::new(value),
             type_name: type_name::<V>(),
         };
         let map = Arc::make_mut(self.map.get_or_insert_with(Default::default));
-        map.insert(key.into().into_boxed_str(), value);
+        map.insert(key.into_name(), value);
         self
     }
 
@@ -125,7 +128,7 @@ impl Overrides {
     /// use asyncify_pool::settings::Overrides;
     /// assert_eq!(Overrides::new().with("n", 3usize).get::<usize>("n"), Some(3));
     /// ```
-    pub fn get<T: Any + Clone>(&self, key: &str) -> Option<T> {
+    pub fn get<T: Any + Clone>(&self, key: impl SettingKey<T>) -> Option<T> {
         self.try_get(key).ok().flatten()
     }
 
@@ -143,7 +146,11 @@ impl Overrides {
     /// assert!(o.try_get::<String>("n").is_err());
     /// assert_eq!(o.try_get::<usize>("missing"), Ok(None));
     /// ```
-    pub fn try_get<T: Any + Clone>(&self, key: &str) -> Result<Option<T>, SettingsError> {
+    pub fn try_get<T: Any + Clone>(
+        &self,
+        key: impl SettingKey<T>,
+    ) -> Result<Option<T>, SettingsError> {
+        let key = key.name();
         match self.map.as_ref().and_then(|m| m.get(key)) {
             None => Ok(None),
             Some(v) => downcast(key, v).map(Some),
@@ -258,8 +265,8 @@ fn global() -> &'static RwLock<Arc<Map>> {
     static GLOBAL: OnceLock<RwLock<Arc<Map>>> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let defaults = Overrides::new()
-            .with(ASYNC_MAX_WORKERS, DEFAULT_ASYNC_MAX_WORKERS)
-            .with(MAX_ERRORS, DEFAULT_MAX_ERRORS);
+            .with(&ASYNC_MAX_WORKERS, DEFAULT_ASYNC_MAX_WORKERS)
+            .with(&MAX_ERRORS, DEFAULT_MAX_ERRORS);
         RwLock::new(defaults.map.unwrap_or_default())
     })
 }
@@ -269,11 +276,31 @@ fn global_value(key: &str) -> Option<Value> {
     value_of(Some(&map), key)
 }
 
-/// The setting that sizes the default pool behind [`asyncify`](crate::asyncify) (a `usize`
-/// from 1 to [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS), default 8).
-pub const ASYNC_MAX_WORKERS: &str = "async_max_workers";
-/// The setting that bounds the failures a batch tolerates (a `usize`, default 10).
-pub const MAX_ERRORS: &str = "max_errors";
+/// The setting that sizes the default pool behind [`asyncify`](crate::asyncify): a `usize`
+/// from 1 to [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS), default 8. Its string
+/// name is `"async_max_workers"`.
+///
+/// Through the key, an integer literal is a `usize`; through the string, `16` would be an
+/// `i32`, which [`configure`] refuses.
+///
+/// # Examples
+///
+/// ```
+/// use asyncify_pool::settings::{self, Overrides, ASYNC_MAX_WORKERS};
+/// settings::context(Overrides::new().with(&ASYNC_MAX_WORKERS, 16), || {
+///     assert_eq!(ASYNC_MAX_WORKERS.get(), Some(16));
+/// });
+/// ```
+pub const ASYNC_MAX_WORKERS: Key<usize> = Key::new("async_max_workers");
+/// The setting that bounds the failures a batch tolerates: a `usize`, default 10. Its string
+/// name is `"max_errors"`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(asyncify_pool::settings::MAX_ERRORS.get(), Some(10));
+/// ```
+pub const MAX_ERRORS: Key<usize> = Key::new("max_errors");
 
 /// Checks an `async_max_workers` value: a thread count from 1 to `MAX_THREADS`.
 fn check_workers(n: usize) -> Result<usize, SettingsError> {
@@ -283,7 +310,7 @@ fn check_workers(n: usize) -> Result<usize, SettingsError> {
         n => return Ok(n),
     };
     Err(SettingsError::InvalidValue {
-        key: ASYNC_MAX_WORKERS.to_owned(),
+        key: ASYNC_MAX_WORKERS.name().to_owned(),
         reason,
     })
 }
@@ -295,26 +322,26 @@ static GLOBAL_WORKERS: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_ASYNC_
 
 /// The `async_max_workers` in force here, checked: the thread count the default pool follows.
 pub(crate) fn async_max_workers() -> Result<usize, SettingsError> {
-    let local =
-        IN_FORCE.with(|f| value_of(f.borrow().effective().map.as_deref(), ASYNC_MAX_WORKERS));
+    let name = ASYNC_MAX_WORKERS.name();
+    let local = IN_FORCE.with(|f| value_of(f.borrow().effective().map.as_deref(), name));
     match local {
-        Some(value) => check_workers(downcast(ASYNC_MAX_WORKERS, &value)?),
+        Some(value) => check_workers(downcast(ASYNC_MAX_WORKERS.name(), &value)?),
         None => Ok(GLOBAL_WORKERS.load(Ordering::Relaxed)),
     }
 }
 
 /// The `async_max_workers` in a map given to `configure` (already checked).
 fn overrides_workers(map: &Map) -> Option<usize> {
-    map.get(ASYNC_MAX_WORKERS)
+    map.get(ASYNC_MAX_WORKERS.name())
         .and_then(|v| v.value.downcast_ref::<usize>().copied())
 }
 
 /// Checks the values the library itself reads, so a bad one fails at `configure`, not later.
 fn validate(o: &Overrides) -> Result<(), SettingsError> {
-    if let Some(n) = o.try_get::<usize>(ASYNC_MAX_WORKERS)? {
+    if let Some(n) = o.try_get(&ASYNC_MAX_WORKERS)? {
         check_workers(n)?;
     }
-    o.try_get::<usize>(MAX_ERRORS)?;
+    o.try_get(&MAX_ERRORS)?;
     Ok(())
 }
 
@@ -381,7 +408,7 @@ pub fn configure(overrides: Overrides) -> Result<(), SettingsError> {
 ///     assert_eq!(settings::get::<usize>("async_max_workers"), Some(2));
 /// });
 /// ```
-pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
+pub fn get<T: Any + Clone>(key: impl SettingKey<T>) -> Option<T> {
     try_get(key).ok().flatten()
 }
 
@@ -399,7 +426,8 @@ pub fn get<T: Any + Clone>(key: &str) -> Option<T> {
 /// let err = settings::try_get::<String>("async_max_workers").unwrap_err();
 /// assert!(matches!(err, SettingsError::WrongType { found: "usize", .. }));
 /// ```
-pub fn try_get<T: Any + Clone>(key: &str) -> Result<Option<T>, SettingsError> {
+pub fn try_get<T: Any + Clone>(key: impl SettingKey<T>) -> Result<Option<T>, SettingsError> {
+    let key = key.name();
     let found = IN_FORCE
         .with(|f| value_of(f.borrow().effective().map.as_deref(), key))
         .or_else(|| global_value(key));

@@ -1,0 +1,91 @@
+//! `worker_index()`: which thread of its pool a job runs on.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use asyncify_pool::{worker_index, WorkerPool};
+use common::{lock, probe_every_worker, wait};
+
+#[test]
+fn every_worker_of_a_new_pool_has_its_own_index_from_zero() {
+    let pool = WorkerPool::new(3);
+    let mut seen: Vec<_> = probe_every_worker(&pool, worker_index)
+        .into_iter()
+        .map(|(index, met)| {
+            assert!(met, "the probes did not all meet");
+            index
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [Some(0), Some(1), Some(2)]);
+}
+
+#[test]
+fn the_index_matches_the_thread_name_and_the_hooks() {
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&started);
+    let pool = WorkerPool::builder()
+        .threads(2)
+        .thread_name("idx")
+        .on_thread_start(move |i| lock(&s).push((i, worker_index())))
+        .build()
+        .unwrap();
+    let (index, name) = wait(pool.spawn(|| {
+        (
+            worker_index(),
+            std::thread::current().name().map(String::from),
+        )
+    }))
+    .unwrap();
+    assert_eq!(name, Some(format!("idx-{}", index.unwrap())));
+    pool.shutdown();
+    let mut started = lock(&started).clone();
+    started.sort();
+    assert_eq!(started, [(0, Some(0)), (1, Some(1))]);
+}
+
+/// Threads started later take numbers never used in the pool, so no two threads share one.
+#[test]
+fn a_grown_pool_numbers_its_new_threads_after_the_old_ones() {
+    let pool = WorkerPool::new(1);
+    pool.set_threads(3).unwrap();
+    let mut seen: Vec<_> = probe_every_worker(&pool, worker_index)
+        .into_iter()
+        .map(|(index, _)| index.unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2]);
+    pool.set_threads(1).unwrap();
+    common::spin_until("the surplus workers to retire", || {
+        pool.stats().live_threads == 1
+    });
+    pool.set_threads(2).unwrap();
+    let mut again: Vec<_> = probe_every_worker(&pool, worker_index)
+        .into_iter()
+        .map(|(index, _)| index.unwrap())
+        .collect();
+    again.sort();
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[1], 3, "the new thread takes the next unused number");
+}
+
+#[test]
+fn a_nested_job_its_waiter_runs_sees_the_waiters_index() {
+    let pool = WorkerPool::new(1);
+    let p = pool.clone();
+    let (outer, inner) = wait(pool.spawn(move || {
+        let inner = p.spawn(worker_index).wait().unwrap();
+        (worker_index(), inner)
+    }))
+    .unwrap();
+    assert_eq!(outer, Some(0));
+    assert_eq!(inner, Some(0));
+}
+
+#[test]
+fn off_the_pools_threads_there_is_no_index() {
+    assert_eq!(worker_index(), None);
+    let spawned = std::thread::spawn(worker_index).join().unwrap();
+    assert_eq!(spawned, None);
+}
