@@ -58,6 +58,10 @@ const ON_SPARE: u8 = 16;
 /// Set when the handle was detached: nobody wants the result, which the runner drops (an
 /// `AbortHandle` may still hold the cell, and must not keep the output alive).
 const DETACHED: u8 = 32;
+/// Set when the result is stored (stage `Done`): a poll that finds it needs no waker, so it
+/// clones none (a clone is a reference count on the caller's task, whose cache line the worker
+/// just wrote when it woke that task).
+const DONE: u8 = 64;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -201,6 +205,7 @@ where
             // Aborted: the output is discarded, and the handle, which may not have polled
             // since (or waits for a spare thread to end), finds `Cancelled`.
             slot.stage = Stage::Done(Err(Box::new(JobError::cancelled())));
+            self.flags.fetch_or(DONE, Relaxed);
             drop(slot);
             guard::drop("a discarded output", result);
             waker
@@ -213,6 +218,7 @@ where
             None
         } else {
             slot.stage = Stage::Done(result.map_err(Box::new));
+            self.flags.fetch_or(DONE, Relaxed);
             waker
         }
     }
@@ -224,6 +230,7 @@ where
             return false;
         }
         let work = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)));
+        self.flags.fetch_or(DONE, Relaxed);
         let waker = slot.side.take_waker();
         drop(slot);
         guard::drop("the work of a job that never ran", work);
@@ -272,8 +279,14 @@ where
 {
     fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>> {
         // Cloning a waker is user code: before the lock, not under it. (One lock per poll; a
-        // clone that turns out not to be needed is dropped after the lock.)
-        let waker = cx.map(|cx| cx.waker().clone());
+        // clone that turns out not to be needed is dropped after the lock.) Once the result is
+        // there, no clone: `DONE` is set under the lock with it and never cleared, so a poll
+        // that sees it finds the result (a poll that misses it clones for nothing, no more).
+        let waker = if self.flag(DONE) {
+            None
+        } else {
+            cx.map(|cx| cx.waker().clone())
+        };
         let mut slot = self.lock();
         let (replaced, spare) = match std::mem::replace(&mut slot.stage, Stage::Closed) {
             Stage::Done(result) => {

@@ -22,6 +22,12 @@
 //! its own lock before it is notified, so a wake that comes before the wait is not missed
 //! either. A waker that reads no sleeper takes no lock and makes no system call.
 //!
+//! Every job queued wakes a sleeper if there is one, even while other workers spin. Skipping
+//! the wake-up while a worker is counted as spinning (tokio's and rayon's "searching" workers)
+//! made round trips 1.4–2.5 times slower in interleaved A/B runs on the 2-core machine: the
+//! worker that just finished a job and starts to spin is the one the woken caller preempts, so
+//! the job it was left to waited for the caller to park again.
+//!
 //! Every sleep lists the sleeper once, and every listing ends exactly once: the sleeper takes
 //! itself out (it may go on after all), or a waker takes it out and sets its flag, which the
 //! sleeper then consumes, also when it had decided to go on meanwhile (it then hands the
@@ -34,13 +40,27 @@ use std::sync::Arc;
 
 use crate::sync::{fence, lock, wait, AtomicUsize, Condvar, Mutex};
 
-/// How many rounds an idle worker spins (the first half, 1, 2, … 512 pause instructions) and
-/// then yields (the second half) before it sleeps: about as long as it takes a caller woken by
-/// a finished job to submit the next one. In an interleaved A/B run on the 2-core machine, 10
-/// rounds (31 pauses, 5 yields) made a 2-thread pool's round trip ×1.6–2.1 of the code before
-/// the rebuild (which spun in crossbeam's receive, 127 pauses and 4 yields), 16 rounds ×1.1–1.3,
-/// 20 rounds ×0.9–1.0; an idle pool still uses no CPU once they are over.
-pub(super) const SPINS_BEFORE_SLEEP: u32 = 20;
+/// Spin rounds that double the pause (1, 2, … 32 pause instructions), before the steady ones.
+const GROWING_SPINS: u32 = 6;
+/// The most pause instructions between two looks at the queue: a job queued during a spin is
+/// noticed within this many.
+const MAX_PAUSES: u32 = 64;
+/// Rounds that pause [`MAX_PAUSES`] each, after the growing ones: 1,023 pauses in all.
+const STEADY_SPINS: u32 = 15;
+/// Rounds that yield the core, after the spinning ones.
+const YIELDS: u32 = 10;
+/// The rounds of a pause that spin (the rest yield).
+const SPINNING_ROUNDS: u32 = GROWING_SPINS + STEADY_SPINS;
+
+/// How many rounds an idle worker spins and then yields before it sleeps: about as long as it
+/// takes a caller woken by a finished job to submit the next one, and an idle pool still uses
+/// no CPU once they are over. In interleaved A/B runs on the 2-core machine, 31 pauses and 5
+/// yields made a 2-thread pool's round trip ×1.6–2.1 of the code before the rebuild (which spun
+/// in crossbeam's receive, 127 pauses and 4 yields), and 1,023 pauses and 10 yields ×0.9–1.0
+/// when they came in 10 doubling rounds (up to 512 pauses between two looks at the queue).
+/// Looking every 64 pauses at most instead made the round trip several times faster
+/// (BENCHMARKS.md): a job queued during a long pause waited for its end.
+pub(super) const SPINS_BEFORE_SLEEP: u32 = GROWING_SPINS + STEADY_SPINS + YIELDS;
 
 /// Aligned to its own cache lines, like the permits: idle workers write here, and every call
 /// reads `idle`.
@@ -150,10 +170,11 @@ impl Sleeper {
     }
 }
 
-/// A short, growing pause for a worker that found nothing to do: spins, then yields the core.
+/// A short pause for a worker that found nothing to do: spins, growing to [`MAX_PAUSES`]
+/// pause instructions, then yields the core.
 pub(super) fn pause(round: u32) {
-    if round < SPINS_BEFORE_SLEEP / 2 {
-        for _ in 0..(1u32 << round) {
+    if round < SPINNING_ROUNDS {
+        for _ in 0..(1u32 << round.min(GROWING_SPINS)).min(MAX_PAUSES) {
             std::hint::spin_loop();
         }
     } else {
