@@ -13,16 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use asyncify_pool::{is_cancelled, WorkerPool};
-use common::{env_or, occupy, spin_until, wait, CountingWaker, Gate, HANG};
-
-/// Counts its own drops, wherever they happen.
-struct Tracked(Arc<AtomicUsize>);
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
+use common::{env_or, occupy, spin_until, wait, CountingWaker, Gate, Tracked, HANG};
 
 #[test]
 fn dropped_before_it_starts_the_job_never_runs() {

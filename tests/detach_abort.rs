@@ -10,18 +10,9 @@ use std::task::{Context, Poll};
 
 use asyncify_pool::{is_cancelled, WorkerPool};
 use common::{
-    occupy, quiet_planned_panics, spin_until, wait, within_hang, CountingWaker, Gate, HANG,
+    bounded_pool, occupy, quiet_planned_panics, spin_until, wait, within_hang, CountingWaker, Gate,
+    Tracked, HANG,
 };
-
-/// Counts its drops, to see where and whether an output was dropped.
-#[derive(Debug)]
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
 
 #[test]
 fn a_detached_job_runs_to_its_end_and_its_output_is_dropped() {
@@ -33,7 +24,7 @@ fn a_detached_job_runs_to_its_end_and_its_output_is_dropped() {
     // Detached while still queued: a dropped handle would cancel it here.
     pool.spawn(move || {
         ran_tx.send(()).unwrap();
-        Counted(d)
+        Tracked(d)
     })
     .detach();
     gate.open();
@@ -46,11 +37,7 @@ fn a_detached_job_runs_to_its_end_and_its_output_is_dropped() {
 /// with nobody polling its handle.
 #[test]
 fn a_detached_job_waiting_for_room_is_queued_when_room_frees() {
-    let pool = WorkerPool::builder()
-        .threads(1)
-        .queue_capacity(1)
-        .build()
-        .unwrap();
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let filler = pool.spawn(|| "filler");
     let (ran_tx, ran) = mpsc::channel();
@@ -64,17 +51,13 @@ fn a_detached_job_waiting_for_room_is_queued_when_room_frees() {
 
 #[test]
 fn a_detached_job_waiting_for_room_at_shutdown_is_dropped_unrun() {
-    let pool = WorkerPool::builder()
-        .threads(1)
-        .queue_capacity(1)
-        .build()
-        .unwrap();
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let _filler = pool.spawn(|| ());
     let drops = Arc::new(AtomicUsize::new(0));
     let (d, ran) = (Arc::clone(&drops), Arc::new(AtomicUsize::new(0)));
     let r = Arc::clone(&ran);
-    let held = Counted(d);
+    let held = Tracked(d);
     pool.spawn(move || {
         let _held = &held;
         r.fetch_add(1, SeqCst);
@@ -140,7 +123,7 @@ fn aborting_a_running_job_resolves_its_handle_at_once_and_discards_the_output() 
         spin_until("the abort to reach the job", is_cancelled);
         r.wait();
         saw_tx.send(is_cancelled()).unwrap();
-        Counted(d)
+        Tracked(d)
     });
     started.recv_timeout(HANG).unwrap();
     let abort = handle.abort_handle();
@@ -188,11 +171,7 @@ fn aborting_a_finished_job_keeps_its_result() {
 /// waiting for the room, and it never runs.
 #[test]
 fn aborting_a_job_waiting_for_room_resolves_without_waiting_for_room() {
-    let pool = WorkerPool::builder()
-        .threads(1)
-        .queue_capacity(1)
-        .build()
-        .unwrap();
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let filler = pool.spawn(|| 1);
     let ran = Arc::new(AtomicUsize::new(0));
@@ -299,11 +278,7 @@ fn an_aborted_job_its_waiter_runs_itself_gives_the_waiter_cancelled() {
 /// is woken, and a blocked `wait()` returns, although the queue stays full.
 #[test]
 fn an_abort_wakes_a_polled_job_waiting_for_room() {
-    let pool = WorkerPool::builder()
-        .threads(1)
-        .queue_capacity(1)
-        .build()
-        .unwrap();
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let _filler = pool.spawn(|| ());
     let mut polled = pool.spawn(|| ());
@@ -339,7 +314,7 @@ fn an_abort_handle_does_not_keep_a_detached_output_alive() {
     let pool = WorkerPool::new(1);
     let drops = Arc::new(AtomicUsize::new(0));
     let d = Arc::clone(&drops);
-    let handle = pool.spawn(move || Counted(d));
+    let handle = pool.spawn(move || Tracked(d));
     let abort = handle.abort_handle();
     handle.detach();
     spin_until("the detached output's drop", || drops.load(SeqCst) == 1);

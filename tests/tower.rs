@@ -11,25 +11,17 @@ use std::task::{Context, Poll};
 use asyncify_pool::settings::{self, Key, Overrides};
 use asyncify_pool::tower::OverridesLayer;
 use asyncify_pool::WorkerPool;
-use common::{occupy, spin_until, within_hang, CountingWaker};
+use common::{bounded_pool, occupy, spin_until, within_hang, CountingWaker};
 use tower_layer::Layer;
 use tower_service::Service;
 
 static TENANT: Key<String> = Key::new("tenant");
 
-fn bounded(capacity: usize) -> WorkerPool {
-    WorkerPool::builder()
-        .threads(1)
-        .queue_capacity(capacity)
-        .build()
-        .unwrap()
-}
-
 /// Readiness is the queue: pending while it is full, woken when a worker frees a slot, and
 /// the slot taken then is the one the call uses.
 #[test]
 fn poll_ready_waits_while_the_bounded_queue_is_full_and_is_woken_for_room() {
-    let pool = bounded(1);
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let filler = pool.spawn(|| "filler");
     let mut service = pool.asyncify(|x: u32| x + 1).service();
@@ -66,7 +58,7 @@ fn an_unbounded_pool_is_always_ready() {
 /// clone is not ready until polled itself.
 #[test]
 fn a_ready_service_dropped_gives_its_slot_back() {
-    let pool = bounded(1);
+    let pool = bounded_pool(1, 1);
     let (gate, _busy) = occupy(&pool, 1);
     let mut service = pool.asyncify(|x: u8| x).service();
     let mut cx = Context::from_waker(std::task::Waker::noop());

@@ -491,6 +491,25 @@ pub fn panicking_waker() -> Waker {
     Waker::from(Arc::new(PanickingWaker))
 }
 
+/// Counts its own drops, wherever they happen (to see whether and where a value was dropped).
+#[derive(Debug)]
+pub struct Tracked(pub Arc<AtomicUsize>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// A pool of `threads` threads whose queue holds at most `capacity` jobs.
+pub fn bounded_pool(threads: usize, capacity: usize) -> WorkerPool {
+    WorkerPool::builder()
+        .threads(threads)
+        .queue_capacity(capacity)
+        .build()
+        .expect("a bounded pool")
+}
+
 /// A value whose destructor panics (with a "planned" message), unless already panicking.
 #[derive(Debug)]
 pub struct PanicOnDrop(pub &'static str);
