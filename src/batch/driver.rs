@@ -11,11 +11,13 @@
 //! * `Unsubmitted`: its input waits in `pending`. Left by [`Driver::submit`] (→ `InFlight`)
 //!   or, when the batch stops or the setting it needs is unusable, by [`Driver::refuse`]
 //!   (→ `Finished`, not started, input handed back).
-//! * `InFlight`: one job in the pool, two with a straggler copy. Each copy is a [`JobHandle`]
-//!   polled with an [`ItemWaker`]: the pool wakes it when the copy's result is in, and the
-//!   driver polls that handle again. The first copy that *ran* (returned or panicked) gives
-//!   the item's result; a copy that never started leaves the item in flight while the other
-//!   copy may still run. Left only by [`Driver::finish`].
+//! * `InFlight`: one job in the pool, two with a straggler copy. Each copy is a [`JobHandle`],
+//!   polled when its job reports that it left the pool ([`Event::Released`]), and again, with
+//!   its [`Lane`] as the waker, if its result was not in yet (or while it waits for room in a
+//!   full bounded queue); the lane's wake-up ([`Event::Woken`]) says when to look again. The
+//!   first copy that *ran* (returned or panicked) gives the item's result; a copy that never
+//!   started leaves the item in flight while the other copy may still run. Left only by
+//!   [`Driver::finish`].
 //! * `Finished`: the result is counted and waits in `ready` until handed out; jobs of the item
 //!   still in the pool (a straggler's losing copy) are ignored when they report.
 //!
@@ -28,7 +30,7 @@
 //! finished and handed out. `jobs` counts this batch's jobs in the pool, which is what
 //! `concurrency(n)` bounds: a copy counts from its submission until its result is collected,
 //! or, for a copy dropped unresolved when its item finished (a straggler's losing copy), until
-//! its ticket reports it gone.
+//! its ticket reports it gone (at once, if it already has).
 //!
 //! # User code
 //!
@@ -47,7 +49,7 @@ use std::time::{Duration, Instant};
 use super::bar::Bar;
 use super::builder::{Batch, Options, Stragglers};
 use super::result::Progress;
-use super::ticket::{Event, Inbox, ItemWaker, Ticket};
+use super::ticket::{Event, Lane, Shared, Ticket};
 use super::timer::Timers;
 use crate::capture::Captured;
 use crate::error::JobError;
@@ -59,10 +61,21 @@ use crate::program::{AsyncProgram, Program};
 /// A result handed out: the item's index and what it gave.
 pub(super) type Item<O> = (usize, Result<O, JobError>);
 
-/// Where one item is (see the module docs).
-enum Slot<I, O> {
+/// What a batch job returns: the program's output, and the job's reference to the shared
+/// state, handed back so that the driver, which took it, lets it go (the workers never
+/// change the shared state's counts: see `ticket`).
+type JobOutput<P, I> = (<P as Program<I>>::Output, Arc<Shared<P, I>>);
+
+/// A batch job's handle.
+type Handle<P, I> = JobHandle<JobOutput<P, I>>;
+
+/// One item's slot in a batch of program `P` over inputs `I`.
+type ItemSlot<P, I> = Slot<Lane<P, I>, I, JobOutput<P, I>>;
+
+/// Where one item is (see the module docs). `L` is the batch's [`Lane`] type.
+enum Slot<L, I, O> {
     Unsubmitted,
-    InFlight(Flight<I, O>),
+    InFlight(Flight<L, I, O>),
     Finished {
         /// False if it never started: its input goes back to the caller.
         ran: bool,
@@ -74,9 +87,8 @@ enum Slot<I, O> {
 }
 
 /// An item with jobs in the pool.
-struct Flight<I, O> {
-    /// The original (0) and the straggler copy (1); `None` once resolved or taken to wait on.
-    copies: [Option<Copy<O>>; 2],
+struct Flight<L, I, O> {
+    copies: Copies<L, O>,
     /// When the first copy started (only tracked with stragglers on).
     started: Option<Instant>,
     copied: bool,
@@ -88,10 +100,44 @@ struct Flight<I, O> {
     released: [bool; 2],
 }
 
-/// One job of an item: its handle, and the waker it is polled with.
-struct Copy<O> {
+/// The original (0) and the straggler copy (1) of an item; `None` once resolved or taken to
+/// wait on. The straggler copy, rare, is boxed: every item's slot stays small.
+struct Copies<L, O> {
+    first: Option<Copy<L, O>>,
+    second: Option<Box<Copy<L, O>>>,
+}
+
+impl<L, O> Copies<L, O> {
+    fn get(&self, copy: usize) -> Option<&Copy<L, O>> {
+        match copy {
+            0 => self.first.as_ref(),
+            _ => self.second.as_deref(),
+        }
+    }
+
+    fn get_mut(&mut self, copy: usize) -> Option<&mut Copy<L, O>> {
+        match copy {
+            0 => self.first.as_mut(),
+            _ => self.second.as_deref_mut(),
+        }
+    }
+
+    fn take(&mut self, copy: usize) -> Option<Copy<L, O>> {
+        match copy {
+            0 => self.first.take(),
+            _ => self.second.take().map(|c| *c),
+        }
+    }
+
+    fn is_some(&self, copy: usize) -> bool {
+        self.get(copy).is_some()
+    }
+}
+
+/// One job of an item: its handle, and the lane it is polled with, once it needed a waker.
+struct Copy<L, O> {
     handle: JobHandle<O>,
-    waker: Waker,
+    lane: Option<Arc<L>>,
 }
 
 enum Advance<O> {
@@ -108,14 +154,14 @@ where
     P: Program<I>,
 {
     program: AsyncProgram<P>,
-    inbox: Arc<Inbox<I>>,
+    shared: Arc<Shared<P, I>>,
     captured: Captured,
     opts: Options<I, P::Output>,
     /// Inputs not submitted yet; the next one has index `next_index`.
     pending: std::vec::IntoIter<I>,
     next_index: usize,
     /// Indexed by item, sized at `start`.
-    slots: Vec<Slot<I, P::Output>>,
+    slots: Vec<ItemSlot<P, I>>,
     /// Items below this index are finished (a cursor for scans).
     scan_from: usize,
     total: usize,
@@ -180,8 +226,11 @@ where
         } = batch;
         let total = inputs.len();
         Driver {
+            shared: Arc::new(Shared::new(
+                Arc::clone(program.shared()),
+                opts.stragglers.is_some(),
+            )),
             program,
-            inbox: Arc::new(Inbox::new(opts.stragglers.is_some())),
             captured,
             opts,
             pending: inputs.into_iter(),
@@ -249,9 +298,10 @@ where
                 return Advance::Item(item);
             }
             if self.finished() == self.total {
-                // Inputs of items that never started were posted before their results came
-                // in (a job drops its ticket before its handle resolves): collect them.
-                while self.inbox.drain_into(&mut self.events, waker) {
+                // Inputs of items that never started may still wait in the inbox after their
+                // results were collected (a job revoked at a stop resolves at once, and its
+                // ticket's report is processed later): collect them.
+                while self.shared.drain_into(&mut self.events, waker) {
                     while let Some(event) = self.events.pop_front() {
                         self.process(event);
                     }
@@ -264,7 +314,7 @@ where
             if !self.ready.is_empty() {
                 continue;
             }
-            if self.events.is_empty() && !self.inbox.drain_into(&mut self.events, waker) {
+            if self.events.is_empty() && !self.shared.drain_into(&mut self.events, waker) {
                 return Advance::Sleep(deadline);
             }
             while let Some(event) = self.events.pop_front() {
@@ -289,23 +339,25 @@ where
                 .and_then(|clone| clone_input(clone, &input));
             let copy = self.spawn(index, 0, input);
             self.slots[index] = Slot::InFlight(Flight {
-                copies: [Some(copy), None],
+                copies: Copies {
+                    first: Some(copy),
+                    second: None,
+                },
                 started: None,
                 copied: false,
                 kept,
                 returned: None,
                 released: [false; 2],
             });
-            self.poll_copy(index, 0);
+            self.submitted(index, 0);
         }
     }
 
     /// Submits one job for item `index` through the pool's one internal spawn, under the
     /// batch's captured context.
-    fn spawn(&mut self, index: usize, copy: usize, input: I) -> Copy<P::Output> {
+    fn spawn(&mut self, index: usize, copy: usize, input: I) -> Copy<Lane<P, I>, JobOutput<P, I>> {
         let ticket = Ticket {
-            program: Arc::clone(self.program.shared()),
-            inbox: Arc::clone(&self.inbox),
+            shared: Some(Arc::clone(&self.shared)),
             index,
             copy,
             input: Some(input),
@@ -316,29 +368,54 @@ where
             .pool()
             .registry()
             .submit(move || ticket.run(), self.captured.clone());
-        let waker = Waker::from(Arc::new(ItemWaker {
-            inbox: Arc::clone(&self.inbox),
-            index,
-            copy,
-        }));
-        Copy { handle, waker }
+        Copy { handle, lane: None }
     }
 
-    /// Polls copy `copy` of item `index` (registering its waker); resolves it if it is ready.
-    fn poll_copy(&mut self, index: usize, copy: usize) {
+    /// Copy `copy` of item `index` was just submitted. Its job reports when it leaves the
+    /// pool, so its handle needs polling now only if it was resolved at once (a shut-down
+    /// pool), or waits for room in a full bounded queue (its lane is woken when there is).
+    fn submitted(&mut self, index: usize, copy: usize) {
+        let Slot::InFlight(flight) = &self.slots[index] else {
+            return;
+        };
+        let Some(c) = flight.copies.get(copy) else {
+            return;
+        };
+        if c.handle.pool() == 0 {
+            self.poll_copy(index, copy, false);
+        } else if c.handle.is_waiting_for_room() {
+            self.poll_copy(index, copy, true);
+        }
+    }
+
+    /// Polls copy `copy` of item `index`; resolves it if it is ready. With `register`, or if
+    /// it is not ready, polls it with its lane as the waker (made the first time), so that the
+    /// pool wakes the driver when its result is in (or its queue has room).
+    fn poll_copy(&mut self, index: usize, copy: usize, register: bool) {
+        let shared = &self.shared;
         let Slot::InFlight(flight) = &mut self.slots[index] else {
             return;
         };
-        let Some(c) = flight.copies[copy].as_mut() else {
+        let Some(c) = flight.copies.get_mut(copy) else {
             return;
         };
-        let mut cx = Context::from_waker(&c.waker);
-        let polled = c.handle.poll_with(Some(&mut cx));
+        let mut polled = if register {
+            Poll::Pending
+        } else {
+            c.handle.poll_with(None)
+        };
+        if polled.is_pending() {
+            let lane = c
+                .lane
+                .get_or_insert_with(|| Arc::new(Lane::new(Arc::clone(shared), index, copy)));
+            let waker = Waker::from(Arc::clone(lane));
+            polled = c.handle.poll_with(Some(&mut Context::from_waker(&waker)));
+        }
         let waiting = c.handle.is_waiting_for_room();
         match polled {
             Poll::Ready(result) => {
-                flight.copies[copy] = None;
-                self.collected(index, copy, result);
+                drop(flight.copies.take(copy));
+                self.collected(index, copy, unpack(result));
             }
             Poll::Pending if waiting => self.waiting_for_room = Some((index, copy)),
             Poll::Pending => {
@@ -356,7 +433,7 @@ where
                     flight.started.get_or_insert(at);
                 }
             }
-            Event::Woken { index, copy } => self.poll_copy(index, copy),
+            Event::Woken { index, copy } => self.poll_copy(index, copy, true),
             Event::Released { index, copy, input } => {
                 if let Slot::Finished { lingering, .. } = &mut self.slots[index] {
                     if std::mem::take(&mut lingering[copy]) {
@@ -366,21 +443,24 @@ where
                 if let Slot::InFlight(flight) = &mut self.slots[index] {
                     flight.released[copy] = true;
                 }
-                let Some(input) = input else {
-                    return;
-                };
-                match &mut self.slots[index] {
-                    Slot::InFlight(flight) => flight.returned = Some(input),
-                    Slot::Finished {
-                        ran: false,
-                        input_given,
-                        ..
-                    } if !*input_given => {
-                        *input_given = true;
-                        self.unstarted_inputs.push((index, input));
+                if let Some(input) = input {
+                    match &mut self.slots[index] {
+                        Slot::InFlight(flight) => flight.returned = Some(input),
+                        Slot::Finished {
+                            ran: false,
+                            input_given,
+                            ..
+                        } if !*input_given => {
+                            *input_given = true;
+                            self.unstarted_inputs.push((index, input));
+                        }
+                        _ => guard::drop("an input", input),
                     }
-                    _ => guard::drop("an input", input),
                 }
+                // The job is gone, so its result is in its handle, or about to be: a job that
+                // ran stores it just after its ticket reported (if it is not in yet, the copy
+                // is polled with its lane, which the pool wakes when it is).
+                self.poll_copy(index, copy, false);
             }
         }
     }
@@ -393,7 +473,7 @@ where
         let Slot::InFlight(flight) = &self.slots[index] else {
             return;
         };
-        if !ran && flight.copies.iter().any(Option::is_some) {
+        if !ran && (flight.copies.is_some(0) || flight.copies.is_some(1)) {
             return; // the other copy may still run and give the result
         }
         self.finish(index, result, ran);
@@ -412,10 +492,19 @@ where
         ) else {
             unreachable!("only items in flight finish")
         };
-        // Copies dropped unresolved whose jobs are still in the pool.
-        let lingering = [0, 1].map(|c| flight.copies[c].is_some() && !flight.released[c]);
+        // Copies dropped unresolved whose jobs are still in the pool; those that have left it
+        // no longer count against `concurrency`.
+        let lingering = [0, 1].map(|c| flight.copies.is_some(c) && !flight.released[c]);
+        for c in 0..2 {
+            if flight.copies.is_some(c) && flight.released[c] {
+                self.jobs -= 1;
+            }
+        }
         // A straggler copy still queued never runs; one still running sees `is_cancelled`.
-        guard::drop("a straggler copy", flight.copies);
+        let Copies { first, second } = flight.copies;
+        if first.is_some() || second.is_some() {
+            guard::drop("a straggler copy", (first, second));
+        }
         if ran {
             let failed = match &result {
                 Err(_) => true,
@@ -431,9 +520,9 @@ where
                 }
             } else {
                 self.done += 1;
-                guard::drop("an input", flight.kept);
+                drop_input(flight.kept);
             }
-            guard::drop("an input", flight.returned);
+            drop_input(flight.returned);
         } else {
             self.not_started += 1;
             match flight.returned.or(flight.kept) {
@@ -488,8 +577,10 @@ where
             let Slot::InFlight(flight) = slot else {
                 continue;
             };
-            for (copy, c) in flight.copies.iter_mut().enumerate() {
-                let Some(c) = c else { continue };
+            for copy in 0..2 {
+                let Some(c) = flight.copies.get_mut(copy) else {
+                    continue;
+                };
                 if c.handle.revoke(JobError::cancelled()) {
                     // A job still waiting for room never enters the queue now.
                     drop(c.handle.take_pending());
@@ -500,7 +591,7 @@ where
             }
         }
         for (index, copy) in revoked {
-            self.poll_copy(index, copy);
+            self.poll_copy(index, copy, false);
         }
     }
 
@@ -549,9 +640,9 @@ where
             };
             let copy = self.spawn(index, 1, input);
             if let Slot::InFlight(flight) = &mut self.slots[index] {
-                flight.copies[1] = Some(copy);
+                flight.copies.second = Some(Box::new(copy));
             }
-            self.poll_copy(index, 1);
+            self.submitted(index, 1);
         }
         next
     }
@@ -562,6 +653,13 @@ where
             return;
         }
         self.last_reported = counts;
+        // Nobody to tell: no clock to read.
+        let listening = self.opts.on_progress.is_some();
+        #[cfg(feature = "progress")]
+        let listening = listening || self.bar.is_some();
+        if !listening {
+            return;
+        }
         let progress = self.progress();
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -591,8 +689,7 @@ where
                 Advance::Sleep(deadline) => {
                     if on_thread_of(self.program.pool().registry().id) {
                         if let Some((index, copy, handle)) = self.take_handle() {
-                            let result = handle.wait();
-                            self.collected(index, copy, result);
+                            self.collected(index, copy, unpack(handle.wait()));
                             continue;
                         }
                     }
@@ -610,18 +707,20 @@ where
     /// The handle of a copy that no worker has started, the earliest submitted, for a nested
     /// wait to run it here: `(index, copy, handle)`. A copy already running elsewhere is not
     /// taken: waiting on it would hold back every other result until it ends.
-    fn take_handle(&mut self) -> Option<(usize, usize, JobHandle<P::Output>)> {
+    fn take_handle(&mut self) -> Option<(usize, usize, Handle<P, I>)> {
         let (start, end) = (self.scan_from, self.next_index);
         self.slots[start..end]
             .iter_mut()
             .enumerate()
             .find_map(|(offset, slot)| match slot {
                 Slot::InFlight(flight) => {
-                    let copy = flight
-                        .copies
-                        .iter()
-                        .position(|c| c.as_ref().is_some_and(|c| c.handle.is_queued()))?;
-                    let c = flight.copies[copy].take()?;
+                    let copy = (0..2).find(|&copy| {
+                        flight
+                            .copies
+                            .get(copy)
+                            .is_some_and(|c| c.handle.is_queued())
+                    })?;
+                    let c = flight.copies.take(copy)?;
                     Some((start + offset, copy, c.handle))
                 }
                 _ => None,
@@ -643,11 +742,24 @@ where
             Advance::Done => Poll::Ready(None),
             Advance::Sleep(deadline) => {
                 if let Some(deadline) = deadline {
-                    self.timers.arm(deadline, &self.inbox);
+                    self.timers.arm(deadline, &self.shared);
                 }
                 Poll::Pending
             }
         }
+    }
+}
+
+/// A copy's result, without the reference to the shared state its job handed back (let go
+/// here, on the driver's thread, where it was taken).
+fn unpack<O, S>(result: Result<(O, S), JobError>) -> Result<O, JobError> {
+    result.map(|(output, _shared)| output)
+}
+
+/// Drops an input (user code), if there is one.
+fn drop_input<I>(input: Option<I>) {
+    if input.is_some() {
+        guard::drop("an input", input);
     }
 }
 
@@ -668,6 +780,7 @@ fn clone_input<I>(clone: fn(&I) -> I, input: &I) -> Option<I> {
 mod tests {
     use super::*;
     use crate::WorkerPool;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
     fn drain<P: Program<u32>>(driver: &mut Driver<P, u32>) -> Vec<Item<P::Output>> {
         std::iter::from_fn(|| driver.next_blocking()).collect()
@@ -720,6 +833,99 @@ mod tests {
             "a finished item that ran takes no input"
         );
         assert!(driver.ready.is_empty());
+    }
+
+    /// A program gated by `gate`: each run waits until the gate lets it through, and `runs`
+    /// counts the runs that started.
+    fn gated(
+        pool: &WorkerPool,
+        gate: &Arc<std::sync::Mutex<()>>,
+    ) -> (
+        AsyncProgram<impl Program<u32, Output = u32>>,
+        Arc<AtomicUsize>,
+    ) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (gate, counted) = (Arc::clone(gate), Arc::clone(&runs));
+        let program = pool.asyncify(move |x: u32| {
+            counted.fetch_add(1, SeqCst);
+            drop(gate.lock());
+            x
+        });
+        (program, runs)
+    }
+
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A job that reports it left the pool before its result is stored (the driver looks in
+    /// between) is polled with its lane as the waker, and its result still arrives.
+    #[test]
+    fn a_result_stored_after_its_report_arrives_through_the_lane() {
+        let pool = WorkerPool::new(1);
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let closed = gate.lock().unwrap();
+        let (program, runs) = gated(&pool, &gate);
+        let mut driver = Driver::new(program.batch([7]));
+        driver.start();
+        driver.submit();
+        until("the job to start", || runs.load(SeqCst) == 1);
+        // As if its ticket had reported while the program still runs.
+        driver.process(Event::Released {
+            index: 0,
+            copy: 0,
+            input: None,
+        });
+        let Slot::InFlight(flight) = &driver.slots[0] else {
+            panic!("the item is still in flight");
+        };
+        assert!(flight.copies.get(0).is_some_and(|c| c.lane.is_some()));
+        drop(closed);
+        assert_eq!(drain(&mut driver), [(0, Ok(7))]);
+        assert_eq!(driver.jobs, 0);
+    }
+
+    /// A straggler's losing copy that has already left the pool when the other copy wins no
+    /// longer counts against `concurrency`.
+    #[test]
+    fn a_losing_copy_already_gone_is_not_counted_as_in_the_pool() {
+        let pool = WorkerPool::new(2);
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let (program, runs) = gated(&pool, &gate);
+        let batch = program.batch([5]).stragglers(Duration::MAX, 1);
+        let mut driver = Driver::new(batch);
+        driver.start();
+        driver.submit();
+        until("the first copy's result", || match &driver.slots[0] {
+            Slot::InFlight(flight) => flight.copies.get(0).is_some_and(|c| c.handle.is_finished()),
+            _ => false,
+        });
+        // The second copy runs until the gate opens.
+        let closed = gate.lock().unwrap();
+        let copy = driver.spawn(0, 1, 5);
+        if let Slot::InFlight(flight) = &mut driver.slots[0] {
+            flight.copied = true;
+            flight.copies.second = Some(Box::new(copy));
+        }
+        until("the second copy to start", || runs.load(SeqCst) == 2);
+        // Its report is seen while its result is not in: it stays unresolved.
+        driver.process(Event::Released {
+            index: 0,
+            copy: 1,
+            input: None,
+        });
+        assert_eq!(driver.jobs, 2);
+        // The first copy's result finishes the item and drops the second copy.
+        assert_eq!(drain(&mut driver), [(0, Ok(5))]);
+        assert_eq!(driver.jobs, 0, "the dropped copy had left the pool");
+        drop(closed);
     }
 
     /// An item that never started gets its input back whichever comes first, its result or

@@ -17,9 +17,10 @@
 //!   when the driver learns that one finished.
 //! * **Ordinary jobs.** Each item is a pool job submitted through the pool's one internal
 //!   spawn with the batch's captured context, and its result (output, or `Panicked` from the
-//!   pool's one panic guard) comes back through its [`JobHandle`], whose waker tells the
-//!   driver which item to look at. The job's ticket adds only that it started (for
-//!   stragglers) and that it left the pool, with its input if it never ran. The pool runs or
+//!   pool's one panic guard) comes back through its [`JobHandle`]. The job's ticket tells the
+//!   driver which handle to look at: it reports once, when the job leaves the pool (with its
+//!   input if it never ran), and, for stragglers, when it starts; a handle whose result is not
+//!   in yet when the driver looks is polled with a waker that names its item. The pool runs or
 //!   drops every job it accepts, so the batch always learns how each item ended.
 //! * **Error budget.** An item *fails* when its program panics, or when its output matches
 //!   [`fail_if`](Batch::fail_if) (or `fail_if` panics on it). Once more than `max_errors` items failed, the batch stops: items

@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Instant;
 
-use super::ticket::Inbox;
+use super::ticket::Shared;
 
 /// The timer threads of one driver.
 pub(super) struct Timers {
@@ -27,7 +27,11 @@ impl Timers {
 
     /// Makes sure the driver is woken by `deadline`, unless a timer already pending fires
     /// earlier.
-    pub(super) fn arm<I: Send + 'static>(&mut self, deadline: Instant, inbox: &Arc<Inbox<I>>) {
+    pub(super) fn arm<P, I>(&mut self, deadline: Instant, shared: &Arc<Shared<P, I>>)
+    where
+        P: ?Sized + Send + Sync + 'static,
+        I: Send + 'static,
+    {
         let now = Instant::now();
         if matches!(self.next, Some(t) if t > now && t <= deadline) {
             return;
@@ -35,7 +39,7 @@ impl Timers {
         let Some(alive) = self.alive.as_ref().map(Arc::downgrade) else {
             return;
         };
-        let inbox: Weak<Inbox<I>> = Arc::downgrade(inbox);
+        let shared: Weak<Shared<P, I>> = Arc::downgrade(shared);
         let spawned = thread::Builder::new()
             .name("asyncify-batch-timer".to_owned())
             .spawn(move || loop {
@@ -44,10 +48,11 @@ impl Timers {
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    if let Some(inbox) = inbox.upgrade() {
-                        inbox.wake();
-                        // Possibly the last owner, with events holding user values.
-                        crate::guard::drop("a batch's inbox", inbox);
+                    if let Some(shared) = shared.upgrade() {
+                        shared.wake();
+                        // Possibly the last owner, with events and the program holding user
+                        // values.
+                        crate::guard::drop("a batch's inbox", shared);
                     }
                     return;
                 }
