@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 mod floor;
 mod stats;
 use floor::Floor;
-use stats::{loadavg, median, ratios, spread};
+use stats::{env_usize, loadavg, median, ratios, spread};
 
 use asyncify_pool::{AsyncProgram, JobHandle, Program, WorkerPool};
 use tokio::runtime::Runtime;
@@ -231,14 +231,6 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_vec())
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
 }
 
 fn env_names(name: &str) -> Option<Vec<String>> {

@@ -33,21 +33,13 @@ use std::time::Instant;
 
 mod floor;
 mod stats;
-use stats::{median, ratios, spread, loadavg};
+use stats::{env_usize, loadavg, median, ratios, spread};
 use floor::Floor;
 
 /// Sequential calls in one round-trip chunk.
 const ROUND_TRIPS: u64 = 2_000;
 /// The thread counts: this machine's 2 cores, and the default `async_max_workers`.
 const THREAD_COUNTS: [usize; 2] = [2, 8];
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
 
 
 fn noop() {}

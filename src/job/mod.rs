@@ -228,16 +228,7 @@ mod loom_tests {
     #[test]
     fn revoke_races_the_worker() {
         loom::model(|| {
-            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
-            let r = runs.clone();
-            let (job, mut handle) = new_job(
-                move || {
-                    r.fetch_add(1, SeqCst);
-                    7
-                },
-                Captured::default(),
-                1,
-            );
+            let (runs, job, mut handle) = counted_job(7);
             let worker = thread::spawn(move || job.run(&|_| {}));
             let revoked = handle.revoke(JobError::cancelled());
             worker.join().unwrap();
@@ -321,16 +312,7 @@ mod loom_tests {
     #[test]
     fn abort_races_the_worker() {
         loom::model(|| {
-            let runs = loom::sync::Arc::new(AtomicUsize::new(0));
-            let r = runs.clone();
-            let (job, mut handle) = new_job(
-                move || {
-                    r.fetch_add(1, SeqCst);
-                    3
-                },
-                Captured::default(),
-                1,
-            );
+            let (runs, job, mut handle) = counted_job(3);
             let wakes = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
             let waker = Waker::from(wakes.clone());
             let abort = handle.abort_handle();
@@ -357,6 +339,21 @@ mod loom_tests {
             }
             assert!(abort.is_finished());
         });
+    }
+
+    /// A job that counts its runs and returns `value`, with its handle.
+    fn counted_job(value: u32) -> (loom::sync::Arc<AtomicUsize>, Job, JobHandle<u32>) {
+        let runs = loom::sync::Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let (job, handle) = new_job(
+            move || {
+                r.fetch_add(1, SeqCst);
+                value
+            },
+            Captured::default(),
+            1,
+        );
+        (runs, job, handle)
     }
 
     struct CountingWaker(std::sync::atomic::AtomicUsize);
