@@ -82,7 +82,28 @@ impl Room {
     }
 
     /// True if a waker registered in `round` is still registered (not woken since).
-    pub(crate) fn still_registered(&self, round: usize) -> bool {
+    /// Registers `cx`'s waker to be woken when a slot frees up, unless `registered` holds a
+    /// registration of the same task that no wake-up has consumed yet (a task polled again
+    /// while the queue stays full registers once, not once per poll). True if it registered
+    /// now: the caller then tries to take a slot once more. The waker's clone and the old
+    /// one's drop (user code) happen outside the room's lock.
+    pub(crate) fn register_once(
+        &self,
+        cx: &std::task::Context<'_>,
+        registered: &mut Option<(usize, Waker)>,
+    ) -> bool {
+        if let Some((round, waker)) = registered {
+            if self.still_registered(*round) && waker.will_wake(cx.waker()) {
+                return false;
+            }
+        }
+        let waker = cx.waker().clone();
+        let round = self.register(waker.clone());
+        guard::drop("a waker", registered.replace((round, waker)));
+        true
+    }
+
+    fn still_registered(&self, round: usize) -> bool {
         round == self.round.load(SeqCst)
     }
 

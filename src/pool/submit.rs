@@ -70,18 +70,10 @@ impl Registry {
                     return Poll::Ready(done);
                 }
             }
-            if fresh {
+            // Registered now: try once more, so that a slot freed in between is not missed.
+            if fresh || !self.room.register_once(cx, registered) {
                 return Poll::Pending;
             }
-            if let Some((round, waker)) = registered {
-                if self.room.still_registered(*round) && waker.will_wake(cx.waker()) {
-                    return Poll::Pending;
-                }
-            }
-            // Register, then try once more: a slot freed in between is not missed.
-            let waker = cx.waker().clone();
-            let round = self.room.register(waker.clone());
-            crate::guard::drop("a waker", registered.replace((round, waker)));
             fresh = true;
         }
     }
@@ -139,16 +131,10 @@ impl Submit for WaitingForRoom {
             let Some(cx) = cx.as_ref().filter(|_| !registered) else {
                 return Poll::Pending;
             };
-            if let Some((round, waker)) = &self.registered {
-                if registry.room.still_registered(*round) && waker.will_wake(cx.waker()) {
-                    return Poll::Pending;
-                }
+            // Registered now: try once more, so that a slot freed in between is not missed.
+            if !registry.room.register_once(cx, &mut self.registered) {
+                return Poll::Pending;
             }
-            // Register, then try once more: a slot freed in between is not missed. The clones
-            // (user code) happen here, outside the room's lock.
-            let waker = cx.waker().clone();
-            let round = registry.room.register(waker.clone());
-            self.registered = Some((round, waker));
             registered = true;
         }
     }
