@@ -49,9 +49,18 @@ pub enum JobError {
         /// What is wrong with the setting (the [`SettingsError`]'s text).
         message: String,
     },
+    /// The call's deadline passed (see [`AsyncProgram::timeout`](crate::AsyncProgram::timeout)):
+    /// before the job started (it never ran), or while it ran (its output was discarded, and
+    /// [`is_cancelled`](crate::is_cancelled) turned true inside it).
+    #[non_exhaustive]
+    TimedOut {},
 }
 
 impl JobError {
+    pub(crate) fn timed_out() -> Self {
+        JobError::TimedOut {}
+    }
+
     pub(crate) fn shut_down() -> Self {
         JobError::ShutDown {}
     }
@@ -127,6 +136,24 @@ impl JobError {
     pub fn is_invalid_setting(&self) -> bool {
         matches!(self, JobError::InvalidSetting { .. })
     }
+
+    /// True if the call's deadline passed before it produced its value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use asyncify_pool::WorkerPool;
+    ///
+    /// let pool = WorkerPool::new(1);
+    /// let slow = pool
+    ///     .asyncify(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))
+    ///     .timeout(Duration::from_millis(10));
+    /// assert!(slow.call(2_000).wait().unwrap_err().is_timed_out());
+    /// ```
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, JobError::TimedOut { .. })
+    }
 }
 
 impl fmt::Display for JobError {
@@ -136,6 +163,7 @@ impl fmt::Display for JobError {
             JobError::ShutDown {} => f.write_str("the pool was shut down before the job could run"),
             JobError::Cancelled {} => f.write_str("the job was cancelled"),
             JobError::InvalidSetting { message } => write!(f, "the call was refused: {message}"),
+            JobError::TimedOut {} => f.write_str("the call's deadline passed"),
         }
     }
 }

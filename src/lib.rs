@@ -77,10 +77,11 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 // The modules form layers, and each uses only its own layer and those below (tests/layers.rs
-// checks it): error, guard, limits, sync; then settings; capture; job; pool; program; global;
-// batch; tower.
+// checks it): error, guard, limits, sync; then settings; capture; job; pool; control; program;
+// global; batch; tower.
 mod batch;
 mod capture;
+mod control;
 mod error;
 mod global;
 mod guard;
@@ -95,6 +96,7 @@ mod sync;
 pub mod tower;
 
 pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, Progress};
+pub use control::{deadline, Overload, ProgramStats, RateLimiter, Retry};
 pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, AbortHandle, JobHandle};

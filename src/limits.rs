@@ -9,3 +9,13 @@ pub(crate) const DEFAULT_ASYNC_MAX_WORKERS: usize = 8;
 
 /// The default of the `max_errors` setting: the failures a batch tolerates (DSPy's default).
 pub(crate) const DEFAULT_MAX_ERRORS: usize = 10;
+
+/// A [`Retry`](crate::Retry)'s first backoff, unless set.
+pub(crate) const DEFAULT_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A [`Retry`](crate::Retry)'s longest backoff, unless set.
+pub(crate) const DEFAULT_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What adaptive concurrency multiplies its limit by on an overload (Netflix's AIMD limit
+/// uses the same 0.9).
+pub(crate) const ADAPTIVE_BACKOFF_RATIO: f64 = 0.9;

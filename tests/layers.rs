@@ -14,10 +14,11 @@ const LAYERS: &[(&str, u8)] = &[
     ("capture", 2),
     ("job", 3),
     ("pool", 4),
-    ("program", 5),
-    ("global", 6),
-    ("batch", 7),
-    ("tower", 8),
+    ("control", 5),
+    ("program", 6),
+    ("global", 7),
+    ("batch", 8),
+    ("tower", 9),
 ];
 
 fn layer(module: &str) -> Option<u8> {

@@ -52,6 +52,7 @@ use super::result::Progress;
 use super::ticket::{Event, Lane, Shared, Ticket};
 use super::timer::Timers;
 use crate::capture::Captured;
+use crate::control;
 use crate::error::JobError;
 use crate::guard;
 use crate::job::{thread_waker, JobHandle};
@@ -225,6 +226,7 @@ where
             opts,
         } = batch;
         let total = inputs.len();
+        let timers = Timers::new(Arc::clone(program.pool().registry()));
         Driver {
             shared: Arc::new(Shared::new(
                 Arc::clone(program.shared()),
@@ -250,7 +252,7 @@ where
             started: None,
             last_reported: (0, 0, 0),
             waiting_for_room: None,
-            timers: Timers::new(),
+            timers,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -363,11 +365,18 @@ where
             input: Some(input),
         };
         self.jobs += 1;
-        let handle = self
-            .program
-            .pool()
-            .registry()
-            .submit(move || ticket.run(), self.captured.clone());
+        let registry = self.program.pool().registry();
+        let captured = self.captured.clone();
+        // A program with options: the item passes its gates and keeps its deadline, as a call
+        // does (a retry policy or an overload signal, which are about the program's own input
+        // and output, do not apply to a batch's jobs).
+        let handle = match self.program.controls() {
+            Some(controls) => {
+                let run = |ticket: Ticket<P, I>| ticket.run();
+                control::call::start(controls, registry, run, ticket, captured)
+            }
+            None => registry.submit(move || ticket.run(), captured),
+        };
         Copy { handle, lane: None }
     }
 

@@ -1,32 +1,32 @@
-//! Waking an awaited batch at a straggler deadline: a short-lived thread that sleeps until the
-//! deadline and wakes the driver, unless the driver is gone first.
+//! Waking an awaited batch at a straggler deadline: an entry on the pool's one timer, which
+//! wakes the driver unless the driver is gone first.
 
 use std::sync::{Arc, Weak};
-use std::thread;
 use std::time::Instant;
 
 use super::ticket::Shared;
+use crate::pool::{Alarm, Registry, TimerKey};
 
-/// The timer threads of one driver.
+/// The timer entries of one driver.
 pub(super) struct Timers {
-    /// The deadline of the last timer started.
+    registry: Arc<Registry>,
+    /// The deadline of the last entry made.
     next: Option<Instant>,
-    threads: Vec<thread::JoinHandle<()>>,
-    /// Held while the driver lives; the threads leave without waiting when it is gone.
-    alive: Option<Arc<()>>,
+    /// Entries that may not have rung yet, cancelled when the driver goes.
+    keys: Vec<TimerKey>,
 }
 
 impl Timers {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(registry: Arc<Registry>) -> Self {
         Timers {
+            registry,
             next: None,
-            threads: Vec::new(),
-            alive: Some(Arc::new(())),
+            keys: Vec::new(),
         }
     }
 
-    /// Makes sure the driver is woken by `deadline`, unless a timer already pending fires
-    /// earlier.
+    /// Makes sure the driver is woken by `deadline`, unless an entry already pending rings
+    /// earlier. (On a closed pool the deadline is checked when an item finishes.)
     pub(super) fn arm<P, I>(&mut self, deadline: Instant, shared: &Arc<Shared<P, I>>)
     where
         P: ?Sized + Send + Sync + 'static,
@@ -36,46 +36,31 @@ impl Timers {
         if matches!(self.next, Some(t) if t > now && t <= deadline) {
             return;
         }
-        let Some(alive) = self.alive.as_ref().map(Arc::downgrade) else {
-            return;
-        };
-        let shared: Weak<Shared<P, I>> = Arc::downgrade(shared);
-        let spawned = thread::Builder::new()
-            .name("asyncify-batch-timer".to_owned())
-            .spawn(move || loop {
-                if alive.strong_count() == 0 {
-                    return;
-                }
-                let now = Instant::now();
-                if now >= deadline {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.wake();
-                        // Possibly the last owner, with events and the program holding user
-                        // values.
-                        crate::guard::drop("a batch's inbox", shared);
-                    }
-                    return;
-                }
-                thread::park_timeout(deadline - now);
-            });
-        match spawned {
-            Ok(timer) => {
-                self.threads.retain(|t| !t.is_finished());
-                self.threads.push(timer);
-                self.next = Some(deadline);
-            }
-            Err(e) => crate::guard::warn(format_args!(
-                "no timer thread for a straggler deadline ({e}); it is checked when an item finishes"
-            )),
+        let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(shared) as Arc<dyn Alarm>));
+        if let Ok(key) = self.registry.timer.at(deadline, alarm) {
+            self.keys.retain(|k| k.when() > now);
+            self.keys.push(key);
+            self.next = Some(deadline);
         }
     }
 }
 
 impl Drop for Timers {
     fn drop(&mut self) {
-        self.alive = None;
-        for timer in &self.threads {
-            timer.thread().unpark();
+        for key in self.keys.drain(..) {
+            self.registry.timer.cancel(key);
         }
+    }
+}
+
+impl<P, I> Alarm for Shared<P, I>
+where
+    P: ?Sized + Send + Sync + 'static,
+    I: Send + 'static,
+{
+    fn ring(self: Arc<Self>) {
+        self.wake();
+        // Possibly the last owner, with events and the program holding user values.
+        crate::guard::drop("a batch's inbox", self);
     }
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use super::{Completion, Outcome, Runnable, Start, CURRENT};
+use super::{Abort, Completion, Outcome, Runnable, Start, CURRENT};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
@@ -244,28 +244,6 @@ where
         self.flag(CANCELLED | STOP_ASKED)
     }
 
-    fn abort(&self) {
-        if Runnable::revoke(self, JobError::cancelled()) {
-            return; // it was queued: it never runs
-        }
-        let mut slot = self.lock();
-        if !matches!(slot.stage, Stage::Running) {
-            return; // finished (the result stays), or nobody wants it any more
-        }
-        // The runner owns the work; it finds CANCELLED when it completes and discards the
-        // output. The handle, woken, finds ABORTED and resolves to `Cancelled` now.
-        self.flags.fetch_or(CANCELLED | ABORTED, Relaxed);
-        let waker = slot.side.take_waker();
-        drop(slot);
-        if let Some(waker) = waker {
-            guard::wake(waker);
-        }
-    }
-
-    fn is_finished(&self) -> bool {
-        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
-    }
-
     fn is_husk(&self) -> bool {
         let slot = self.lock();
         !matches!(slot.stage, Stage::Queued(..)) && self.flag(OUT_OF_LINE)
@@ -379,8 +357,40 @@ where
         guard::drop("a detached job's result", (done, side));
     }
 
-    fn runnable(self: Arc<Self>) -> Arc<dyn Runnable> {
+    fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
+        Some(self)
+    }
+
+    fn abort_target(self: Arc<Self>) -> Arc<dyn Abort> {
         self
+    }
+}
+
+impl<F, T> Abort for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn abort(&self) {
+        if Runnable::revoke(self, JobError::cancelled()) {
+            return; // it was queued: it never runs
+        }
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Running) {
+            return; // finished (the result stays), or nobody wants it any more
+        }
+        // The runner owns the work; it finds CANCELLED when it completes and discards the
+        // output. The handle, woken, finds ABORTED and resolves to `Cancelled` now.
+        self.flags.fetch_or(CANCELLED | ABORTED, Relaxed);
+        let waker = slot.side.take_waker();
+        drop(slot);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
     }
 }
 

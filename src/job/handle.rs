@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 use super::cell::{Cell, Stage};
-use super::{Completion, Job, Runnable};
+use super::{Abort, Completion, Job, Runnable};
 use crate::error::JobError;
 
 /// The result of one call: a future, and a blocking [`wait`](Self::wait) for sync callers.
@@ -53,7 +53,8 @@ pub(crate) trait Submit: Send {
 }
 
 impl<T> JobHandle<T> {
-    pub(super) fn new(inner: Arc<dyn Completion<T>>, pool: u64) -> Self {
+    /// A handle on `inner`, a job of the pool with id `pool` (0: none).
+    pub(crate) fn new(inner: Arc<dyn Completion<T>>, pool: u64) -> Self {
         JobHandle {
             inner: Some(inner),
             pending: None,
@@ -149,7 +150,7 @@ impl<T> JobHandle<T> {
             cell: self
                 .inner
                 .as_ref()
-                .map(|inner| Arc::clone(inner).runnable()),
+                .map(|inner| Arc::clone(inner).abort_target()),
         }
     }
 
@@ -202,7 +203,10 @@ impl<T> JobHandle<T> {
 
     /// The job, if it still waits for room: whoever takes it runs it instead of queueing it.
     pub(crate) fn take_pending(&mut self) -> Option<Job> {
-        self.pending.take().and_then(|pending| pending.into_job())
+        match self.pending.take() {
+            Some(pending) => pending.into_job(),
+            None => self.inner.as_ref().and_then(|inner| inner.take_held()),
+        }
     }
 
     /// The job as something a waiting worker can start out of line (it does nothing if the
@@ -210,7 +214,7 @@ impl<T> JobHandle<T> {
     pub(crate) fn out_of_line(&self) -> Option<Arc<dyn Runnable>> {
         self.inner
             .as_ref()
-            .map(|inner| Arc::clone(inner).runnable())
+            .and_then(|inner| Arc::clone(inner).out_of_line())
     }
 
     pub(crate) fn poll_with(
@@ -300,7 +304,7 @@ impl<T> fmt::Debug for JobHandle<T> {
 #[derive(Clone)]
 pub struct AbortHandle {
     /// `None` for a handle whose result was already taken.
-    cell: Option<Arc<dyn Runnable>>,
+    cell: Option<Arc<dyn Abort>>,
 }
 
 impl AbortHandle {

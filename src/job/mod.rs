@@ -67,19 +67,24 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// True if the job was started out of line: a queue entry for it is a husk.
     fn is_husk(&self) -> bool;
-    /// Cancels the job as a dropped handle does, and resolves its handle to `Cancelled` at
-    /// once (see `AbortHandle`). Nothing once it has finished.
-    fn abort(&self);
-    /// True once the job has finished, was called off or will never run.
-    fn is_finished(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
     fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker>;
 }
 
-/// The handle's view of a cell: something that will produce a `T`.
-trait Completion<T>: Send + Sync {
+/// What an [`AbortHandle`] holds: something to cancel from anywhere.
+pub(crate) trait Abort: Send + Sync {
+    /// Cancels the job as a dropped handle does, and resolves its handle to `Cancelled` at
+    /// once (see `AbortHandle`). Nothing once it has finished.
+    fn abort(&self);
+    /// True once the job has finished, was called off or will never run.
+    fn is_finished(&self) -> bool;
+}
+
+/// The handle's view of a job: something that will produce a `T`. A cell (one run on the
+/// pool), or a controlled call (`control`) that drives attempts of its own.
+pub(crate) trait Completion<T>: Send + Sync {
     fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>>;
     fn is_done(&self) -> bool;
     /// True while no runner has started the job.
@@ -93,8 +98,16 @@ trait Completion<T>: Send + Sync {
     fn on_spare(&self);
     /// Nobody will take the result: the runner drops it (or, if it is there, this does).
     fn detach(&self);
-    /// The same cell, as something to run (for a waiting worker that starts it out of line).
-    fn runnable(self: Arc<Self>) -> Arc<dyn Runnable>;
+    /// The queued job, as something to run (for a waiting worker that starts it out of
+    /// line); `None` if there is none to start now.
+    fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>>;
+    /// A job that waits for room in a full bounded queue, for a waiting worker to run at once
+    /// (a cell's own is held by its handle: see `JobHandle::take_pending`).
+    fn take_held(&self) -> Option<Job> {
+        None
+    }
+    /// The job as an [`AbortHandle`] sees it.
+    fn abort_target(self: Arc<Self>) -> Arc<dyn Abort>;
 }
 
 thread_local! {

@@ -39,6 +39,7 @@ mod shutdown;
 mod sleep;
 mod stats;
 mod submit;
+mod timer;
 mod worker;
 
 use std::fmt;
@@ -49,6 +50,7 @@ pub use builder::Builder;
 pub(crate) use registry::Registry;
 pub use stats::Stats;
 pub(crate) use submit::Reserved;
+pub(crate) use timer::{Alarm, TimerKey};
 pub(crate) use worker::on_thread_of;
 pub use worker::worker_index;
 
@@ -354,7 +356,12 @@ impl WorkerPool {
     /// use std::time::Duration;
     ///
     /// let pool = asyncify_pool::WorkerPool::new(1);
-    /// let _slow = pool.spawn(|| std::thread::sleep(Duration::from_millis(300)));
+    /// let (started_tx, started) = std::sync::mpsc::channel();
+    /// let _slow = pool.spawn(move || {
+    ///     started_tx.send(()).unwrap();
+    ///     std::thread::sleep(Duration::from_millis(300));
+    /// });
+    /// started.recv().unwrap();
     /// let err = pool.shutdown_timeout(Duration::from_millis(10)).unwrap_err();
     /// assert_eq!(err.running(), 1);
     /// ```

@@ -28,6 +28,7 @@ use super::room::Room;
 use super::shutdown;
 use super::sleep::Sleep;
 use super::stats::{Counters, Stats};
+use super::timer::Timer;
 use super::worker::{self, Role};
 use crate::error::PoolError;
 use crate::guard;
@@ -54,6 +55,8 @@ pub(crate) struct Registry {
     shutdown: shutdown::Receiver,
     /// What threads that left had counted.
     retired: Counters,
+    /// The one timer of the pool's waits for time (deadlines, backoffs, rate limits).
+    pub(crate) timer: Timer,
     pub(super) config: ThreadConfig,
 }
 
@@ -98,6 +101,7 @@ impl Registry {
             }),
             shutdown,
             retired: Counters::default(),
+            timer: Timer::new(config.name.clone(), config.stack_size),
             config,
         })
     }
@@ -136,8 +140,10 @@ impl Registry {
         };
         drop(own_sender);
         self.sleep.wake_all();
-        // Handles waiting for room must learn that no room will come.
+        // Handles waiting for room must learn that no room will come, and calls waiting for
+        // time (a backoff, a rate limit) that the pool will not run them.
         self.room.wake_all();
+        self.timer.close();
         true
     }
 

@@ -421,6 +421,9 @@ impl<T> Goal for Await<'_, T> {
                 thread::park_timeout(deadline.saturating_duration_since(Instant::now()))
             }
         }
+        // A controlled call (`control`) queues a new attempt after a backoff or a rate limit,
+        // and wakes its waiter when it does: that attempt may be started here too.
+        self.offered = false;
     }
 }
 

@@ -1,9 +1,13 @@
-//! Programs and their async face: what `asyncify` takes and what it gives back.
+//! Programs and their async face: what `asyncify` takes and what it gives back, and (in
+//! `options`) the options that put deadlines, retries and limits on its calls.
+
+mod options;
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::capture::Captured;
+use crate::control::{self, Controls};
 use crate::error::{JobError, SettingsError, TryCallError};
 use crate::job::JobHandle;
 use crate::pool::{Reserved, WorkerPool};
@@ -112,6 +116,9 @@ pub struct AsyncProgram<P: ?Sized> {
     pool: WorkerPool,
     /// Made by the free `asyncify`: resize the default pool to `async_max_workers` before each call.
     follow: Option<Follow>,
+    /// Deadlines, retries and limits (see `options`); `None` for a plain program, whose calls
+    /// go straight to the pool.
+    controls: Option<Arc<Controls>>,
 }
 
 impl<P> AsyncProgram<P> {
@@ -120,6 +127,7 @@ impl<P> AsyncProgram<P> {
             program: Arc::new(program),
             pool,
             follow,
+            controls: None,
         }
     }
 
@@ -150,6 +158,7 @@ impl<P> AsyncProgram<P> {
             program,
             pool: self.pool,
             follow: self.follow,
+            controls: self.controls,
         }
     }
 }
@@ -188,6 +197,10 @@ impl<P: ?Sized> AsyncProgram<P> {
         }
         let program = Arc::clone(&self.program);
         let captured = Captured::here();
+        if let Some(controls) = &self.controls {
+            let run = move |input: I| program.run(input);
+            return control::call::start(controls, self.pool.registry(), run, input, captured);
+        }
         self.pool
             .registry()
             .submit(move || program.run(input), captured)
@@ -239,6 +252,11 @@ impl<P: ?Sized> AsyncProgram<P> {
         P: Program<I>,
         I: Send + 'static,
     {
+        if self.controls.is_some() {
+            // Its attempts take their slots when they pass the program's gates.
+            drop(reserved);
+            return self.call(input);
+        }
         let program = Arc::clone(&self.program);
         let captured = Captured::here();
         self.pool
@@ -290,6 +308,7 @@ impl<P: ?Sized> Clone for AsyncProgram<P> {
             program: Arc::clone(&self.program),
             pool: self.pool.clone(),
             follow: self.follow,
+            controls: self.controls.clone(),
         }
     }
 }

@@ -1,0 +1,737 @@
+//! A controlled call: the caller's handle on a call of a program with options, and the driver
+//! of its attempts (see the [module docs](super) for the gates it passes).
+//!
+//! # Stages
+//!
+//! * `Waiting(input)`: before an attempt, at a gate (a limit's line, a limiter's line) or in a
+//!   backoff on the pool's timer. Holds the input.
+//! * `Attempt`: an attempt is a job of the pool; the call holds its handle (and the input,
+//!   kept for another attempt if the retry policy may want one). The attempt's job holds the
+//!   call's concurrency slot until it ends, so an abandoned attempt still counts against the
+//!   limit while it runs.
+//! * `Done(result)`: the caller's answer. `Closed` once taken (or nobody wants it).
+//!
+//! The attempt's handle is polled with the call itself as the waker, outside the call's lock:
+//! while a poll is under way the handle is out of the stage (`None`), and a wake-up that comes
+//! meanwhile (`notified`) makes the poller poll again.
+
+use std::any::Any;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use super::limit::{Sample, Slot};
+use super::rate::Take;
+use super::{with_deadline, Controls, Counts, Grant, Waiter};
+use crate::capture::Captured;
+use crate::error::JobError;
+use crate::guard;
+use crate::job::{Abort, AbortHandle, Completion, Job, JobHandle, Runnable};
+use crate::pool::{Alarm, Registry, TimerKey};
+use crate::sync::{deadline_after, lock, AtomicBool, Mutex, MutexGuard};
+
+/// What an attempt's job returns: the output and how long the program ran (measured only for
+/// an adaptive limit with a latency signal), or `None` if its deadline had passed when a worker
+/// took it (it never started).
+type Attempted<O> = Option<(O, Duration)>;
+
+/// Starts a call of `run` on `input` under `controls`, on `registry`'s pool.
+pub(crate) fn start<I, O, R>(
+    controls: &Arc<Controls>,
+    registry: &Arc<Registry>,
+    run: R,
+    input: I,
+    captured: Captured,
+) -> JobHandle<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    if registry.is_closed() {
+        guard::drop("the work of a refused call", (input, captured, run));
+        return JobHandle::ready(Err(JobError::shut_down()));
+    }
+    Counts::add(&controls.counts.calls);
+    let deadline = controls.timeout.and_then(deadline_after);
+    let call = Arc::new_cyclic(|me| Call {
+        me: Weak::clone(me),
+        registry: Arc::clone(registry),
+        controls: Arc::clone(controls),
+        run,
+        captured,
+        deadline,
+        timed: controls.limit.as_ref().is_some_and(|l| l.is_adaptive()),
+        finished: AtomicBool::new(false),
+        state: Mutex::new(State {
+            stage: Stage::Waiting(input),
+            waker: None,
+            attempts: 0,
+            slot: None,
+            token: false,
+            deadline_key: None,
+            backoff: None,
+            last: None,
+            notified: false,
+            wanted: false,
+            detached: false,
+            stop_asked: false,
+            on_spare: false,
+            verdict: None,
+            attempt_abort: None,
+        }),
+    });
+    if let Some(deadline) = deadline {
+        let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(&call) as Arc<dyn Alarm>));
+        if let Ok(key) = registry.timer.at(deadline, alarm) {
+            lock(&call.state).deadline_key = Some(key);
+        }
+    }
+    call.advance();
+    JobHandle::new(call, registry.id)
+}
+
+struct Call<I, O, R> {
+    /// Itself, for the methods of the handle's traits (which take `&self`).
+    me: Weak<Self>,
+    registry: Arc<Registry>,
+    controls: Arc<Controls>,
+    run: R,
+    captured: Captured,
+    deadline: Option<Instant>,
+    /// Attempts measure their run time (for an adaptive limit's latency signal).
+    timed: bool,
+    /// Set once the call has ended or its handle is gone: lines skip it (read without the lock).
+    finished: AtomicBool,
+    state: Mutex<State<I, O>>,
+}
+
+struct State<I, O> {
+    stage: Stage<I, O>,
+    waker: Option<Waker>,
+    /// Attempts handed to the pool so far.
+    attempts: u32,
+    /// The concurrency slot, from its grant until the next attempt takes it.
+    slot: Option<Slot>,
+    /// A rate token was spent for the next attempt.
+    token: bool,
+    deadline_key: Option<TimerKey>,
+    /// The end of the current backoff.
+    backoff: Option<(Instant, TimerKey)>,
+    /// The outcome of the last attempt, while a retry waits: the answer if it never comes.
+    last: Option<Result<O, JobError>>,
+    /// A wake-up came while the attempt's handle was out being polled.
+    notified: bool,
+    /// A waiting worker asked for the attempt while its handle was out: wake the caller when
+    /// it is back, so that the worker asks again.
+    wanted: bool,
+    detached: bool,
+    /// A stopping batch wants the result as it is: no more attempts.
+    stop_asked: bool,
+    /// The attempt runs on a spare thread under its waiter's permit: the call must not end
+    /// before the attempt does (a timeout or an abort then waits for it, as `verdict`).
+    on_spare: bool,
+    verdict: Option<JobError>,
+    /// The current attempt's, for [`Abort::is_finished`].
+    attempt_abort: Option<AbortHandle>,
+}
+
+enum Stage<I, O> {
+    Waiting(I),
+    Attempt {
+        /// The input again, for another attempt.
+        kept: Option<I>,
+        /// `None` while it is being polled (or being put in place).
+        handle: Option<JobHandle<Attempted<O>>>,
+    },
+    Done(Result<O, JobError>),
+    Closed,
+}
+
+/// What an ended call lets go of, after its lock is released: values of the user's, timer
+/// entries, the caller's waker.
+#[must_use]
+struct Ending {
+    values: Box<dyn Any + Send>,
+    keys: [Option<TimerKey>; 2],
+    waker: Option<Waker>,
+}
+
+impl<I, O, R> Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn lock(&self) -> MutexGuard<'_, State<I, O>> {
+        lock(&self.state)
+    }
+
+    fn weak_waiter(self: &Arc<Self>) -> Weak<dyn Waiter> {
+        Arc::downgrade(&(Arc::clone(self) as Arc<dyn Waiter>))
+    }
+
+    /// Moves a waiting call through its gates and into an attempt, as far as it can go now.
+    fn advance(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if !matches!(st.stage, Stage::Waiting(_)) || st.backoff.is_some() {
+            return;
+        }
+        if self.registry.is_closed() {
+            let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+            return self.end(st, result);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return self.end(st, Err(JobError::timed_out()));
+        }
+        if let Some(limit) = &self.controls.limit {
+            if st.slot.is_none() {
+                match limit.acquire(self.weak_waiter()) {
+                    Some(slot) => st.slot = Some(slot),
+                    None => {
+                        Counts::add(&self.controls.counts.waited_for_slot);
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(rate) = &self.controls.rate {
+            if !st.token {
+                match rate.rate().take(&(Arc::clone(self) as Arc<dyn Waiter>)) {
+                    Take::Now => st.token = true,
+                    Take::Wait => {
+                        Counts::add(&self.controls.counts.waited_for_rate);
+                        return;
+                    }
+                    Take::Closed => {
+                        let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+                        return self.end(st, result);
+                    }
+                }
+            }
+        }
+        let waiting = std::mem::replace(
+            &mut st.stage,
+            Stage::Attempt {
+                kept: None,
+                handle: None,
+            },
+        );
+        let Stage::Waiting(input) = waiting else {
+            unreachable!("checked above");
+        };
+        st.token = false;
+        st.attempts += 1;
+        let attempt = st.attempts;
+        let slot = st.slot.take();
+        drop(st);
+        self.submit(attempt, input, slot);
+    }
+
+    /// Hands attempt number `attempt` to the pool (no lock held: copying the input is user
+    /// code), then polls it.
+    fn submit(self: &Arc<Self>, attempt: u32, input: I, slot: Option<Slot>) {
+        let policy = self.controls.retry.as_ref();
+        let (input, kept) = match policy.filter(|p| attempt < p.attempts()) {
+            Some(policy) => match policy.copy(&input) {
+                Some(Ok(copy)) => (copy, Some(input)),
+                Some(Err(message)) => {
+                    drop(slot);
+                    guard::drop("an input", input);
+                    let mut st = self.lock();
+                    if !matches!(st.stage, Stage::Attempt { .. }) {
+                        return;
+                    }
+                    let result = st.last.take().unwrap_or(Err(JobError::panicked(message)));
+                    return self.end(st, result);
+                }
+                None => (input, None),
+            },
+            None => (input, None),
+        };
+        let run = self.run.clone();
+        let (deadline, timed) = (self.deadline, self.timed);
+        let job = move || -> Attempted<O> {
+            let _slot = slot;
+            let started = timed.then(Instant::now);
+            let out = match deadline {
+                Some(d) if Instant::now() >= d => return None,
+                Some(d) => with_deadline(d, || run(input)),
+                None => run(input),
+            };
+            Some((out, started.map_or(Duration::ZERO, |s| s.elapsed())))
+        };
+        let handle = self.registry.submit(job, self.captured.clone());
+        let counts = &self.controls.counts;
+        Counts::add(&counts.attempts);
+        if attempt > 1 {
+            Counts::add(&counts.retries);
+        }
+        let abort = handle.abort_handle();
+        let mut st = self.lock();
+        let stop_asked = st.stop_asked;
+        let Stage::Attempt { kept: k, handle: h } = &mut st.stage else {
+            // Ended meanwhile (a deadline, an abort, a dropped handle): the attempt goes too.
+            drop(st);
+            guard::drop("an abandoned attempt", (handle, kept, abort));
+            return;
+        };
+        *k = kept;
+        *h = Some(handle);
+        if stop_asked {
+            if let Some(h) = h {
+                h.ask_to_stop();
+            }
+        }
+        let old_abort = st.attempt_abort.replace(abort);
+        // A worker waiting on this call (inside a job) may start the new attempt itself: wake
+        // it so that it looks again. (An attempt made at the call has nobody waiting yet.)
+        let waker = st.waker.take();
+        drop(st);
+        drop(old_abort);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+        self.poll_attempt();
+    }
+
+    /// Polls the attempt's handle with the call as its waker; on its result, decides.
+    fn poll_attempt(self: &Arc<Self>) {
+        loop {
+            let mut handle = {
+                let mut st = self.lock();
+                let Stage::Attempt { handle, .. } = &mut st.stage else {
+                    return;
+                };
+                match handle.take() {
+                    Some(h) => {
+                        st.notified = false;
+                        h
+                    }
+                    None => {
+                        st.notified = true; // the poller (or submitter) polls again
+                        return;
+                    }
+                }
+            };
+            let waker = Waker::from(Arc::clone(self));
+            match handle.poll_with(Some(&mut Context::from_waker(&waker))) {
+                Poll::Ready(result) => {
+                    guard::drop("a finished attempt", handle);
+                    return self.attempt_ended(result);
+                }
+                Poll::Pending => {
+                    let mut st = self.lock();
+                    let again = std::mem::take(&mut st.notified);
+                    let wanted = std::mem::take(&mut st.wanted);
+                    let Stage::Attempt { handle: h, .. } = &mut st.stage else {
+                        drop(st);
+                        guard::drop("an abandoned attempt", handle);
+                        return;
+                    };
+                    *h = Some(handle);
+                    let waker = wanted.then(|| st.waker.take()).flatten();
+                    drop(st);
+                    if let Some(waker) = waker {
+                        guard::wake(waker);
+                    }
+                    if !again {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An attempt ended with `result`: done, or another attempt after a backoff.
+    fn attempt_ended(self: &Arc<Self>, result: Result<Attempted<O>, JobError>) {
+        let (outcome, ran) = match result {
+            Ok(Some((out, ran))) => (Ok(out), ran),
+            Ok(None) => (Err(JobError::timed_out()), Duration::ZERO),
+            Err(e) => (Err(e), Duration::ZERO),
+        };
+        // User code (classifiers), before any lock.
+        if let Some(limit) = &self.controls.limit {
+            limit.sample(match &outcome {
+                Ok(out) => Sample::Returned(out as &dyn Any, ran),
+                Err(e) if e.is_timed_out() => Sample::TimedOut,
+                Err(_) => Sample::Other,
+            });
+        }
+        let policy = self.controls.retry.as_ref();
+        let wants_another = policy.is_some_and(|p| p.wants_another(&outcome));
+        let mut st = self.lock();
+        let kept = match &mut st.stage {
+            Stage::Attempt { kept, .. } => kept.take(),
+            _ => {
+                // Ended meanwhile: nobody wants this outcome.
+                drop(st);
+                guard::drop("a discarded output", outcome);
+                return;
+            }
+        };
+        if let Some(verdict) = st.verdict.take() {
+            st.last = Some(outcome);
+            drop(kept);
+            return self.end(st, Err(verdict));
+        }
+        let retry = wants_another
+            && !st.stop_asked
+            && !self.registry.is_closed()
+            && policy.is_some_and(|p| st.attempts < p.attempts());
+        let (Some(input), true) = (kept, retry) else {
+            return self.end(st, outcome);
+        };
+        let wait = policy.map_or(Duration::ZERO, |p| p.backoff(st.attempts));
+        let until = Instant::now().checked_add(wait);
+        let in_time = until.is_some_and(|u| self.deadline.is_none_or(|d| u < d));
+        if !in_time {
+            st.stage = Stage::Waiting(input);
+            return self.end(st, outcome);
+        }
+        st.stage = Stage::Waiting(input);
+        st.last = Some(outcome);
+        if wait > Duration::ZERO {
+            let until = until.expect("checked above");
+            let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(self) as Arc<dyn Alarm>));
+            match self.registry.timer.at(until, alarm) {
+                Ok(key) => {
+                    st.backoff = Some((until, key));
+                    return;
+                }
+                Err(_closed) => {
+                    let result = st.last.take().expect("stored above");
+                    return self.end(st, result);
+                }
+            }
+        }
+        drop(st);
+        self.advance();
+    }
+
+    /// Ends the call with `result` (for the handle, unless detached) and lets go of everything
+    /// else, after the lock.
+    fn end(&self, mut st: MutexGuard<'_, State<I, O>>, result: Result<O, JobError>) {
+        if result.as_ref().is_err_and(JobError::is_timed_out) {
+            Counts::add(&self.controls.counts.timed_out);
+        }
+        self.finished.store(true, Release);
+        let (stage, result) = if st.detached {
+            (Stage::Closed, Some(result))
+        } else {
+            (Stage::Done(result), None)
+        };
+        let old = std::mem::replace(&mut st.stage, stage);
+        let ending = Ending {
+            values: Box::new((old, result, st.slot.take(), st.last.take())),
+            keys: [
+                st.deadline_key.take(),
+                st.backoff.take().map(|(_, key)| key),
+            ],
+            waker: st.waker.take(),
+        };
+        drop(st);
+        self.release(ending);
+    }
+
+    fn release(&self, ending: Ending) {
+        for key in ending.keys.into_iter().flatten() {
+            self.registry.timer.cancel(key);
+        }
+        guard::drop("a finished call's values", ending.values);
+        if let Some(waker) = ending.waker {
+            guard::wake(waker);
+        }
+    }
+
+    /// Ends the call now with `error` (a deadline, an abort), unless its attempt runs on a
+    /// spare thread: then that attempt is asked to stop, and the call ends when it does.
+    fn end_early(&self, error: JobError) {
+        let mut st = self.lock();
+        match &st.stage {
+            Stage::Done(_) | Stage::Closed => {}
+            Stage::Attempt { handle, .. } if st.on_spare => {
+                if let Some(h) = handle {
+                    h.ask_to_stop();
+                }
+                st.verdict = Some(error);
+            }
+            _ => self.end(st, Err(error)),
+        }
+    }
+}
+
+impl<I, O, R> Alarm for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    /// The deadline, or the end of a backoff, or the pool's close.
+    fn ring(self: Arc<Self>) {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return self.end_early(JobError::timed_out());
+        }
+        let mut st = self.lock();
+        if !matches!(st.stage, Stage::Waiting(_)) {
+            return; // running (its attempt meets the close by itself), or ended
+        }
+        if self.registry.is_closed() {
+            let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+            return self.end(st, result);
+        }
+        if st.backoff.is_some_and(|(until, _)| now >= until) {
+            st.backoff = None;
+            drop(st);
+            self.advance();
+        }
+    }
+}
+
+impl<I, O, R> Waiter for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn admit(self: Arc<Self>, grant: Grant) {
+        let mut st = self.lock();
+        if !matches!(st.stage, Stage::Waiting(_)) {
+            drop(st);
+            drop(grant); // a slot goes back to its limit
+            return;
+        }
+        match grant {
+            Grant::Slot(slot) => st.slot = Some(slot),
+            Grant::Token => st.token = true,
+            Grant::Closed => {
+                let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+                return self.end(st, result);
+            }
+        }
+        drop(st);
+        self.advance();
+    }
+
+    fn is_gone(&self) -> bool {
+        self.finished.load(Acquire)
+    }
+
+    fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl<I, O, R> Wake for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.poll_attempt();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.poll_attempt();
+    }
+}
+
+impl<I, O, R> Completion<O> for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<O, JobError>> {
+        // Cloning a waker is user code: before the lock.
+        let waker = cx.map(|cx| cx.waker().clone());
+        let mut st = self.lock();
+        match std::mem::replace(&mut st.stage, Stage::Closed) {
+            Stage::Done(result) => {
+                drop(st);
+                guard::drop("a waker", waker);
+                Poll::Ready(result)
+            }
+            Stage::Closed => {
+                drop(st);
+                panic!("JobHandle polled after it returned its result")
+            }
+            pending => {
+                st.stage = pending;
+                let old = match waker {
+                    Some(w) => st.waker.replace(w),
+                    None => None,
+                };
+                drop(st);
+                guard::drop("a waker", old);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
+    }
+
+    fn is_queued(&self) -> bool {
+        let st = self.lock();
+        match &st.stage {
+            Stage::Waiting(_) => st.attempts == 0,
+            Stage::Attempt { handle, .. } => {
+                st.attempts == 1 && handle.as_ref().is_some_and(JobHandle::is_queued)
+            }
+            _ => false,
+        }
+    }
+
+    fn cancel(&self) {
+        self.finished.store(true, Release);
+        let mut st = self.lock();
+        let ending = Ending {
+            values: Box::new((
+                std::mem::replace(&mut st.stage, Stage::Closed),
+                st.slot.take(),
+                st.last.take(),
+            )),
+            keys: [
+                st.deadline_key.take(),
+                st.backoff.take().map(|(_, key)| key),
+            ],
+            waker: None,
+        };
+        let waker = st.waker.take();
+        drop(st);
+        self.release(ending);
+        guard::drop("a waker", waker);
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        let mut st = self.lock();
+        let (first, never) = (st.attempts <= 1, st.attempts == 0);
+        let taken = match &mut st.stage {
+            Stage::Waiting(_) if never => None,
+            // Being polled (`None`): it may be running; say so.
+            Stage::Attempt { handle, .. } if first => match handle.take() {
+                Some(h) => Some(h),
+                None => return false,
+            },
+            _ => return false,
+        };
+        let Some(taken) = taken else {
+            self.end(st, Err(error));
+            return true;
+        };
+        drop(st);
+        // Revoking drops the attempt's work (user values): outside the lock.
+        let revoked = taken.revoke(JobError::cancelled());
+        let mut st = self.lock();
+        let Stage::Attempt { handle, .. } = &mut st.stage else {
+            drop(st);
+            guard::drop("an abandoned attempt", taken);
+            return false;
+        };
+        *handle = Some(taken);
+        if revoked {
+            self.end(st, Err(error));
+        } else if std::mem::take(&mut st.notified) {
+            // The attempt ended while it was out here: nobody polled it.
+            drop(st);
+            if let Some(me) = self.me.upgrade() {
+                me.poll_attempt();
+            }
+        }
+        revoked
+    }
+
+    fn ask_to_stop(&self) {
+        let mut st = self.lock();
+        st.stop_asked = true;
+        if let Stage::Attempt {
+            handle: Some(h), ..
+        } = &st.stage
+        {
+            h.ask_to_stop();
+        }
+    }
+
+    fn on_spare(&self) {
+        let mut st = self.lock();
+        st.on_spare = true;
+        if let Stage::Attempt {
+            handle: Some(h), ..
+        } = &st.stage
+        {
+            h.on_spare();
+        }
+    }
+
+    fn detach(&self) {
+        let mut st = self.lock();
+        st.detached = true;
+        let done = match std::mem::replace(&mut st.stage, Stage::Closed) {
+            done @ Stage::Done(_) => Some(done),
+            other => {
+                st.stage = other;
+                None
+            }
+        };
+        let waker = st.waker.take();
+        drop(st);
+        guard::drop("a detached call's result", (done, waker));
+    }
+
+    fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
+        let mut st = self.lock();
+        match &st.stage {
+            Stage::Attempt {
+                handle: Some(h), ..
+            } => h.out_of_line(),
+            Stage::Attempt { handle: None, .. } => {
+                st.wanted = true;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn take_held(&self) -> Option<Job> {
+        let mut st = self.lock();
+        match &mut st.stage {
+            Stage::Attempt {
+                handle: Some(h), ..
+            } => h.take_pending(),
+            Stage::Attempt { handle: None, .. } => {
+                st.wanted = true;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn abort_target(self: Arc<Self>) -> Arc<dyn Abort> {
+        self
+    }
+}
+
+impl<I, O, R> Abort for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn abort(&self) {
+        self.end_early(JobError::cancelled());
+    }
+
+    fn is_finished(&self) -> bool {
+        let st = self.lock();
+        matches!(st.stage, Stage::Done(_) | Stage::Closed)
+            && st
+                .attempt_abort
+                .as_ref()
+                .is_none_or(AbortHandle::is_finished)
+    }
+}

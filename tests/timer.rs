@@ -1,0 +1,99 @@
+//! One timer serves every wait for time of a pool (deadlines, backoffs, rate limits, batch
+//! stragglers): one thread, whatever the number of waits, and asleep without a timeout once
+//! nothing waits. (Linux: threads are read from /proc.)
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Duration;
+
+use asyncify_pool::{Retry, WorkerPool};
+use common::{occupy, wait};
+
+/// The process's threads called `name`: (tid, CPU ticks used so far).
+fn threads_named(name: &str) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: state is the 1st, utime the 12th,
+        // stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+        found.push((task.file_name().to_string_lossy().into_owned(), ticks));
+    }
+    found
+}
+
+#[test]
+fn one_timer_thread_serves_every_wait_and_sleeps_when_nothing_waits() {
+    let pool = WorkerPool::builder()
+        .threads(2)
+        .thread_name("tq")
+        .build()
+        .unwrap();
+    assert!(
+        threads_named("tq-timer").is_empty(),
+        "no timer before anything waits"
+    );
+    let (gate, blockers) = occupy(&pool, 2);
+    let timed = pool.asyncify(|x: u32| x).timeout(Duration::from_secs(3600));
+    let limited = pool
+        .asyncify(|x: u32| x)
+        .rate_limit(1000, Duration::from_secs(1));
+    let retried = pool.asyncify(|_: u32| 503u16).retry(
+        Retry::new(3)
+            .backoff(Duration::from_millis(5), Duration::from_millis(20))
+            .retry_if(|s: &u16| *s == 503),
+    );
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        handles.push(timed.call(i));
+        handles.push(limited.call(i));
+    }
+    let backing_off: Vec<_> = (0..50).map(|i| retried.call(i)).collect();
+    // A new thread names itself once it runs.
+    common::spin_until("the timer thread", || !threads_named("tq-timer").is_empty());
+    assert_eq!(
+        threads_named("tq-timer").len(),
+        1,
+        "one timer thread for 450 waits"
+    );
+    gate.open();
+    for b in blockers {
+        wait(b).unwrap();
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(wait(h), Ok(i as u32 / 2));
+    }
+    for h in backing_off {
+        assert_eq!(wait(h), Ok(503));
+    }
+    assert_eq!(retried.stats().attempts, 150);
+    // Every deadline is an hour off, but their entries left with their calls: the timer
+    // sleeps without a timeout after at most one more look, and uses no CPU.
+    let timer = threads_named("tq-timer");
+    assert_eq!(timer.len(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let before = threads_named("tq-timer")[0].1;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = threads_named("tq-timer")[0].1;
+    assert_eq!(before, after, "an idle timer used CPU");
+    // It leaves with the pool.
+    common::assert_shutdown_returns(&pool);
+    common::spin_until("the timer thread to leave", || {
+        threads_named("tq-timer").is_empty()
+    });
+}
