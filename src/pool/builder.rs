@@ -222,7 +222,8 @@ impl Builder {
     ///   shuts down.
     ///
     /// The keep-alive never delays a shutdown: [`shutdown`](WorkerPool::shutdown), its timed
-    /// and async forms, and dropping the last handle end idle threads at once.
+    /// and async forms, and dropping the last handle end idle threads at once. The default
+    /// pool of [`asyncify`](crate::asyncify) keeps surplus threads for 10 seconds.
     ///
     /// # Examples
     ///

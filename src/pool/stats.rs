@@ -87,7 +87,7 @@ pub struct Stats {
     pub threads: usize,
     /// Worker threads alive now. Above `threads` after a shrink until the surplus threads
     /// leave: for a moment by default, or while they idle within the pool's
-    /// [`keep_alive`](crate::Builder::keep_alive). Surplus
+    /// [`keep_alive`](crate::Builder::keep_alive) (the default pool's is 10 seconds). Surplus
     /// threads run jobs like the others, but never more than `threads` jobs run at once.
     /// Spare threads, which run one job waited on from a deep stack and leave, are not counted.
     pub live_threads: usize,
