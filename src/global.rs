@@ -20,8 +20,9 @@ use crate::settings::{self, SettingsError};
 
 /// The default pool, started on first use with `async_max_workers` threads (8 if the value in
 /// force then is unusable). Threads above the `async_max_workers` of the latest call stay for
-/// 10 seconds without a job before they leave ([`Builder::keep_alive`](crate::Builder::keep_alive)):
-/// the limit follows each call at once, and changing it starts no thread that is still alive.
+/// 10 seconds without a job before they leave (see
+/// [`Builder::keep_alive`](crate::Builder::keep_alive)): the limit follows each call at once,
+/// and changing it starts no thread that is still alive.
 ///
 /// # Examples
 ///

@@ -22,7 +22,7 @@ pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 /// | [`stack_size`](Self::stack_size) | the standard library's default (`RUST_MIN_STACK`, else 2 MiB) |
 /// | [`on_thread_start`](Self::on_thread_start) / [`on_thread_stop`](Self::on_thread_stop) | none |
 /// | [`queue_capacity`](Self::queue_capacity) | unbounded |
-/// | [`keep_alive`](Self::keep_alive) | `Duration::ZERO`: a thread above the target leaves at its next job boundary |
+/// | [`keep_alive`](Self::keep_alive) | `Duration::ZERO`: surplus threads leave at their next job boundary |
 ///
 /// # Examples
 ///
@@ -150,7 +150,8 @@ impl Builder {
 
     /// Runs on each thread of the pool just before it exits (shutdown, retiring after a
     /// `set_threads` that shrank the pool and its [`keep_alive`](Self::keep_alive), or a spare
-    /// thread done with its job), with the thread's index. A panic in it is caught and reported through `tracing`.
+    /// thread done with its job), with the thread's index. A panic in it is caught and
+    /// reported through `tracing`.
     ///
     /// # Examples
     ///

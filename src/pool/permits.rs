@@ -14,8 +14,9 @@
 //! permit (only possible while the pool has more workers than its target: after a shrink,
 //! until the surplus workers retire) sleeps in [`Sleep`](super::sleep::Sleep), counted as
 //! starved; a `set_threads` that raises the target wakes the starved, and a surplus worker
-//! that retires wakes one sleeper as it leaves, handing its place on. A job started out of line by a waiting worker runs under the waiter's
-//! permit. The common path is one compare-and-swap to start and one subtraction to finish.
+//! that retires wakes one sleeper as it leaves, handing its place on. A job started out of
+//! line by a waiting worker runs under the waiter's permit. The common path is one
+//! compare-and-swap to start and one subtraction to finish.
 
 use crate::sync::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};

@@ -27,13 +27,13 @@
 //!   above an earlier, lower target are reused. Workers that found jobs queued but no permit
 //!   (`starved`) are woken for the new permits.
 //! * Lowering it stops no thread. A worker above the target (`live > target`) leaves once it
-//!   has had no job for the pool's keep-alive ([`Builder::keep_alive`](super::Builder::keep_alive)):
-//!   with `Duration::ZERO` at its next job boundary, with `Duration::MAX` never. Until then
-//!   it is an ordinary worker, its jobs started under the permits like any other, so the
-//!   limit holds while it lives. Idle surplus workers sleep until their keep-alive ends (the
-//!   shrink wakes those asleep without a deadline to start watching it, see `sleep`); a worker
-//!   that is not surplus sleeps without a deadline, so an idle pool costs no CPU once its
-//!   surplus threads are gone.
+//!   has had no job for the pool's keep-alive
+//!   ([`Builder::keep_alive`](super::Builder::keep_alive)): with `Duration::ZERO` at its next
+//!   job boundary, with `Duration::MAX` never. Until then it is an ordinary worker, its jobs
+//!   started under the permits like any other, so the limit holds while it lives. Idle
+//!   surplus workers sleep until their keep-alive ends (the shrink wakes those asleep without
+//!   a deadline to start watching it, see `sleep`); a worker that is not surplus sleeps
+//!   without a deadline, so an idle pool costs no CPU once its surplus threads are gone.
 //! * Which workers leave is whichever run out of keep-alive first; `live` never drops below
 //!   the target (one atomic update decides, see [`retire_or_stop`](Registry::retire_or_stop)).
 //! * Closing wakes every sleeper, timed or not: the keep-alive never delays a shutdown.
@@ -270,7 +270,8 @@ impl Registry {
 
     /// For a worker about to sleep: true if a queued job could start now. A worker that finds
     /// jobs queued but no permit counts itself `starved` (once per sleep, in `counted`; it
-    /// takes itself off with [`uncount_starved`](Self::uncount_starved)), so that raising the target wakes it.
+    /// takes itself off with [`uncount_starved`](Self::uncount_starved)), so that raising the
+    /// target wakes it.
     pub(super) fn queued_job_may_start(&self, counted: &Cell<bool>) -> bool {
         if self.queue_is_empty() {
             return false;
