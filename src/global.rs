@@ -6,16 +6,23 @@
 //! value in force at each call, before the job is queued, so both a `configure` and a
 //! `context`/`scope` override count. With callers using different values at the same time the
 //! pool follows the most recent call.
+//!
+//! Only the limit moves at each call; the threads follow lazily. Threads above a lowered value
+//! stay for a keep-alive of 10 seconds without a job before they leave, and a call under a
+//! higher value reuses them, so alternating values cost a call what a steady one does.
 
 use std::sync::OnceLock;
 
-use crate::limits::DEFAULT_ASYNC_MAX_WORKERS;
+use crate::limits::{DEFAULT_ASYNC_MAX_WORKERS, DEFAULT_POOL_KEEP_ALIVE};
 use crate::pool::WorkerPool;
 use crate::program::AsyncProgram;
 use crate::settings::{self, SettingsError};
 
 /// The default pool, started on first use with `async_max_workers` threads (8 if the value in
-/// force then is unusable).
+/// force then is unusable). Threads above the `async_max_workers` of the latest call stay for
+/// 10 seconds without a job before they leave (see
+/// [`Builder::keep_alive`](crate::Builder::keep_alive)): the limit follows each call at once,
+/// and changing it starts no thread that is still alive.
 ///
 /// # Examples
 ///
@@ -29,6 +36,7 @@ pub fn default_pool() -> &'static WorkerPool {
         WorkerPool::builder()
             .threads(settings::async_max_workers().unwrap_or(DEFAULT_ASYNC_MAX_WORKERS))
             .thread_name("asyncify")
+            .keep_alive(DEFAULT_POOL_KEEP_ALIVE)
             .build()
             .unwrap_or_else(|e| panic!("asyncify-pool: cannot start the default pool: {e}"))
     })

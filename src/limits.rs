@@ -1,11 +1,19 @@
 //! The library's numbers, each defined once: the defaults of its settings and the bounds it
 //! enforces.
 
+use std::time::Duration;
+
 /// The most worker threads a pool may have: [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS).
 pub(crate) const MAX_THREADS: usize = 1024;
 
 /// The default of the `async_max_workers` setting: the default pool's thread count.
 pub(crate) const DEFAULT_ASYNC_MAX_WORKERS: usize = 8;
+
+/// How long a thread of the default pool above `async_max_workers` stays alive without a job
+/// (its [`Builder::keep_alive`](crate::Builder::keep_alive)), so that calls under different
+/// values reuse threads instead of starting and stopping them (tokio's blocking pool keeps its
+/// idle threads as long).
+pub(crate) const DEFAULT_POOL_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// The default of the `max_errors` setting: the failures a batch tolerates (DSPy's default).
 pub(crate) const DEFAULT_MAX_ERRORS: usize = 10;

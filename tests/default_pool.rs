@@ -10,8 +10,8 @@ mod common;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use asyncify_pool::settings::{self, Overrides};
-use asyncify_pool::{asyncify, default_pool};
-use common::{wait, Gauge};
+use asyncify_pool::{asyncify, default_pool, worker_index};
+use common::{probe_every_worker, wait, Gauge};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -112,4 +112,39 @@ fn a_scope_override_counts_for_calls_made_while_it_is_polled() {
     }
     assert_eq!(gauge.state().max, 5);
     assert_eq!(default_pool().threads(), 5);
+}
+
+/// The worker numbers of every thread of the default pool, sorted (a thread started later takes
+/// a number never used before, so a new thread shows up as a new number).
+fn default_pool_workers() -> Vec<usize> {
+    let mut seen: Vec<_> = probe_every_worker(default_pool(), worker_index)
+        .into_iter()
+        .map(|(index, met)| {
+            assert!(met, "every worker of the default pool ran a probe at once");
+            index.expect("a probe runs on a thread of the pool")
+        })
+        .collect();
+    seen.sort_unstable();
+    seen
+}
+
+/// Calls that alternate `async_max_workers` between 2 and 16 move the limit at every call but
+/// reuse the living threads: the surplus ones stay for the default pool's keep-alive.
+#[test]
+fn alternating_async_max_workers_starts_no_thread_per_call() {
+    let _serial = serial();
+    let program = asyncify(|x: u32| x * 2);
+    let h = settings::context(workers(16), || program.call(1));
+    assert_eq!(wait(h), Ok(2));
+    let before = default_pool_workers();
+    assert_eq!(before.len(), 16);
+    for i in 0..40u32 {
+        let n = if i % 2 == 0 { 2 } else { 16 };
+        let h = settings::context(workers(n), || program.call(i));
+        assert_eq!(default_pool().threads(), n);
+        assert_eq!(wait(h), Ok(i * 2));
+        assert!(default_pool().stats().live_threads >= 16);
+    }
+    assert_eq!(default_pool().threads(), 16);
+    assert_eq!(default_pool_workers(), before, "threads were started again");
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::registry::Registry;
 use super::WorkerPool;
@@ -21,6 +22,7 @@ pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 /// | [`stack_size`](Self::stack_size) | the standard library's default (`RUST_MIN_STACK`, else 2 MiB) |
 /// | [`on_thread_start`](Self::on_thread_start) / [`on_thread_stop`](Self::on_thread_stop) | none |
 /// | [`queue_capacity`](Self::queue_capacity) | unbounded |
+/// | [`keep_alive`](Self::keep_alive) | `Duration::ZERO`: surplus threads leave at their next job boundary |
 ///
 /// # Examples
 ///
@@ -46,6 +48,7 @@ pub struct Builder {
     on_start: Option<Hook>,
     on_stop: Option<Hook>,
     queue_capacity: Option<usize>,
+    keep_alive: Duration,
 }
 
 /// What every thread of a pool is started with.
@@ -54,6 +57,8 @@ pub(crate) struct ThreadConfig {
     pub(crate) stack_size: usize,
     pub(crate) on_start: Option<Hook>,
     pub(crate) on_stop: Option<Hook>,
+    /// How long a thread above the target may go without a job before it leaves.
+    pub(crate) keep_alive: Duration,
 }
 
 impl Builder {
@@ -65,6 +70,7 @@ impl Builder {
             on_start: None,
             on_stop: None,
             queue_capacity: None,
+            keep_alive: Duration::ZERO,
         }
     }
 
@@ -143,8 +149,9 @@ impl Builder {
     }
 
     /// Runs on each thread of the pool just before it exits (shutdown, retiring after a
-    /// `set_threads` that shrank the pool, or a spare thread done with its job), with the
-    /// thread's index. A panic in it is caught and reported through `tracing`.
+    /// `set_threads` that shrank the pool and its [`keep_alive`](Self::keep_alive), or a spare
+    /// thread done with its job), with the thread's index. A panic in it is caught and
+    /// reported through `tracing`.
     ///
     /// # Examples
     ///
@@ -199,6 +206,46 @@ impl Builder {
         self
     }
 
+    /// How long a thread above the pool's target stays alive without a job, after
+    /// [`set_threads`](WorkerPool::set_threads) lowered the target. Default `Duration::ZERO`.
+    ///
+    /// Lowering the target takes effect at once for the concurrency limit (from the return of
+    /// `set_threads(n)`, a job starts only while fewer than `n` run) but not for the threads: a
+    /// surplus thread leaves once it has had no job for `keep_alive`. Raising the target again
+    /// meanwhile reuses the living threads and starts only the missing ones, so a limit that
+    /// moves up and down does not start and stop threads on every change. Until they leave,
+    /// surplus threads count in [`Stats::live_threads`](crate::Stats::live_threads); idle, they
+    /// sleep, and each wakes once as its keep-alive ends.
+    ///
+    /// * `Duration::ZERO`: a surplus thread leaves at its next job boundary (an idle one at
+    ///   once), so the pool has `threads` threads again as soon as their jobs end.
+    /// * `Duration::MAX`: surplus threads never leave on their own; they stay until the pool
+    ///   shuts down.
+    ///
+    /// The keep-alive never delays a shutdown: [`shutdown`](WorkerPool::shutdown), its timed
+    /// and async forms, and dropping the last handle end idle threads at once. The default
+    /// pool of [`asyncify`](crate::asyncify) keeps surplus threads for 10 seconds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pool = asyncify_pool::WorkerPool::builder()
+    ///     .threads(8)
+    ///     .keep_alive(Duration::from_secs(3600))
+    ///     .build()
+    ///     .unwrap();
+    /// pool.set_threads(2).unwrap(); // at most 2 jobs at once from here on
+    /// assert_eq!(pool.stats().threads, 2);
+    /// assert_eq!(pool.stats().live_threads, 8); // the 6 surplus threads idle on
+    /// pool.set_threads(8).unwrap(); // reuses them: no thread started
+    /// ```
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
     /// Starts the pool's threads.
     ///
     /// # Errors
@@ -237,6 +284,7 @@ impl Builder {
             stack_size: self.stack_size.unwrap_or_else(default_stack_size),
             on_start: self.on_start,
             on_stop: self.on_stop,
+            keep_alive: self.keep_alive,
         };
         let capacity = self.queue_capacity.filter(|&c| c < usize::MAX);
         WorkerPool::start(Registry::new(threads, capacity, config), threads)
@@ -259,6 +307,7 @@ impl fmt::Debug for Builder {
             .field("thread_name", &self.name)
             .field("stack_size", &self.stack_size)
             .field("queue_capacity", &self.queue_capacity)
+            .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
 }

@@ -2,15 +2,18 @@
 //!
 //! # Policy
 //!
-//! * **Threads.** A pool runs exactly the number of threads it was given, starting them at
-//!   construction, at most [`WorkerPool::MAX_THREADS`]. They never idle out; an idle worker
-//!   spins briefly, then sleeps (see `sleep`), so an idle pool costs no CPU.
+//! * **Threads.** A pool runs the number of threads it was given, starting them at
+//!   construction, at most [`WorkerPool::MAX_THREADS`]. They never idle out while they are
+//!   within the target; an idle worker spins briefly, then sleeps (see `sleep`), so an idle
+//!   pool costs no CPU.
 //! * **Concurrency.** At most `threads()` jobs run at once: a worker takes a permit (see
 //!   `permits`) before it takes a job, so from the moment `set_threads(n)` returns, a job starts
 //!   only if fewer than `n` are running.
-//! * **Resizing.** Growing starts the missing threads at once. Shrinking lowers the target, and
-//!   surplus workers retire at their next job boundary; idle ones are woken to notice. A
-//!   running job is never interrupted.
+//! * **Resizing.** The limit moves at once; the threads follow lazily (see `registry`).
+//!   Growing starts the missing threads at once, reusing any still alive above an earlier,
+//!   lower target. Shrinking lowers the target, and a surplus worker retires once it has had
+//!   no job for the keep-alive ([`Builder::keep_alive`]; by default at its next job boundary).
+//!   A running job is never interrupted.
 //! * **Order.** One FIFO queue: jobs start in submission order. A job waited on from inside
 //!   another job of the pool may start earlier, on its waiter (see `worker`).
 //! * **Waiting inside a job.** [`JobHandle::wait`] on a thread of the job's pool runs the
@@ -251,9 +254,11 @@ impl WorkerPool {
         self.registry().permits.target()
     }
 
-    /// Changes the number of threads. Growing starts the new threads before returning.
-    /// Shrinking never interrupts a running job: surplus workers leave when they finish, and
-    /// from the moment this returns, a job starts only while fewer than `threads` run.
+    /// Changes the number of threads. Growing starts the new threads before returning (a
+    /// thread still alive above an earlier, lower count is reused instead). Shrinking never
+    /// interrupts a running job: from the moment this returns, a job starts only while fewer
+    /// than `threads` run, and surplus threads leave once they have had no job for the pool's
+    /// [`keep_alive`](Builder::keep_alive) (by default at once, when their job ends).
     ///
     /// # Errors
     ///
@@ -483,6 +488,7 @@ mod tests {
             stack_size: 1 << 20,
             on_start: None,
             on_stop: None,
+            keep_alive: Duration::ZERO,
         };
         let registry = Registry::new(1, None, config);
         let last = WorkerPool {

@@ -11,10 +11,12 @@
 //! A worker takes a permit *before* it takes a job off the queue, so a job never leaves the
 //! queue into a thread that cannot run it (a worker holding a job while it waits for a permit
 //! is how a shrink used to deadlock a job waiting on its own children). A worker that finds no
-//! permit (only possible between a shrink and the retirement of the surplus workers) sleeps in
-//! [`Sleep`](super::sleep::Sleep); a surplus worker that retires wakes one sleeper as it leaves,
-//! handing its place on. A job started out of line by a waiting worker runs under the waiter's
-//! permit. The common path is one compare-and-swap to start and one subtraction to finish.
+//! permit (only possible while the pool has more workers than its target: after a shrink,
+//! until the surplus workers retire) sleeps in [`Sleep`](super::sleep::Sleep), counted as
+//! starved; a `set_threads` that raises the target wakes the starved, and a surplus worker
+//! that retires wakes one sleeper as it leaves, handing its place on. A job started out of
+//! line by a waiting worker runs under the waiter's permit. The common path is one
+//! compare-and-swap to start and one subtraction to finish.
 
 use crate::sync::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};

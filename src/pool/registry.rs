@@ -4,7 +4,8 @@
 //! # Lifecycle
 //!
 //! * **Open.** Calls push jobs into the queue (one crossbeam channel, FIFO) and wake one
-//!   sleeping worker. Workers come and go with [`set_threads`](Registry::set_threads).
+//!   sleeping worker. Workers come and go with [`set_threads`](Registry::set_threads) (see
+//!   *Threads and the target* below).
 //! * **Closed** ([`close`](Registry::close), by `shutdown` or the last `WorkerPool` handle):
 //!   calls are refused at once with `ShutDown`; every sleeping worker and every handle waiting
 //!   for room is woken. Workers go on until the queue is empty, then leave.
@@ -15,10 +16,33 @@
 //!   drain and the disconnect is dropped by the channel, the same way. Every accepted job runs
 //!   or tells its caller why not, and no lock is held while a dropped job's closure (user code)
 //!   is dropped.
+//!
+//! # Threads and the target
+//!
+//! The target (the permit word's, see `permits`) is the concurrency limit, and it moves at
+//! once. The threads follow it lazily, so that a limit that goes up and down (the default pool
+//! follows `async_max_workers` call by call) does not start and stop threads on every change:
+//!
+//! * Raising the target starts threads only until `live` reaches it: threads still alive
+//!   above an earlier, lower target are reused. Workers that found jobs queued but no permit
+//!   (`starved`) are woken for the new permits.
+//! * Lowering it stops no thread. A worker above the target (`live > target`) leaves once it
+//!   has had no job for the pool's keep-alive
+//!   ([`Builder::keep_alive`](super::Builder::keep_alive)): with `Duration::ZERO` at its next
+//!   job boundary, with `Duration::MAX` never. Until then it is an ordinary worker, its jobs
+//!   started under the permits like any other, so the limit holds while it lives. Idle
+//!   surplus workers sleep until their keep-alive ends (the shrink wakes those asleep without
+//!   a deadline to start watching it, see `sleep`); a worker that is not surplus sleeps
+//!   without a deadline, so an idle pool costs no CPU once its surplus threads are gone.
+//! * Which workers leave is whichever run out of keep-alive first; `live` never drops below
+//!   the target (one atomic update decides, see [`retire_or_stop`](Registry::retire_or_stop)).
+//! * Closing wakes every sleeper, timed or not: the keep-alive never delays a shutdown.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -33,7 +57,7 @@ use super::worker::{self, Role};
 use crate::error::PoolError;
 use crate::guard;
 use crate::job::Job;
-use crate::sync::{lock, AtomicBool, AtomicUsize, Mutex, StaticAtomicU64};
+use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex, StaticAtomicU64};
 
 /// Pool ids, so that a handle knows which pool's workers may start its job out of line.
 static NEXT_ID: StaticAtomicU64 = StaticAtomicU64::new(1);
@@ -48,6 +72,9 @@ pub(crate) struct Registry {
     /// Worker threads alive (spares not counted). Changed by a worker leaving (lock-free, see
     /// [`retire_or_stop`](Self::retire_or_stop)) and by `set_threads` under `ctrl`.
     live: AtomicUsize,
+    /// Sleeping workers that found jobs queued but no permit: a `set_threads` that raises the
+    /// target wakes them (see [`queued_job_may_start`](Self::queued_job_may_start)).
+    starved: AtomicUsize,
     /// Queue entries whose job a waiting worker started out of line (see `job::cell`), so that
     /// `stats().queued` counts only jobs still to start.
     pub(super) husks: AtomicUsize,
@@ -91,6 +118,7 @@ impl Registry {
             room: Room::new(capacity),
             closed: AtomicBool::new(false),
             live: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
             husks: AtomicUsize::new(0),
             ctrl: Mutex::new(Ctrl {
                 rx: Some(rx),
@@ -209,26 +237,82 @@ impl Registry {
         Ok(())
     }
 
-    /// Changes the number of workers (checked by the caller).
+    /// Changes the target (checked by the caller): the limit moves at once, the threads as
+    /// the module docs say.
     pub(super) fn set_threads(self: &Arc<Self>, threads: usize) -> Result<(), PoolError> {
         let mut ctrl = lock(&self.ctrl);
         if self.is_closed() {
             return Err(PoolError::ShutDown);
         }
+        let before = self.permits.target();
         self.permits.set_target(threads);
         let grown = self.grow_to(&mut ctrl, threads);
         drop(ctrl);
-        // Surplus workers notice at their next job boundary; idle ones must wake to.
-        self.sleep.wake_all();
+        if threads > before {
+            // ORDERING: Dekker with a starved sleeper (see `queued_job_may_start`): the new
+            // target is written, then the count read.
+            fence(SeqCst);
+            if self.starved.load(Relaxed) > 0 {
+                self.sleep.wake_all();
+            }
+        }
+        if self.live() > threads && self.keep_alive() != Duration::MAX {
+            // Surplus workers asleep without a deadline must wake to start their keep-alive.
+            self.sleep.wake_untimed();
+        }
         grown
     }
 
+    /// How long a worker above the target may go without a job before it leaves.
+    pub(super) fn keep_alive(&self) -> Duration {
+        self.config.keep_alive
+    }
+
+    /// True if a surplus worker idle since `idle_since` (`None`: it just ran a job) may leave.
+    pub(super) fn keep_alive_ran_out(&self, idle_since: Option<Instant>) -> bool {
+        let keep_alive = self.keep_alive();
+        keep_alive.is_zero() || idle_since.is_some_and(|since| since.elapsed() >= keep_alive)
+    }
+
+    /// For a worker about to sleep: true if a queued job could start now. A worker that finds
+    /// jobs queued but no permit counts itself `starved` (once per sleep, in `counted`; it
+    /// takes itself off with [`uncount_starved`](Self::uncount_starved)), so that raising the
+    /// target wakes it.
+    pub(super) fn queued_job_may_start(&self, counted: &Cell<bool>) -> bool {
+        if self.queue_is_empty() {
+            return false;
+        }
+        if self.permits.available() {
+            return true;
+        }
+        if !counted.replace(true) {
+            self.starved.fetch_add(1, SeqCst);
+            // ORDERING: Dekker with a growing `set_threads`: counted, then the target read
+            // again; it writes the target, then reads the count. One of them sees the other.
+            fence(SeqCst);
+        }
+        self.permits.available()
+    }
+
+    /// Ends a sleep counted by [`queued_job_may_start`](Self::queued_job_may_start).
+    pub(super) fn uncount_starved(&self, counted: &Cell<bool>) {
+        if counted.get() {
+            self.starved.fetch_sub(1, SeqCst);
+        }
+    }
+
     /// For a worker between jobs: true if it must leave, because the pool has more workers
-    /// than its target (it retires) or is closed with nothing left to run. It has then taken
-    /// itself off the live count; the second value says whether it was the last worker.
-    pub(super) fn retire_or_stop(&self) -> Option<bool> {
+    /// than its target and `keep_alive_ran_out()` for this one (it retires), or is closed with
+    /// nothing left to run. It has then taken itself off the live count; the second value says
+    /// whether it was the last worker.
+    pub(super) fn retire_or_stop(&self, keep_alive_ran_out: impl FnOnce() -> bool) -> Option<bool> {
         let closed = self.is_closed();
         let stopping = closed && self.queue_is_empty();
+        // The clock is read only for a worker that is surplus now.
+        let may_retire = stopping || (self.live() > self.permits.target() && keep_alive_ran_out());
+        if !may_retire {
+            return None;
+        }
         let left = self.live.fetch_update(SeqCst, SeqCst, |live| {
             (stopping || live > self.permits.target()).then(|| live - 1)
         });

@@ -34,9 +34,21 @@
 //! wake-up on). A flag left over from one sleep would end the next one early with the sleeper
 //! still listed, and a later wake-up would then go to a worker that is not asleep: the lost
 //! wake-up `tests/properties.rs` found in a first version of this protocol.
+//!
+//! # Sleeping until a deadline
+//!
+//! A worker above the pool's target sleeps at most until its keep-alive runs out (see
+//! `registry`); every other worker sleeps without a deadline, so an idle pool with no surplus
+//! threads makes no system call at all. A sleeper whose deadline passes ends its listing
+//! itself, as one that goes on does (taking a wake-up that raced the deadline, and handing it
+//! on). Each listing says whether it has a deadline, so that a shrink wakes only the sleepers
+//! without one ([`wake_untimed`](Sleep::wake_untimed)): those that became surplus, and must
+//! start watching the clock, by the same Dekker pattern as every other change. A sleeper that
+//! already has a deadline is left asleep, so a limit that goes up and down wakes nobody.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::sync::{fence, lock, wait, AtomicUsize, Condvar, Mutex};
 
@@ -68,7 +80,14 @@ pub(super) const SPINS_BEFORE_SLEEP: u32 = GROWING_SPINS + STEADY_SPINS + YIELDS
 pub(crate) struct Sleep {
     /// The length of `sleepers`, readable without the lock.
     idle: AtomicUsize,
-    sleepers: Mutex<Vec<Arc<Sleeper>>>,
+    sleepers: Mutex<Vec<Listed>>,
+}
+
+/// A sleeper in the list.
+struct Listed {
+    sleeper: Arc<Sleeper>,
+    /// It sleeps until a deadline at the latest, and notices a lapse of time by itself.
+    timed: bool,
 }
 
 /// One worker's place to sleep, made once per worker.
@@ -86,47 +105,58 @@ impl Sleep {
         }
     }
 
-    /// Sleeps until woken, unless `may_go_on()` is already true once registered. Spurious
-    /// returns happen: the caller loops.
-    pub(crate) fn sleep(&self, me: &Arc<Sleeper>, may_go_on: impl Fn() -> bool) {
+    /// Sleeps until woken or until `until` (`None`: no deadline), unless `may_go_on()` is
+    /// already true once registered. Spurious returns happen: the caller loops.
+    pub(crate) fn sleep(
+        &self,
+        me: &Arc<Sleeper>,
+        until: Option<Instant>,
+        may_go_on: impl Fn() -> bool,
+    ) {
         {
             let mut sleepers = lock(&self.sleepers);
-            sleepers.push(Arc::clone(me));
+            sleepers.push(Listed {
+                sleeper: Arc::clone(me),
+                timed: until.is_some(),
+            });
             self.idle.store(sleepers.len(), Relaxed);
         }
         // ORDERING: the sleeper's half of the Dekker pattern (see the module docs).
         fence(SeqCst);
-        if may_go_on() {
-            let listed = {
-                let mut sleepers = lock(&self.sleepers);
-                let before = sleepers.len();
-                sleepers.retain(|s| !Arc::ptr_eq(s, me));
-                self.idle.store(sleepers.len(), Relaxed);
-                sleepers.len() < before
-            };
-            if !listed {
-                // A waker took this sleeper out meanwhile. Take its wake-up now, so that it
-                // does not end a later sleep early (with this sleeper still listed, a later
-                // wake-up would go to a worker that is not asleep), and hand it on.
-                me.take_wake();
-                self.wake_one();
-            }
-            return;
+        if may_go_on() || !me.take_wake(until) {
+            self.unlist(me);
         }
-        me.take_wake();
+    }
+
+    /// Ends a listing that the sleeper ends itself: it goes on, or its deadline passed.
+    fn unlist(&self, me: &Arc<Sleeper>) {
+        let listed = {
+            let mut sleepers = lock(&self.sleepers);
+            let before = sleepers.len();
+            sleepers.retain(|s| !Arc::ptr_eq(&s.sleeper, me));
+            self.idle.store(sleepers.len(), Relaxed);
+            sleepers.len() < before
+        };
+        if !listed {
+            // A waker took this sleeper out meanwhile. Take its wake-up now, so that it does
+            // not end a later sleep early (with this sleeper still listed, a later wake-up
+            // would go to a worker that is not asleep), and hand it on.
+            me.take_wake(None);
+            self.wake_one();
+        }
     }
 
     /// Wakes one sleeper, if any, after the caller made work or a permit available.
     pub(crate) fn wake_one(&self) {
         if self.someone_sleeps() {
-            let sleeper = {
+            let listed = {
                 let mut sleepers = lock(&self.sleepers);
-                let sleeper = sleepers.pop();
+                let listed = sleepers.pop();
                 self.idle.store(sleepers.len(), Relaxed);
-                sleeper
+                listed
             };
-            if let Some(sleeper) = sleeper {
-                sleeper.wake();
+            if let Some(listed) = listed {
+                listed.sleeper.wake();
             }
         }
     }
@@ -139,8 +169,31 @@ impl Sleep {
                 self.idle.store(0, Relaxed);
                 std::mem::take(&mut *sleepers)
             };
-            for sleeper in sleepers {
-                sleeper.wake();
+            for listed in sleepers {
+                listed.sleeper.wake();
+            }
+        }
+    }
+
+    /// Wakes every sleeper without a deadline, after the caller made a change that only a
+    /// sleeper watching the clock notices by itself (a shrink: a surplus worker's keep-alive
+    /// must end its sleep).
+    pub(crate) fn wake_untimed(&self) {
+        if self.someone_sleeps() {
+            let untimed = {
+                let mut sleepers = lock(&self.sleepers);
+                if sleepers.iter().all(|s| s.timed) {
+                    return;
+                }
+                let (timed, untimed) = std::mem::take(&mut *sleepers)
+                    .into_iter()
+                    .partition(|s| s.timed);
+                *sleepers = timed;
+                self.idle.store(sleepers.len(), Relaxed);
+                untimed
+            };
+            for listed in untimed {
+                listed.sleeper.wake();
             }
         }
     }
@@ -161,12 +214,17 @@ impl Sleeper {
 
     /// Waits for the wake-up of the waker that took (or will take) this sleeper out of the
     /// list, and consumes it: a sleeper is listed once per sleep and woken once per listing.
-    fn take_wake(&self) {
+    /// False if `until` passed first (nothing consumed: the sleeper must end its listing).
+    fn take_wake(&self, until: Option<Instant>) -> bool {
         let mut woken = lock(&self.woken);
         while !*woken {
-            woken = wait(&self.cv, woken, None);
+            if until.is_some_and(|t| Instant::now() >= t) {
+                return false;
+            }
+            woken = wait(&self.cv, woken, until);
         }
         *woken = false;
+        true
     }
 }
 
@@ -197,7 +255,7 @@ mod tests {
         let other = {
             let sleep = Arc::clone(&sleep);
             std::thread::spawn(move || {
-                sleep.sleep(&Arc::default(), || false);
+                sleep.sleep(&Arc::default(), None, || false);
                 done_tx.send(()).unwrap();
             })
         };
@@ -206,7 +264,7 @@ mod tests {
         }
         let me = Arc::new(Sleeper::default());
         // Listed last, so the wake-up made "meanwhile" takes this sleeper, not the other.
-        sleep.sleep(&me, || {
+        sleep.sleep(&me, None, || {
             sleep.wake_one();
             true
         });
@@ -219,6 +277,58 @@ mod tests {
         other.join().unwrap();
         assert_eq!(sleep.idle.load(SeqCst), 0);
     }
+
+    /// A sleep with a deadline ends by itself once the deadline passes, unlisted (a later
+    /// wake-up must not go to it), and a wake-up that comes then is not left over.
+    #[test]
+    fn a_timed_sleep_ends_at_its_deadline_and_unlists_itself() {
+        let sleep = Sleep::new();
+        let me = Arc::new(Sleeper::default());
+        let until = Instant::now() + Duration::from_millis(5);
+        sleep.sleep(&me, Some(until), || false);
+        assert!(
+            Instant::now() >= until,
+            "returned before its deadline, unwoken"
+        );
+        assert_eq!(sleep.idle.load(SeqCst), 0);
+        assert!(lock(&sleep.sleepers).is_empty());
+        sleep.wake_one();
+        assert!(!*lock(&me.woken), "a wake-up went to a sleeper that left");
+    }
+
+    /// `wake_untimed` wakes the sleepers without a deadline and leaves the timed ones asleep.
+    #[test]
+    fn wake_untimed_wakes_only_sleepers_without_a_deadline() {
+        let sleep = Arc::new(Sleep::new());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let spawn_sleeper = |until: Option<Instant>, name: &'static str| {
+            let (sleep, done_tx) = (Arc::clone(&sleep), done_tx.clone());
+            std::thread::spawn(move || {
+                sleep.sleep(&Arc::default(), until, || false);
+                done_tx.send(name).unwrap();
+            })
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        let timed = spawn_sleeper(Some(far), "timed");
+        let untimed = spawn_sleeper(None, "untimed");
+        while sleep.idle.load(SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        sleep.wake_untimed();
+        let first = done.recv_timeout(Duration::from_secs(60));
+        assert_eq!(first, Ok("untimed"));
+        untimed.join().unwrap();
+        assert_eq!(
+            sleep.idle.load(SeqCst),
+            1,
+            "the timed sleeper is still listed"
+        );
+        sleep.wake_untimed();
+        assert!(lock(&sleep.sleepers)[0].timed);
+        sleep.wake_all();
+        assert_eq!(done.recv_timeout(Duration::from_secs(60)), Ok("timed"));
+        timed.join().unwrap();
+    }
 }
 
 #[cfg(all(test, loom))]
@@ -227,24 +337,36 @@ mod loom_tests {
     use loom::sync::atomic::AtomicBool;
     use loom::thread;
 
-    /// A job made available while a worker goes to sleep is never missed: the worker sees it
-    /// before sleeping, or is woken (loom reports a deadlock if it sleeps forever).
-    #[test]
-    fn a_wake_racing_a_sleep_is_not_lost() {
-        loom::model(|| {
+    /// A change made while a worker goes to sleep without a deadline, announced by `wake`, is
+    /// never missed: the worker sees it before sleeping, or is woken (loom reports a deadlock
+    /// if it sleeps forever).
+    fn a_change_racing_a_sleep_is_not_lost(wake: fn(&Sleep)) {
+        loom::model(move || {
             let sleep = loom::sync::Arc::new(Sleep::new());
-            let work = loom::sync::Arc::new(AtomicBool::new(false));
-            let (s, w) = (sleep.clone(), work.clone());
+            let changed = loom::sync::Arc::new(AtomicBool::new(false));
+            let (s, c) = (sleep.clone(), changed.clone());
             let worker = thread::spawn(move || {
                 let me = Arc::new(Sleeper::default());
-                while !w.load(Relaxed) {
-                    s.sleep(&me, || w.load(Relaxed));
+                while !c.load(Relaxed) {
+                    s.sleep(&me, None, || c.load(Relaxed));
                 }
             });
-            work.store(true, Relaxed);
-            sleep.wake_one();
+            changed.store(true, Relaxed);
+            wake(&sleep);
             worker.join().unwrap();
         });
+    }
+
+    /// A job made available (`wake_one`).
+    #[test]
+    fn a_wake_racing_a_sleep_is_not_lost() {
+        a_change_racing_a_sleep_is_not_lost(Sleep::wake_one);
+    }
+
+    /// A shrink, which wakes only the sleepers without a deadline (`wake_untimed`).
+    #[test]
+    fn a_wake_untimed_racing_an_untimed_sleep_is_not_lost() {
+        a_change_racing_a_sleep_is_not_lost(Sleep::wake_untimed);
     }
 
     const WORKERS: usize = 2;
@@ -267,7 +389,7 @@ mod loom_tests {
                             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
                             .is_err()
                         {
-                            s.sleep(&me, || w.load(SeqCst) > 0);
+                            s.sleep(&me, None, || w.load(SeqCst) > 0);
                         }
                     })
                 })

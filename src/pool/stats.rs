@@ -82,9 +82,13 @@ pub struct Stats {
     /// Jobs taken off the queue without running because their caller had dropped or aborted
     /// the handle (or their batch had cancelled them).
     pub cancelled: u64,
-    /// The thread count asked for ([`WorkerPool::threads`](crate::WorkerPool::threads)).
+    /// The thread count asked for ([`WorkerPool::threads`](crate::WorkerPool::threads)): the
+    /// target, and the most jobs that run at once.
     pub threads: usize,
-    /// Worker threads alive now (above `threads` for a moment after a shrink). Spare threads,
-    /// which run one job waited on from a deep stack and leave, are not counted.
+    /// Worker threads alive now. Above `threads` after a shrink until the surplus threads
+    /// leave: for a moment by default, or while they idle within the pool's
+    /// [`keep_alive`](crate::Builder::keep_alive) (the default pool's is 10 seconds). Surplus
+    /// threads run jobs like the others, but never more than `threads` jobs run at once.
+    /// Spare threads, which run one job waited on from a deep stack and leave, are not counted.
     pub live_threads: usize,
 }

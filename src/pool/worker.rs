@@ -6,10 +6,11 @@
 //! otherwise waits. The goal says what "done", "work" and "wait" mean:
 //!
 //! * [`Serve`], the worker's top level: done when the pool has more workers than its target
-//!   (the worker retires) or is closed with an empty queue (it stops); work is the next job in
-//!   the queue, taken *after* a permit; waiting is spinning a little, then sleeping in
-//!   [`Sleep`](super::sleep::Sleep). Retirement, stop and wake-up are handled here and nowhere
-//!   else.
+//!   and this one has had no job for the keep-alive (it retires), or the pool is closed with an
+//!   empty queue (it stops); work is the next job in the queue, taken *after* a permit; waiting
+//!   is spinning a little, then sleeping in [`Sleep`](super::sleep::Sleep), until the
+//!   keep-alive ends for a surplus worker. Retirement, stop and wake-up are handled here and
+//!   nowhere else (the policy is in `registry`).
 //! * [`Await`], inside [`JobHandle::wait`]: done when the handle is ready (or the deadline
 //!   passed); work is *the awaited job itself*, if this thread is a worker of its pool and no
 //!   other worker has started it yet; waiting is parking the thread until the job's completion
@@ -48,7 +49,7 @@
 //! job). A job waited on from inside another starts in that order too, or earlier, on its
 //! waiter, when the waiter gets to it first.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -203,6 +204,7 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
         (None, Some(_)) => {
             let mut serve = Serve {
                 rounds: 0,
+                idle_since: None,
                 left: None,
             };
             work_until(Some(&worker), &mut serve);
@@ -326,14 +328,17 @@ impl Worker {
 struct Serve {
     /// Rounds of spinning since the last job.
     rounds: u32,
+    /// When this worker last found nothing to do, since its last job (`None` right after one).
+    idle_since: Option<Instant>,
     /// Set once the worker has left the live count: whether it was the last worker.
     left: Option<bool>,
 }
 
 impl Goal for Serve {
     fn reached(&mut self, worker: Option<&Worker>) -> bool {
-        let worker = worker.expect("only workers serve");
-        self.left = worker.registry.retire_or_stop();
+        let registry = &worker.expect("only workers serve").registry;
+        let idle_since = self.idle_since;
+        self.left = registry.retire_or_stop(|| registry.keep_alive_ran_out(idle_since));
         self.left.is_some()
     }
 
@@ -347,22 +352,35 @@ impl Goal for Serve {
         let job = worker.rx.as_ref()?.try_recv().ok()?;
         registry.room.release();
         self.rounds = 0;
+        self.idle_since = None;
         Some(Work::Queued(job, permit))
     }
 
     fn wait(&mut self, worker: Option<&Worker>) {
         let worker = worker.expect("only workers serve");
+        let idle_since = *self.idle_since.get_or_insert_with(Instant::now);
         if self.rounds < SPINS_BEFORE_SLEEP {
             pause(self.rounds);
             self.rounds += 1;
             return;
         }
         let registry = &worker.registry;
-        registry.sleep.sleep(&worker.sleeper, || {
+        // When this worker may leave if it is surplus (`None`: never, for `Duration::MAX`).
+        let leave_at = idle_since.checked_add(registry.keep_alive());
+        let surplus = || registry.live() > registry.permits.target();
+        // A surplus worker sleeps until it may leave; the others until woken.
+        let until = leave_at.filter(|_| surplus());
+        if until.is_some_and(|t| Instant::now() >= t) {
+            return; // its keep-alive is over: `reached` retires it
+        }
+        let counted = Cell::new(false);
+        registry.sleep.sleep(&worker.sleeper, until, || {
             registry.is_closed()
-                || registry.live() > registry.permits.target()
-                || (!registry.queue_is_empty() && registry.permits.available())
+                || registry.queued_job_may_start(&counted)
+                // Made surplus since it looked (a shrink): sleep again, until its deadline.
+                || (until.is_none() && leave_at.is_some() && surplus())
         });
+        registry.uncount_starved(&counted);
     }
 }
 
