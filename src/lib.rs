@@ -77,8 +77,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 // The modules form layers, and each uses only its own layer and those below (tests/layers.rs
-// checks it): error, guard, limits, sync; then settings; capture; job; pool; program; global;
-// batch; tower.
+// checks it): error, guard, limits, local_state, sync; then settings; capture; job; pool;
+// program, per_worker; global; batch; tower.
 mod batch;
 mod capture;
 mod error;
@@ -86,6 +86,8 @@ mod global;
 mod guard;
 mod job;
 mod limits;
+mod local_state;
+mod per_worker;
 mod pool;
 mod program;
 pub mod settings;
@@ -98,6 +100,7 @@ pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, P
 pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, AbortHandle, JobHandle};
+pub use per_worker::PerWorker;
 pub use pool::{worker_index, Builder, ShutdownFuture, Stats, WorkerPool};
 pub use program::{AsyncProgram, BoxProgram, Program};
 
