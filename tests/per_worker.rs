@@ -499,3 +499,156 @@ fn nothing_accepted_is_lost_at_shutdown() {
     }
     assert!(matches!(wait(program.call(0)), Err(e) if e.is_shut_down()));
 }
+
+#[test]
+fn try_call_works_on_a_per_worker_program() {
+    let pool = common::bounded_pool(1, 1);
+    let program = pool.asyncify_with(|| 100u32, |base: &mut u32, x: u32| *base + x);
+    assert_eq!(wait(program.try_call(1).unwrap()), Ok(101));
+    let (gate, _busy) = common::occupy(&pool, 1);
+    let queued = program.try_call(2).unwrap();
+    // The queue is full: the input comes back.
+    assert_eq!(program.try_call(3).unwrap_err().into_input(), 3);
+    gate.open();
+    assert_eq!(wait(queued), Ok(102));
+}
+
+#[cfg(feature = "tower")]
+#[test]
+fn a_per_worker_program_is_a_service() {
+    use tower_service::Service;
+    let pool = WorkerPool::new(1);
+    let mut service = pool
+        .asyncify_with(
+            || 0u32,
+            |calls: &mut u32, x: u32| {
+                *calls += 1;
+                (*calls, x)
+            },
+        )
+        .service();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for call in 1..=2 {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let out = within_hang("the call", {
+            let response = service.call(call * 10);
+            move || pollster::block_on(response)
+        });
+        assert_eq!(out, Ok((call, call * 10)));
+    }
+}
+
+/// Who made and dropped the states of a program, by the index of the thread that made them.
+type Ledger = Arc<Mutex<BTreeMap<usize, (usize, usize)>>>;
+
+/// A state that enters itself in the ledger when made and when dropped.
+struct Entered {
+    index: usize,
+    ledger: Ledger,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        lock(&self.ledger).entry(self.index).or_default().1 += 1;
+    }
+}
+
+#[test]
+fn states_made_on_spare_threads_are_dropped_when_the_spares_leave() {
+    in_child(
+        "states_made_on_spare_threads_are_dropped_when_the_spares_leave",
+        || {
+            let pool = common::one_thread_with_a_1m_stack();
+            let ledger = Ledger::default();
+            let me: Arc<Mutex<Option<BoxProgram<u32, u32>>>> = Arc::default();
+            let (l, inner) = (Arc::clone(&ledger), Arc::clone(&me));
+            let program = pool
+                .asyncify_with(
+                    move || {
+                        let index = worker_index().expect("made on a thread of the pool");
+                        lock(&l).entry(index).or_default().0 += 1;
+                        Entered {
+                            index,
+                            ledger: Arc::clone(&l),
+                        }
+                    },
+                    move |_: &mut Entered, levels: u32| {
+                        // 16 KiB a level: past half of the 1 MiB stack well before the bottom,
+                        // so the deeper levels run on spare threads.
+                        let pad = std::hint::black_box([1u8; 16 * 1024]);
+                        if levels == 0 {
+                            return 0;
+                        }
+                        let nested = lock(&inner).clone().expect("set before the call");
+                        nested.call(levels - 1).wait().unwrap() + u32::from(pad[levels as usize])
+                    },
+                )
+                .boxed();
+            *lock(&me) = Some(program.clone());
+            assert_eq!(wait(program.call(120)), Ok(120));
+            let spares: Vec<usize> = lock(&ledger).keys().copied().filter(|&i| i != 0).collect();
+            assert!(!spares.is_empty(), "no level ran on a spare thread");
+            spin_until("the spares' states to be dropped", || {
+                let ledger = lock(&ledger);
+                spares.iter().all(|i| ledger[i].0 == ledger[i].1)
+            });
+            // The worker keeps its own (one per level it ran itself) until it leaves.
+            assert_eq!(lock(&ledger)[&0].1, 0);
+            lock(&me).take();
+            pool.shutdown();
+            let ledger = lock(&ledger);
+            assert!(
+                ledger.values().all(|(made, dropped)| made == dropped),
+                "{ledger:?}"
+            );
+        },
+    );
+}
+
+/// A state whose `Drop` calls into its pool and waits, recording what it got.
+struct CallsBack {
+    pool: WorkerPool,
+    got: Arc<Mutex<Vec<Result<u32, JobError>>>>,
+}
+
+impl Drop for CallsBack {
+    fn drop(&mut self) {
+        let got = self.pool.spawn(|| 7).wait();
+        lock(&self.got).push(got);
+    }
+}
+
+#[test]
+fn a_state_whose_drop_calls_into_the_pool_as_its_worker_leaves() {
+    in_child(
+        "a_state_whose_drop_calls_into_the_pool_as_its_worker_leaves",
+        || {
+            let pool = WorkerPool::new(2);
+            let got = Arc::default();
+            let (p, g) = (pool.clone(), Arc::clone(&got));
+            let barrier = Barrier::new(2);
+            let program = pool.asyncify_with(
+                move || CallsBack {
+                    pool: p.clone(),
+                    got: Arc::clone(&g),
+                },
+                move |_: &mut CallsBack, (): ()| barrier.wait(),
+            );
+            let both = [program.call(()), program.call(())];
+            for h in both {
+                wait(h).unwrap();
+            }
+            // The retiring worker's state runs a job on the pool that lives on.
+            pool.set_threads(1).unwrap();
+            spin_until("the retiring worker's state to be dropped", || {
+                !lock(&got).is_empty()
+            });
+            assert_eq!(*lock(&got), [Ok(7)]);
+            // At shutdown the pool is closed: the call is refused, and shutdown returns.
+            assert_shutdown_returns(&pool);
+            let got = lock(&got);
+            assert_eq!(got.len(), 2);
+            assert!(matches!(&got[1], Err(e) if e.is_shut_down()), "{got:?}");
+        },
+    );
+}
