@@ -62,6 +62,13 @@
 //! ([`Batch::completions`]), failed inputs handed back, and opt-in straggler copies. See
 //! [`Batch`].
 //!
+//! # Per-worker state
+//!
+//! [`WorkerPool::asyncify_with`]`(init, program)` gives each worker thread its own state (a
+//! database connection, a model session; it need not be `Send`), made by `init` on that
+//! worker's first run, passed to `program` as `&mut`, never shared between two runs, rebuilt
+//! after a run that panicked, and dropped when the worker leaves. See [`PerWorker`].
+//!
 //! # Inside a job
 //!
 //! A job may call into the pool again. [`JobHandle::wait`] inside a job of the same pool runs
