@@ -10,6 +10,8 @@
 //!   `pool = WorkerPool::new(n)` (`Echo` returns its input, like `|x: u64| x`): what users call.
 //!   Each call clones the program's `Arc`, captures settings and tracing, and returns a
 //!   `JobHandle`.
+//! * `asyncify_with_call`: `program.call(i)` on `pool.asyncify_with(|| 0, ..)`, a program with
+//!   a per-worker state (a counter it bumps): what the state's take and put-back cost a call.
 //! * `asyncify_spawn`: `pool.spawn(move || i)` on the same pool: the `spawn` rows of `pool.rs`.
 //! * `tokio_spawn_blocking`: `tokio::task::spawn_blocking` on the driving runtime, built with
 //!   `max_blocking_threads(n)` (and a one-hour keep-alive).
@@ -129,8 +131,8 @@ impl Contender for OnFloor {
     }
 }
 
-struct Call(AsyncProgram<Echo>);
-impl Contender for Call {
+struct Call<P>(AsyncProgram<P>);
+impl<P: Program<u64, Output = u64>> Contender for Call<P> {
     type Fut = JobHandle<u64>;
     fn submit(&self, i: u64) -> Self::Fut {
         self.0.call(i)
@@ -444,6 +446,20 @@ fn main() {
         let all: Vec<(&str, Measure<'_>)> = vec![
             ("floor", entry(d, &p, OnFloor(Floor::new(n)))),
             ("asyncify_call", entry(d, &p, Call(pool.asyncify(Echo)))),
+            (
+                "asyncify_with_call",
+                entry(
+                    d,
+                    &p,
+                    Call(pool.asyncify_with(
+                        || 0u64,
+                        |calls: &mut u64, x: u64| {
+                            *calls += 1;
+                            job(x)
+                        },
+                    )),
+                ),
+            ),
             ("asyncify_spawn", entry(d, &p, Spawn(pool.clone()))),
             ("tokio_spawn_blocking", entry(d, &p, Tokio)),
             ("blocking_unblock", entry(d, &p, Unblock)),

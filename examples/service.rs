@@ -6,7 +6,9 @@
 //!
 //! * **A real blocking query, once per request.** Each request runs an SQL query on an embedded
 //!   SQLite file database (rusqlite, SQLite compiled in). The query runs on a worker of a
-//!   [`WorkerPool`], not on a tokio thread, and each worker has its own connection.
+//!   [`WorkerPool`], not on a tokio thread. Each worker has its own connection: the program is
+//!   made with [`WorkerPool::asyncify_with`], which opens one on a worker the first time that
+//!   worker runs a query, keeps it on that thread, and closes it when the worker leaves.
 //! * **Per-request settings with a typed key.** [`OverridesLayer`], applied with axum's
 //!   `Router::layer`, takes the tenant from the `x-tenant` header and puts it under the typed
 //!   key `TENANT`. On the worker the query reads it with `TENANT.get()` and uses it in
@@ -37,7 +39,6 @@
 //! (`cargo build --release --example service` with an empty target directory). SQLite's C build
 //! alone (`libsqlite3-sys`) takes over a minute of that.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -169,39 +170,40 @@ type ExportService = LoadShed<ProgramService<dyn Program<Query, Output = QueryOu
 // ---------------------------------------------------------------------------------------------
 // The blocking side: one SQLite connection per worker thread.
 
-thread_local! {
-    // One connection per worker thread, opened on the thread's first query. A
-    // `rusqlite::Connection` is `Send` but not `Sync`, so the workers cannot share one behind an
-    // `Arc`. A mutex around one connection would run the queries one at a time. A worker runs
-    // one job at a time, so its own connection needs no lock.
-    static CONNECTION: RefCell<Option<(PathBuf, Connection)>> = const { RefCell::new(None) };
+/// Connections opened and closed, so that the self-test can check that each worker opened at
+/// most one and that every one was closed by the pools' shutdown.
+static CONNECTIONS_OPENED: AtomicUsize = AtomicUsize::new(0);
+static CONNECTIONS_CLOSED: AtomicUsize = AtomicUsize::new(0);
+
+/// A worker's connection: the program's per-worker state. A `rusqlite::Connection` is `Send`
+/// but not `Sync`, so the workers cannot share one behind an `Arc`, and a mutex around one
+/// connection would run the queries one at a time. A worker runs one query at a time, so its
+/// own connection needs no lock.
+struct Db(Connection);
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        CONNECTIONS_CLOSED.fetch_add(1, Relaxed);
+    }
 }
 
-/// Runs `f` on this thread's connection to `db`, opening it first if needed.
-fn with_connection<R>(
-    db: &Path,
-    f: impl FnOnce(&Connection) -> Result<R, DbError>,
-) -> Result<R, DbError> {
-    CONNECTION.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.as_ref().is_none_or(|(path, _)| path != db) {
-            let conn = Connection::open(db)?;
-            // SQLite calls this every 1000 VM steps, and a `true` interrupts the running
-            // statement. So any query on this connection stops soon after its caller drops the
-            // `JobHandle`, for example on a timeout. Outside a job, `is_cancelled` is false.
-            conn.progress_handler(1000, Some(is_cancelled));
-            *slot = Some((db.to_owned(), conn));
-        }
-        let (_, conn) = slot.as_ref().expect("opened above");
-        f(conn)
-    })
+/// Opens a worker's connection to `db`: the program's `init`, run on the worker's first query.
+/// If it fails it panics: that query answers 500, and the worker's next query tries again.
+fn open_connection(db: &Path) -> Db {
+    let conn = Connection::open(db).unwrap_or_else(|e| panic!("cannot open {db:?}: {e}"));
+    // SQLite calls this every 1000 VM steps, and a `true` interrupts the running statement. So
+    // any query on this connection stops soon after its caller drops the `JobHandle`, for
+    // example on a timeout. Outside a job, `is_cancelled` is false.
+    conn.progress_handler(1000, Some(is_cancelled));
+    CONNECTIONS_OPENED.fetch_add(1, Relaxed);
+    Db(conn)
 }
 
 /// The program: runs on a worker, with the request's overrides and span in force.
-fn run_query(db: &Path, query: Query) -> QueryOutput {
+fn run_query(Db(conn): &mut Db, query: Query) -> QueryOutput {
     let tenant = TENANT.get().ok_or(DbError::NoTenant)?;
     let worker = worker_index().expect("programs run on the pool's threads");
-    with_connection(db, |conn| match query {
+    match query {
         Query::Orders => {
             let (orders, total_cents): (i64, i64) = conn
                 .prepare_cached(ORDERS_SQL)?
@@ -237,7 +239,7 @@ fn run_query(db: &Path, query: Query) -> QueryOutput {
             }
             Ok(Answer::Report { rows: result? })
         }
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,11 +472,14 @@ impl Server {
             .thread_name("export")
             .build()
             .map_err(std::io::Error::other)?;
+        // Each worker of each pool opens its own connection on its first query.
         let path = db.path.clone();
-        let queries = pool.asyncify(move |query| run_query(&path, query)).boxed();
+        let queries = pool
+            .asyncify_with(move || open_connection(&path), run_query)
+            .boxed();
         let path = db.path.clone();
         let exports: QueryProgram = export_pool
-            .asyncify(move |query| run_query(&path, query))
+            .asyncify_with(move || open_connection(&path), run_query)
             .boxed();
         let app = App {
             queries,
@@ -648,6 +653,10 @@ struct Report {
     pool_stats: Stats,
     export_stats: Stats,
     live_threads_after_shutdown: usize,
+    /// The workers' SQLite connections (`asyncify_with`'s states): opened, and closed by the
+    /// pools' shutdown.
+    connections_opened: usize,
+    connections_closed: usize,
     wall: Duration,
     failures: Vec<String>,
 }
@@ -718,8 +727,8 @@ impl Report {
             s.completed, s.cancelled, s.panicked, s.threads, self.export_stats.completed
         );
         println!(
-            "  shutdown_async     {} live threads left",
-            self.live_threads_after_shutdown
+            "  shutdown_async     {} live threads left; {} of {} per-worker connections closed",
+            self.live_threads_after_shutdown, self.connections_closed, self.connections_opened
         );
         if self.passed() {
             println!("all checks passed");
@@ -750,17 +759,17 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 async fn measure_cte_speed(pool: &WorkerPool, db: &Path) -> f64 {
     const ROWS: i64 = 200_000;
     let db = db.to_owned();
+    // A one-off job with a connection of its own, not one of the query program's.
     let timed = pool.spawn(move || {
-        with_connection(&db, |conn| {
-            let start = Instant::now();
-            let n: i64 = conn.query_row(
-                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1) \
-                 SELECT COUNT(*) FROM n",
-                [ROWS],
-                |row| row.get(0),
-            )?;
-            Ok(n as f64 / start.elapsed().as_secs_f64())
-        })
+        let conn = Connection::open(&db)?;
+        let start = Instant::now();
+        let n: i64 = conn.query_row(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1) \
+             SELECT COUNT(*) FROM n",
+            [ROWS],
+            |row| row.get(0),
+        )?;
+        Ok::<_, rusqlite::Error>(n as f64 / start.elapsed().as_secs_f64())
     });
     match timed.await {
         Ok(Ok(rate)) => rate,
@@ -777,6 +786,10 @@ async fn self_test(requests: usize, concurrency: usize) -> Report {
     let events_before = (
         WORKER_EVENTS.load(Relaxed),
         WORKER_EVENTS_IN_REQUEST.load(Relaxed),
+    );
+    let connections_before = (
+        CONNECTIONS_OPENED.load(Relaxed),
+        CONNECTIONS_CLOSED.load(Relaxed),
     );
     let server = Server::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -899,6 +912,20 @@ async fn self_test(requests: usize, concurrency: usize) -> Report {
             "{live_threads_after_shutdown} pool threads alive after shutdown_async"
         ));
     }
+    // One connection per worker that ran a query, each closed as its worker left.
+    let connections_opened = CONNECTIONS_OPENED.load(Relaxed) - connections_before.0;
+    let connections_closed = CONNECTIONS_CLOSED.load(Relaxed) - connections_before.1;
+    let workers = pool_stats.threads + export_stats.threads;
+    if connections_opened == 0 || connections_opened > workers {
+        failures.push(format!(
+            "connections: {connections_opened} opened, expected 1 to {workers} (one per worker)"
+        ));
+    }
+    if connections_closed != connections_opened {
+        failures.push(format!(
+            "connections: {connections_closed} of {connections_opened} closed after shutdown_async"
+        ));
+    }
 
     let worker_events = WORKER_EVENTS.load(Relaxed) - events_before.0;
     let worker_events_in_request = WORKER_EVENTS_IN_REQUEST.load(Relaxed) - events_before.1;
@@ -936,6 +963,8 @@ async fn self_test(requests: usize, concurrency: usize) -> Report {
         pool_stats,
         export_stats,
         live_threads_after_shutdown,
+        connections_opened,
+        connections_closed,
         wall: begin.elapsed(),
         failures,
     }
@@ -1116,5 +1145,8 @@ mod tests {
         assert!(report.worker_events >= 200);
         assert_eq!(report.worker_events_in_request, report.worker_events);
         assert_eq!(report.live_threads_after_shutdown, 0);
+        // One connection per worker at most (4 + 1), every one closed at shutdown.
+        assert!((1..=5).contains(&report.connections_opened), "{report:?}");
+        assert_eq!(report.connections_closed, report.connections_opened);
     }
 }

@@ -12,6 +12,8 @@
 //!   already disposed of the payload.
 //! * [`quietly`] and [`drop`] run code whose panic has nowhere to go (a destructor, a waker, a
 //!   hook): the panic is reported through `tracing` and the pool goes on.
+//! * [`resume`] passes a panic that [`call`] caught on to the enclosing `call`, once the code
+//!   in between has cleaned up.
 //!
 //! A payload is itself user code when dropped: its `Drop` may panic, and the new payload's
 //! `Drop` too. Disposal drops payloads one after another under the guard and, after
@@ -33,6 +35,13 @@ pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         dispose(payload);
         message
     })
+}
+
+/// Unwinds again with the message of a panic that [`call`] caught, so that an enclosing `call`
+/// (the job's) reports it; for code that had to clean up between the two (a per-worker state
+/// whose run panicked). No panic hook runs a second time.
+pub(crate) fn resume(message: String) -> ! {
+    std::panic::resume_unwind(Box::new(message))
 }
 
 /// Runs `f`, whose panic has nowhere to go: it is reported (as from `what`) and dropped.

@@ -62,6 +62,13 @@
 //! ([`Batch::completions`]), failed inputs handed back, and opt-in straggler copies. See
 //! [`Batch`].
 //!
+//! # Per-worker state
+//!
+//! [`WorkerPool::asyncify_with`]`(init, program)` gives each worker thread its own state (a
+//! database connection, a model session; it need not be `Send`), made by `init` on that
+//! worker's first run, passed to `program` as `&mut`, never shared between two runs, rebuilt
+//! after a run that panicked, and dropped when the worker leaves. See [`PerWorker`].
+//!
 //! # Inside a job
 //!
 //! A job may call into the pool again. [`JobHandle::wait`] inside a job of the same pool runs
@@ -77,8 +84,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 // The modules form layers, and each uses only its own layer and those below (tests/layers.rs
-// checks it): error, guard, limits, sync; then settings; capture; job; pool; control; program;
-// global; batch; tower.
+// checks it): error, guard, limits, local_state, sync; then settings; capture; job; pool;
+// control; program, per_worker; global; batch; tower.
 mod batch;
 mod capture;
 mod control;
@@ -87,6 +94,8 @@ mod global;
 mod guard;
 mod job;
 mod limits;
+mod local_state;
+mod per_worker;
 mod pool;
 mod program;
 pub mod settings;
@@ -100,6 +109,7 @@ pub use control::{deadline, Overload, ProgramStats, RateLimiter, Retry};
 pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, AbortHandle, JobHandle};
+pub use per_worker::PerWorker;
 pub use pool::{worker_index, Builder, ShutdownFuture, Stats, WorkerPool};
 pub use program::{AsyncProgram, BoxProgram, Program};
 

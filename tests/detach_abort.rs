@@ -348,11 +348,7 @@ fn an_abort_of_a_job_on_a_spare_thread_keeps_the_bound() {
         abort_tx.send(child.abort_handle()).unwrap();
         child.wait()
     }
-    let pool = WorkerPool::builder()
-        .threads(1)
-        .stack_size(1 << 20)
-        .build()
-        .unwrap();
+    let pool = common::one_thread_with_a_1m_stack();
     let release = Gate::new();
     let (abort_tx, abort_rx) = mpsc::channel();
     let (p, r) = (pool.clone(), Arc::clone(&release));

@@ -86,11 +86,7 @@ fn depth_1_000_nested_waits_on_one_thread_with_a_1m_stack() {
     in_child(
         "depth_1_000_nested_waits_on_one_thread_with_a_1m_stack",
         || {
-            let pool = WorkerPool::builder()
-                .threads(1)
-                .stack_size(1 << 20)
-                .build()
-                .unwrap();
+            let pool = common::one_thread_with_a_1m_stack();
             assert_eq!(depth(pool.clone(), 1000), 1000);
             assert_eq!(pool.stats().live_threads, 1);
         },
@@ -157,11 +153,7 @@ fn a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound() {
     in_child(
         "a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound",
         || {
-            let pool = WorkerPool::builder()
-                .threads(1)
-                .stack_size(1 << 20)
-                .build()
-                .unwrap();
+            let pool = common::one_thread_with_a_1m_stack();
             let p = pool.clone();
             // 40 levels of 16 KiB: past half of the 1 MiB stack, so the child goes to a spare.
             let outer = pool.spawn(move || deep(&p, 40));

@@ -358,17 +358,20 @@ impl WorkerPool {
     /// # Examples
     ///
     /// ```
+    /// use std::sync::mpsc;
     /// use std::time::Duration;
     ///
     /// let pool = asyncify_pool::WorkerPool::new(1);
-    /// let (started_tx, started) = std::sync::mpsc::channel();
+    /// let (started_tx, started) = mpsc::channel();
+    /// let (release, released) = mpsc::channel::<()>();
     /// let _slow = pool.spawn(move || {
     ///     started_tx.send(()).unwrap();
-    ///     std::thread::sleep(Duration::from_millis(300));
+    ///     let _ = released.recv(); // until `release` is dropped
     /// });
     /// started.recv().unwrap();
     /// let err = pool.shutdown_timeout(Duration::from_millis(10)).unwrap_err();
     /// assert_eq!(err.running(), 1);
+    /// drop(release);
     /// ```
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<(), ShutdownTimeout> {
         self.shutdown_until(deadline_after(timeout))

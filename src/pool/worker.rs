@@ -67,6 +67,7 @@ use super::stats::Counters;
 use crate::error::JobError;
 use crate::guard;
 use crate::job::{running_a_job, thread_waker, Job, JobHandle, Outcome, Runnable, Start};
+use crate::local_state;
 use crate::sync::{deadline_after, lock, Mutex};
 
 /// What a thread of the pool is started for.
@@ -192,6 +193,8 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
         shutdown,
     });
     WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&worker)));
+    // Per-worker programs' states are kept on this thread until it leaves (below).
+    local_state::keep();
     if let Some(hook) = &registry.config.on_start {
         guard::quietly("an on_thread_start hook", || hook(index));
     }
@@ -214,6 +217,9 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
     if let Some(hook) = &registry.config.on_stop {
         guard::quietly("an on_thread_stop hook", || hook(index));
     }
+    // Before the thread counts as gone, so that `shutdown` returns after them; never left to
+    // a thread-local destructor, where a panic would abort.
+    local_state::drop_all();
     registry.thread_left(&counters, last_worker);
     // A leaving worker hands its place on: one that lacked a permit may go on now.
     registry.sleep.wake_one();
@@ -364,6 +370,8 @@ impl Goal for Serve {
             self.rounds += 1;
             return;
         }
+        // Going idle: the time to drop the states of per-worker programs that are gone.
+        local_state::sweep();
         let registry = &worker.registry;
         // When this worker may leave if it is surplus (`None`: never, for `Duration::MAX`).
         let leave_at = idle_since.checked_add(registry.keep_alive());

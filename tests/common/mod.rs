@@ -510,6 +510,16 @@ pub fn bounded_pool(threads: usize, capacity: usize) -> WorkerPool {
         .expect("a bounded pool")
 }
 
+/// A pool of one thread with a 1 MiB stack: deep nested waits there reach half of it soon and
+/// go to spare threads.
+pub fn one_thread_with_a_1m_stack() -> WorkerPool {
+    WorkerPool::builder()
+        .threads(1)
+        .stack_size(1 << 20)
+        .build()
+        .expect("a one-thread pool")
+}
+
 /// A value whose destructor panics (with a "planned" message), unless already panicking.
 #[derive(Debug)]
 pub struct PanicOnDrop(pub &'static str);
