@@ -29,7 +29,7 @@ use crate::error::JobError;
 use crate::guard;
 use crate::job::{Abort, AbortHandle, Completion, Job, JobHandle, Runnable};
 use crate::pool::{Alarm, Registry, TimerKey};
-use crate::sync::{deadline_after, lock, AtomicBool, Mutex, MutexGuard};
+use crate::sync::{lock, AtomicBool, Mutex, MutexGuard};
 
 /// What an attempt's job returns: the output and how long the program ran (measured only for
 /// an adaptive limit with a latency signal), or `None` if its deadline had passed when a worker
@@ -54,7 +54,12 @@ where
         return JobHandle::ready(Err(JobError::shut_down()));
     }
     Counts::add(&controls.counts.calls);
-    let deadline = controls.timeout.and_then(deadline_after);
+    // One clock read for the deadline and the rate limit's first look (none without either).
+    let now = (controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
+    let deadline = controls
+        .timeout
+        .zip(now)
+        .and_then(|(timeout, now)| now.checked_add(timeout));
     let call = Arc::new_cyclic(|me| Call {
         me: Weak::clone(me),
         registry: Arc::clone(registry),
@@ -62,7 +67,7 @@ where
         run,
         captured,
         deadline,
-        timed: controls.limit.as_ref().is_some_and(|l| l.is_adaptive()),
+        timed: controls.limit.as_ref().is_some_and(|l| l.wants_latency()),
         finished: AtomicBool::new(false),
         state: Mutex::new(State {
             stage: Stage::Waiting(input),
@@ -88,7 +93,7 @@ where
             lock(&call.state).deadline_key = Some(key);
         }
     }
-    call.advance();
+    call.advance_at(now);
     JobHandle::new(call, registry.id)
 }
 
@@ -149,11 +154,11 @@ enum Stage<I, O> {
     Closed,
 }
 
-/// What an ended call lets go of, after its lock is released: values of the user's, timer
-/// entries, the caller's waker.
+/// What an ended call lets go of, after its lock is released: values of the user's (`V`),
+/// timer entries, the caller's waker.
 #[must_use]
-struct Ending {
-    values: Box<dyn Any + Send>,
+struct Ending<V> {
+    values: V,
     keys: [Option<TimerKey>; 2],
     waker: Option<Waker>,
 }
@@ -174,6 +179,13 @@ where
 
     /// Moves a waiting call through its gates and into an attempt, as far as it can go now.
     fn advance(self: &Arc<Self>) {
+        let needs_clock = self.deadline.is_some() || self.controls.rate.is_some();
+        self.advance_at(needs_clock.then(Instant::now));
+    }
+
+    /// [`advance`](Self::advance) with the time read by the caller (`None` if neither the
+    /// deadline nor a rate limit needs it).
+    fn advance_at(self: &Arc<Self>, now: Option<Instant>) {
         let mut st = self.lock();
         if !matches!(st.stage, Stage::Waiting(_)) || st.backoff.is_some() {
             return;
@@ -182,7 +194,7 @@ where
             let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
             return self.end(st, result);
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.zip(now).is_some_and(|(d, now)| now >= d) {
             return self.end(st, Err(JobError::timed_out()));
         }
         if let Some(limit) = &self.controls.limit {
@@ -198,7 +210,10 @@ where
         }
         if let Some(rate) = &self.controls.rate {
             if !st.token {
-                match rate.rate().take(&(Arc::clone(self) as Arc<dyn Waiter>)) {
+                match rate
+                    .rate()
+                    .take(&(Arc::clone(self) as Arc<dyn Waiter>), now)
+                {
                     Take::Now => st.token = true,
                     Take::Wait => {
                         Counts::add(&self.controls.counts.waited_for_rate);
@@ -424,7 +439,7 @@ where
         };
         let old = std::mem::replace(&mut st.stage, stage);
         let ending = Ending {
-            values: Box::new((old, result, st.slot.take(), st.last.take())),
+            values: (old, result, st.slot.take(), st.last.take()),
             keys: [
                 st.deadline_key.take(),
                 st.backoff.take().map(|(_, key)| key),
@@ -435,7 +450,7 @@ where
         self.release(ending);
     }
 
-    fn release(&self, ending: Ending) {
+    fn release<V>(&self, ending: Ending<V>) {
         for key in ending.keys.into_iter().flatten() {
             self.registry.timer.cancel(key);
         }
@@ -591,11 +606,11 @@ where
         self.finished.store(true, Release);
         let mut st = self.lock();
         let ending = Ending {
-            values: Box::new((
+            values: (
                 std::mem::replace(&mut st.stage, Stage::Closed),
                 st.slot.take(),
                 st.last.take(),
-            )),
+            ),
             keys: [
                 st.deadline_key.take(),
                 st.backoff.take().map(|(_, key)| key),

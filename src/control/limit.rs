@@ -129,6 +129,13 @@ struct State {
     line: VecDeque<Weak<dyn Waiter>>,
 }
 
+/// What leaves a line at once: waiters let in with their slots, and waiters that had gone.
+#[derive(Default)]
+struct Admitted {
+    next: Vec<(Arc<dyn Waiter>, Slot)>,
+    gone: Vec<Arc<dyn Waiter>>,
+}
+
 /// A slot of a limit, given back (and the next waiter admitted) when dropped.
 pub(crate) struct Slot(Arc<Limit>);
 
@@ -179,8 +186,11 @@ impl Limit {
         lock(&self.state).in_flight
     }
 
-    pub(crate) fn is_adaptive(&self) -> bool {
-        self.adaptive.is_some()
+    /// True for an adaptive limit whose signal looks at how long attempts ran.
+    pub(crate) fn wants_latency(&self) -> bool {
+        self.adaptive
+            .as_ref()
+            .is_some_and(|(_, _, signal)| signal.slower_than.is_some())
     }
 
     /// A slot now, or `None`: `waiter` is in the line and will be admitted with one.
@@ -195,25 +205,30 @@ impl Limit {
     }
 
     /// Takes the live waiters the limit lets in now out of the line, each with its slot.
-    fn admit(self: &Arc<Self>, state: &mut State) -> Vec<(Arc<dyn Waiter>, Slot)> {
-        let mut admitted = Vec::new();
+    fn admit(self: &Arc<Self>, state: &mut State) -> Admitted {
+        let mut admitted = Admitted::default();
         while state.in_flight < state.limit {
             let Some(next) = state.line.pop_front() else {
                 break;
             };
-            // A `Weak`: dropping a dead one frees at most an emptied allocation.
-            if let Some(waiter) = next.upgrade().filter(|w| !w.is_gone()) {
-                state.in_flight += 1;
-                admitted.push((waiter, Slot(Arc::clone(self))));
+            match next.upgrade() {
+                Some(waiter) if !waiter.is_gone() => {
+                    state.in_flight += 1;
+                    admitted.next.push((waiter, Slot(Arc::clone(self))));
+                }
+                // Possibly the call's last owner, holding user values: dropped after the lock.
+                Some(gone) => admitted.gone.push(gone),
+                None => {}
             }
         }
         admitted
     }
 
-    fn hand_out(admitted: Vec<(Arc<dyn Waiter>, Slot)>) {
-        for (waiter, slot) in admitted {
-            waiter.admit(Grant::Slot(slot));
+    fn hand_out(admitted: Admitted) {
+        for (waiter, slot) in admitted.next {
+            guard::quietly("a waiting call", || waiter.admit(Grant::Slot(slot)));
         }
+        guard::drop("a call that left a line", admitted.gone);
     }
 
     /// An attempt ended: for an adaptive limit, move it. Classifies (user code) first, with no

@@ -163,12 +163,12 @@ impl RateLimiter {
     /// assert_eq!(asyncify_pool::RateLimiter::new(5, Duration::from_secs(1)).waiting(), 0);
     /// ```
     pub fn waiting(&self) -> usize {
-        let state = lock(&self.0.state);
-        state
-            .line
-            .iter()
-            .filter(|w| w.upgrade().is_some_and(|w| !w.is_gone()))
-            .count()
+        // Not upgraded under the lock: a call's last owner would free user values there.
+        let line: Vec<_> = lock(&self.0.state).line.iter().cloned().collect();
+        let live: Vec<_> = line.iter().filter_map(Weak::upgrade).collect();
+        let waiting = live.iter().filter(|w| !w.is_gone()).count();
+        crate::guard::drop("a call that left a line", live);
+        waiting
     }
 
     pub(crate) fn rate(&self) -> &Arc<Rate> {
@@ -178,9 +178,9 @@ impl RateLimiter {
 
 impl Rate {
     /// A token now, or `waiter` joins the line and is admitted with one later.
-    pub(crate) fn take(self: &Arc<Self>, waiter: &Arc<dyn Waiter>) -> Take {
+    pub(crate) fn take(self: &Arc<Self>, waiter: &Arc<dyn Waiter>, now: Option<Instant>) -> Take {
+        let now = now.unwrap_or_else(Instant::now);
         let mut state = lock(&self.state);
-        let now = Instant::now();
         if state.line.is_empty() && self.try_spend(&mut state, now) {
             return Take::Now;
         }
@@ -238,6 +238,7 @@ impl Rate {
 impl Alarm for Rate {
     fn ring(self: Arc<Self>) {
         let mut admitted = Vec::new();
+        let mut after_lock = Vec::new();
         let serve_again = {
             let mut state = lock(&self.state);
             state.armed = None;
@@ -247,29 +248,39 @@ impl Alarm for Rate {
             let mut kept = VecDeque::with_capacity(state.line.len());
             let mut blocked = false;
             while let Some(next) = state.line.pop_front() {
-                let Some(waiter) = next.upgrade().filter(|w| !w.is_gone()) else {
+                let Some(waiter) = next.upgrade() else {
                     continue;
                 };
-                if waiter.registry().is_closed() {
+                if waiter.is_gone() {
+                    // Possibly the call's last owner: dropped after the lock.
+                    after_lock.push(waiter);
+                } else if waiter.registry().is_closed() {
                     admitted.push((waiter, Grant::Closed));
                 } else if !blocked && self.try_spend(&mut state, now) {
                     admitted.push((waiter, Grant::Token));
                 } else {
                     blocked = true;
                     kept.push_back(Arc::downgrade(&waiter));
+                    // Not dropped under the lock: its caller may let go meanwhile.
+                    after_lock.push(waiter);
                 }
             }
             state.line = kept;
             // The head's pool closed since it was looked at: serve the line again, which
             // lets it go.
             match state.line.front().and_then(Weak::upgrade) {
-                Some(head) => !self.arm(&mut state, &head, now),
+                Some(head) => {
+                    let armed = self.arm(&mut state, &head, now);
+                    after_lock.push(head);
+                    !armed
+                }
                 None => false,
             }
         };
         for (waiter, grant) in admitted {
-            waiter.admit(grant);
+            crate::guard::quietly("a waiting call", || waiter.admit(grant));
         }
+        crate::guard::drop("a call that left a line", after_lock);
         if serve_again {
             self.ring();
         }

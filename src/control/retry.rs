@@ -166,8 +166,9 @@ impl<O> fmt::Debug for Retry<O> {
     }
 }
 
-/// Clones an input given as `&dyn Any`; `None` if it is not of the type the policy was set for.
-type CloneInput = dyn Fn(&dyn Any) -> Option<Box<dyn Any + Send>> + Send + Sync;
+/// Clones an input given as `&dyn Any` into a `&mut Option<I>` given as `&mut dyn Any`; does
+/// nothing if they are not of the type the policy was set for.
+type CloneInput = dyn Fn(&dyn Any, &mut dyn Any) + Send + Sync;
 
 /// A [`Retry`] as a program keeps it, with its types erased (a program's options do not name
 /// its input or output types), and how to copy an input for another attempt.
@@ -196,10 +197,12 @@ impl Policy {
             jitter: retry.jitter,
             panics: retry.panics,
             retry_if,
-            clone_input: Arc::new(|input: &dyn Any| {
-                input
-                    .downcast_ref::<I>()
-                    .map(|i| Box::new(i.clone()) as Box<dyn Any + Send>)
+            clone_input: Arc::new(|input: &dyn Any, copy: &mut dyn Any| {
+                if let (Some(input), Some(copy)) =
+                    (input.downcast_ref::<I>(), copy.downcast_mut::<Option<I>>())
+                {
+                    *copy = Some(input.clone());
+                }
             }),
         }
     }
@@ -211,8 +214,9 @@ impl Policy {
     /// A copy of `input` for another attempt: `None` if this policy was set for another input
     /// type (no retries then), `Some(Err)` with the message if `Clone` panicked.
     pub(crate) fn copy<I: 'static>(&self, input: &I) -> Option<Result<I, String>> {
-        match crate::guard::call(|| (self.clone_input)(input)) {
-            Ok(copy) => copy.and_then(|c| c.downcast::<I>().ok()).map(|c| Ok(*c)),
+        let mut copy: Option<I> = None;
+        match crate::guard::call(|| (self.clone_input)(input, &mut copy)) {
+            Ok(()) => copy.map(Ok),
             Err(message) => Some(Err(message)),
         }
     }
