@@ -138,7 +138,7 @@ struct State<I, O> {
     /// before the attempt does (a timeout or an abort then waits for it, as `verdict`).
     on_spare: bool,
     verdict: Option<JobError>,
-    /// The current attempt's, for [`Abort::is_finished`].
+    /// The attempt abandoned by a deadline or an abort, for [`Abort::is_finished`].
     attempt_abort: Option<AbortHandle>,
 }
 
@@ -277,19 +277,24 @@ where
             };
             Some((out, started.map_or(Duration::ZERO, |s| s.elapsed())))
         };
-        let handle = self.registry.submit(job, self.captured.clone());
+        // The call is its attempt's waker from the start: nobody polls the attempt before it
+        // ends (unless it waits for room in a full bounded queue).
+        let waker = Waker::from(Arc::clone(self));
+        let handle = self
+            .registry
+            .submit_waking(job, self.captured.clone(), Some(waker));
         let counts = &self.controls.counts;
         Counts::add(&counts.attempts);
         if attempt > 1 {
             Counts::add(&counts.retries);
         }
-        let abort = handle.abort_handle();
+        let must_poll = handle.is_waiting_for_room() || handle.pool() == 0;
         let mut st = self.lock();
         let stop_asked = st.stop_asked;
         let Stage::Attempt { kept: k, handle: h } = &mut st.stage else {
             // Ended meanwhile (a deadline, an abort, a dropped handle): the attempt goes too.
             drop(st);
-            guard::drop("an abandoned attempt", (handle, kept, abort));
+            guard::drop("an abandoned attempt", (handle, kept));
             return;
         };
         *k = kept;
@@ -299,16 +304,17 @@ where
                 h.ask_to_stop();
             }
         }
-        let old_abort = st.attempt_abort.replace(abort);
         // A worker waiting on this call (inside a job) may start the new attempt itself: wake
         // it so that it looks again. (An attempt made at the call has nobody waiting yet.)
         let waker = st.waker.take();
+        let again = std::mem::take(&mut st.notified);
         drop(st);
-        drop(old_abort);
         if let Some(waker) = waker {
             guard::wake(waker);
         }
-        self.poll_attempt();
+        if must_poll || again {
+            self.poll_attempt();
+        }
     }
 
     /// Polls the attempt's handle with the call as its waker; on its result, decides.
@@ -464,16 +470,23 @@ where
     /// spare thread: then that attempt is asked to stop, and the call ends when it does.
     fn end_early(&self, error: JobError) {
         let mut st = self.lock();
-        match &st.stage {
-            Stage::Done(_) | Stage::Closed => {}
-            Stage::Attempt { handle, .. } if st.on_spare => {
-                if let Some(h) = handle {
-                    h.ask_to_stop();
-                }
-                st.verdict = Some(error);
+        let attempt = match &st.stage {
+            Stage::Done(_) | Stage::Closed => return,
+            Stage::Attempt { handle, .. } => handle.as_ref(),
+            Stage::Waiting(_) => None,
+        };
+        if st.on_spare && attempt.is_some() {
+            if let Some(h) = attempt {
+                h.ask_to_stop();
             }
-            _ => self.end(st, Err(error)),
+            st.verdict = Some(error);
+            return;
         }
+        // The attempt may still run: `AbortHandle::is_finished` waits for it.
+        let abort = attempt.map(JobHandle::abort_handle);
+        let old = std::mem::replace(&mut st.attempt_abort, abort);
+        self.end(st, Err(error));
+        guard::drop("an abort handle", old);
     }
 }
 

@@ -117,10 +117,16 @@ pub(super) struct Cell<F, T> {
 
 impl<F, T> Cell<F, T> {
     pub(super) fn new(stage: Stage<F, T>) -> Self {
+        Self::waking(stage, None)
+    }
+
+    /// A cell whose caller's waker is known already (a controlled call's attempt: the call is
+    /// its own attempt's waker), so that nobody has to poll it before it runs.
+    pub(super) fn waking(stage: Stage<F, T>, waker: Option<Waker>) -> Self {
         Cell {
             slot: Mutex::new(Slot {
                 stage,
-                side: Side::empty(),
+                side: waker.map_or_else(Side::empty, Side::Waker),
             }),
             flags: AtomicU8::new(0),
         }

@@ -156,7 +156,21 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let cell = Arc::new(Cell::new(Stage::Queued(f, captured)));
+    new_job_waking(f, captured, pool, None)
+}
+
+/// [`new_job`], with `waker` already registered as the caller's.
+pub(crate) fn new_job_waking<F, T>(
+    f: F,
+    captured: Captured,
+    pool: u64,
+    waker: Option<Waker>,
+) -> (Job, JobHandle<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let cell = Arc::new(Cell::waking(Stage::Queued(f, captured), waker));
     let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
     (Job(Some(cell)), handle)
 }

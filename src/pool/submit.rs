@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use super::registry::Registry;
 use crate::capture::Captured;
 use crate::error::{JobError, Refusal};
-use crate::job::{new_job, Job, JobHandle, Submit};
+use crate::job::{new_job, new_job_waking, Job, JobHandle, Submit};
 use crate::sync::{lock, AtomicBool, Mutex};
 
 impl Registry {
@@ -20,13 +20,28 @@ impl Registry {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.submit_waking(f, captured, None)
+    }
+
+    /// [`submit`](Self::submit), with `waker` registered as the caller's from the start (it
+    /// is woken when the job ends; a handle waiting for room must still be polled to be queued).
+    pub(crate) fn submit_waking<F, T>(
+        self: &Arc<Self>,
+        f: F,
+        captured: Captured,
+        waker: Option<Waker>,
+    ) -> JobHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         // ORDERING: a racing `close` is fine either way: a job sent after the last worker left
         // is dropped by the disconnected queue and tells its caller `ShutDown`.
         if self.is_closed() {
-            crate::guard::drop("the work of a refused call", (f, captured));
+            crate::guard::drop("the work of a refused call", (f, captured, waker));
             return JobHandle::ready(Err(JobError::shut_down()));
         }
-        let (job, mut handle) = new_job(f, captured, self.id);
+        let (job, mut handle) = new_job_waking(f, captured, self.id, waker);
         if self.room.try_take() {
             self.push(job);
         } else {
