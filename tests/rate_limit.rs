@@ -194,3 +194,20 @@ fn a_nested_wait_on_a_rate_limited_call_does_not_deadlock() {
         pool.asyncify(move |_: ()| (0..5).map(|i| inner.call(i).wait().unwrap()).sum::<u32>());
     assert_eq!(wait(outer.call(())), Ok(15));
 }
+
+/// A detached call waiting for its token still runs when its turn comes, with nobody holding
+/// its handle.
+#[test]
+fn a_detached_call_still_runs_in_its_turn() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let p = pool
+        .asyncify(move |i: usize| tx.lock().unwrap().send(i).unwrap())
+        .rate_limit(20, Duration::from_secs(1));
+    for i in 0..5 {
+        p.call(i).detach();
+    }
+    let got: Vec<usize> = (0..5).map(|_| rx.recv_timeout(HANG).unwrap()).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+}

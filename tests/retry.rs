@@ -289,3 +289,14 @@ fn errors_that_are_not_outputs_are_not_retried() {
 }
 
 use std::future::Future;
+
+/// A detached call backing off still makes its next attempt, with nobody holding its handle.
+#[test]
+fn a_detached_call_still_retries() {
+    let pool = WorkerPool::new(1);
+    let (calls, backend) = flaky(2);
+    let p = pool.asyncify(backend).retry(on_503(5, ms(20)));
+    p.call(0).detach();
+    common::spin_until("three attempts", || calls.load(SeqCst) == 3);
+    assert_eq!(p.stats().attempts, 3);
+}

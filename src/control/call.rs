@@ -85,6 +85,7 @@ where
             on_spare: false,
             verdict: None,
             attempt_abort: None,
+            detached_self: None,
         }),
     });
     if let Some(deadline) = deadline {
@@ -140,6 +141,9 @@ struct State<I, O> {
     verdict: Option<JobError>,
     /// The attempt abandoned by a deadline or an abort, for [`Abort::is_finished`].
     attempt_abort: Option<AbortHandle>,
+    /// The call itself, once detached: lines and the timer hold it only weakly, and nobody
+    /// else may hold it while it waits. Let go of at its end.
+    detached_self: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 enum Stage<I, O> {
@@ -445,7 +449,13 @@ where
         };
         let old = std::mem::replace(&mut st.stage, stage);
         let ending = Ending {
-            values: (old, result, st.slot.take(), st.last.take()),
+            values: (
+                old,
+                result,
+                st.slot.take(),
+                st.last.take(),
+                st.detached_self.take(),
+            ),
             keys: [
                 st.deadline_key.take(),
                 st.backoff.take().map(|(_, key)| key),
@@ -699,6 +709,12 @@ where
     fn detach(&self) {
         let mut st = self.lock();
         st.detached = true;
+        if !matches!(st.stage, Stage::Done(_) | Stage::Closed) {
+            st.detached_self = self
+                .me
+                .upgrade()
+                .map(|me| me as Arc<dyn Any + Send + Sync>);
+        }
         let done = match std::mem::replace(&mut st.stage, Stage::Closed) {
             done @ Stage::Done(_) => Some(done),
             other => {
