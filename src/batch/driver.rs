@@ -478,7 +478,11 @@ where
     /// counts against `concurrency`).
     fn resolve(&mut self, index: usize, result: Result<P::Output, JobError>) {
         self.jobs -= 1;
-        let ran = matches!(result, Ok(_) | Err(JobError::Panicked { .. }));
+        // A timed-out item is a failure, as a panicked one is, whether or not it had started.
+        let ran = matches!(
+            result,
+            Ok(_) | Err(JobError::Panicked { .. } | JobError::TimedOut { .. })
+        );
         let Slot::InFlight(flight) = &self.slots[index] else {
             return;
         };

@@ -94,7 +94,7 @@ where
             lock(&call.state).deadline_key = Some(key);
         }
     }
-    call.advance_at(now);
+    call.advance_at(now, true);
     JobHandle::new(call, registry.id)
 }
 
@@ -158,6 +158,63 @@ enum Stage<I, O> {
     Closed,
 }
 
+/// An attempt's input: ready, or the original to copy on the worker (keeping it in the call
+/// for the attempt after).
+enum Input<I, C> {
+    Ready(I),
+    CopyOf(I, Weak<C>),
+}
+
+/// The part of a call an attempt that copies its own input needs.
+trait KeepInput<I> {
+    /// Copies `original` for this attempt and keeps it for the next; a `Clone` that panics
+    /// makes the attempt panic with its message.
+    fn copy_and_keep(&self, original: I) -> I;
+}
+
+impl<I, C: KeepInput<I>> Input<I, C> {
+    fn take(self) -> I {
+        match self {
+            Input::Ready(input) => input,
+            Input::CopyOf(original, call) => match call.upgrade() {
+                Some(call) => call.copy_and_keep(original),
+                None => original,
+            },
+        }
+    }
+}
+
+impl<I, O, R> KeepInput<I> for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn copy_and_keep(&self, original: I) -> I {
+        let Some(policy) = self.controls.retry.as_ref() else {
+            return original;
+        };
+        match policy.copy(&original) {
+            Some(Ok(copy)) => {
+                let mut st = self.lock();
+                if let Stage::Attempt { kept, .. } = &mut st.stage {
+                    *kept = Some(original);
+                    copy
+                } else {
+                    drop(st);
+                    guard::drop("an input", original);
+                    copy
+                }
+            }
+            None => original,
+            Some(Err(message)) => {
+                guard::drop("an input", original);
+                std::panic::resume_unwind(Box::new(message))
+            }
+        }
+    }
+}
+
 /// What an ended call lets go of, after its lock is released: values of the user's (`V`),
 /// timer entries, the caller's waker.
 #[must_use]
@@ -184,12 +241,13 @@ where
     /// Moves a waiting call through its gates and into an attempt, as far as it can go now.
     fn advance(self: &Arc<Self>) {
         let needs_clock = self.deadline.is_some() || self.controls.rate.is_some();
-        self.advance_at(needs_clock.then(Instant::now));
+        self.advance_at(needs_clock.then(Instant::now), false);
     }
 
     /// [`advance`](Self::advance) with the time read by the caller (`None` if neither the
-    /// deadline nor a rate limit needs it).
-    fn advance_at(self: &Arc<Self>, now: Option<Instant>) {
+    /// deadline nor a rate limit needs it); `copy_here`: on the caller's thread, where the
+    /// input may be copied for another attempt (elsewhere the attempt copies it).
+    fn advance_at(self: &Arc<Self>, now: Option<Instant>, copy_here: bool) {
         let mut st = self.lock();
         if !matches!(st.stage, Stage::Waiting(_)) || st.backoff.is_some() {
             return;
@@ -245,16 +303,17 @@ where
         let attempt = st.attempts;
         let slot = st.slot.take();
         drop(st);
-        self.submit(attempt, input, slot);
+        self.submit(attempt, input, slot, copy_here);
     }
 
     /// Hands attempt number `attempt` to the pool (no lock held: copying the input is user
     /// code), then polls it.
-    fn submit(self: &Arc<Self>, attempt: u32, input: I, slot: Option<Slot>) {
+    fn submit(self: &Arc<Self>, attempt: u32, input: I, slot: Option<Slot>, copy_here: bool) {
         let policy = self.controls.retry.as_ref();
-        let (input, kept) = match policy.filter(|p| attempt < p.attempts()) {
+        let another = policy.is_some_and(|p| attempt < p.attempts());
+        let (input, kept) = match policy.filter(|_| another && copy_here) {
             Some(policy) => match policy.copy(&input) {
-                Some(Ok(copy)) => (copy, Some(input)),
+                Some(Ok(copy)) => (Input::Ready(copy), Some(input)),
                 Some(Err(message)) => {
                     drop(slot);
                     guard::drop("an input", input);
@@ -265,17 +324,24 @@ where
                     let result = st.last.take().unwrap_or(Err(JobError::panicked(message)));
                     return self.end(st, result);
                 }
-                None => (input, None),
+                None => (Input::Ready(input), None),
             },
-            None => (input, None),
+            // Off the caller's thread (after a backoff or a token, on the pool's timer), the
+            // copy for another attempt is made by the attempt itself, on its worker: the
+            // timer runs no user code.
+            None if another => (Input::CopyOf(input, self.me.clone()), None),
+            None => (Input::Ready(input), None),
         };
         let run = self.run.clone();
         let (deadline, timed) = (self.deadline, self.timed);
         let job = move || -> Attempted<O> {
             let _slot = slot;
             let started = timed.then(Instant::now);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let input = input.take();
             let out = match deadline {
-                Some(d) if Instant::now() >= d => return None,
                 Some(d) => with_deadline(d, || run(input)),
                 None => run(input),
             };
@@ -301,15 +367,18 @@ where
             guard::drop("an abandoned attempt", (handle, kept));
             return;
         };
-        *k = kept;
+        if kept.is_some() {
+            *k = kept; // (an attempt that copies its own input may have put it back already)
+        }
         *h = Some(handle);
         if stop_asked {
             if let Some(h) = h {
                 h.ask_to_stop();
             }
         }
-        // A worker waiting on this call (inside a job) may start the new attempt itself: wake
-        // it so that it looks again. (An attempt made at the call has nobody waiting yet.)
+        st.on_spare = false; // that was an earlier attempt's spare thread
+                             // A worker waiting on this call (inside a job) may start the new attempt itself: wake
+                             // it so that it looks again. (An attempt made at the call has nobody waiting yet.)
         let waker = st.waker.take();
         let again = std::mem::take(&mut st.notified);
         drop(st);
@@ -494,9 +563,16 @@ where
         }
         // The attempt may still run: `AbortHandle::is_finished` waits for it.
         let abort = attempt.map(JobHandle::abort_handle);
+        let in_flight = matches!(st.stage, Stage::Attempt { .. });
         let old = std::mem::replace(&mut st.attempt_abort, abort);
+        let timed_out = error.is_timed_out();
         self.end(st, Err(error));
         guard::drop("an abort handle", old);
+        // An attempt the deadline cut off is an overload signal (one that timed out waiting
+        // in the program's own line is not: the limit was too small, not too large).
+        if let (true, true, Some(limit)) = (timed_out, in_flight, &self.controls.limit) {
+            limit.sample(Sample::TimedOut);
+        }
     }
 }
 
@@ -506,24 +582,34 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    /// The deadline, or the end of a backoff, or the pool's close.
+    /// The deadline, or the end of a backoff.
     fn ring(self: Arc<Self>) {
         let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
             return self.end_early(JobError::timed_out());
         }
         let mut st = self.lock();
-        if !matches!(st.stage, Stage::Waiting(_)) {
-            return; // running (its attempt meets the close by itself), or ended
-        }
-        if self.registry.is_closed() {
-            let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
-            return self.end(st, result);
-        }
-        if st.backoff.is_some_and(|(until, _)| now >= until) {
+        if matches!(st.stage, Stage::Waiting(_))
+            && st.backoff.is_some_and(|(until, _)| now >= until)
+        {
             st.backoff = None;
             drop(st);
             self.advance();
+        }
+    }
+
+    /// The pool closed: a call waiting outside the pool (a backoff) ends now, with its last
+    /// outcome; a running call keeps its deadline.
+    fn close(self: Arc<Self>) -> bool {
+        let mut st = self.lock();
+        match st.stage {
+            Stage::Waiting(_) => {
+                let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+                self.end(st, result);
+                false
+            }
+            Stage::Attempt { .. } => self.deadline.is_some(),
+            Stage::Done(_) | Stage::Closed => false,
         }
     }
 }
@@ -542,15 +628,21 @@ where
             return;
         }
         match grant {
-            Grant::Slot(slot) => st.slot = Some(slot),
-            Grant::Token => st.token = true,
+            Grant::Slot(slot) => {
+                st.slot = Some(slot);
+                drop(st);
+                self.advance();
+            }
+            Grant::Token => {
+                st.token = true;
+                drop(st);
+                self.advance();
+            }
             Grant::Closed => {
                 let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
-                return self.end(st, result);
+                self.end(st, result);
             }
         }
-        drop(st);
-        self.advance();
     }
 
     fn is_gone(&self) -> bool {
@@ -710,10 +802,7 @@ where
         let mut st = self.lock();
         st.detached = true;
         if !matches!(st.stage, Stage::Done(_) | Stage::Closed) {
-            st.detached_self = self
-                .me
-                .upgrade()
-                .map(|me| me as Arc<dyn Any + Send + Sync>);
+            st.detached_self = self.me.upgrade().map(|me| me as Arc<dyn Any + Send + Sync>);
         }
         let done = match std::mem::replace(&mut st.stage, Stage::Closed) {
             done @ Stage::Done(_) => Some(done),

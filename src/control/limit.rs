@@ -225,9 +225,8 @@ impl Limit {
     }
 
     fn hand_out(admitted: Admitted) {
-        for (waiter, slot) in admitted.next {
-            guard::quietly("a waiting call", || waiter.admit(Grant::Slot(slot)));
-        }
+        let grants = admitted.next.into_iter();
+        super::admit_all(grants.map(|(w, slot)| (w, Grant::Slot(slot))).collect());
         guard::drop("a call that left a line", admitted.gone);
     }
 

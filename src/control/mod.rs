@@ -28,12 +28,14 @@ mod limit;
 mod rate;
 mod retry;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::guard;
 use crate::pool::Registry;
 use crate::sync::AtomicU64;
 pub(crate) use limit::Limit;
@@ -173,9 +175,51 @@ pub(crate) enum Grant {
     Closed,
 }
 
+/// Waiters let out of a line, each with what it waited for.
+type Admissions = VecDeque<(Arc<dyn Waiter>, Grant)>;
+
 thread_local! {
+    /// Admissions out of lines this thread is handing out now, if it is (see [`admit_all`]).
+    static ADMITTING: RefCell<Option<Admissions>> = const { RefCell::new(None) };
     /// The deadline of the call running on this thread, if it has one.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Hands each waiter its grant, outside every lock, through the guard. An admission may free a
+/// slot that admits the next waiter, and so on down a line (at a pool's close, every call in a
+/// limit's line): those are queued on this thread and handed out by the outermost call here, in
+/// a loop, so that the stack does not grow with the line.
+pub(crate) fn admit_all(mut admitted: Vec<(Arc<dyn Waiter>, Grant)>) {
+    if admitted.is_empty() {
+        return;
+    }
+    let mine = ADMITTING.try_with(|queue| match &mut *queue.borrow_mut() {
+        Some(queue) => {
+            queue.extend(admitted.drain(..));
+            false
+        }
+        slot @ None => {
+            *slot = Some(admitted.drain(..).collect());
+            true
+        }
+    });
+    match mine {
+        Ok(false) => {}
+        Ok(true) => {
+            while let Some((waiter, grant)) =
+                ADMITTING.with(|queue| queue.borrow_mut().as_mut().and_then(VecDeque::pop_front))
+            {
+                guard::quietly("a waiting call", || waiter.admit(grant));
+            }
+            ADMITTING.with(|queue| *queue.borrow_mut() = None);
+        }
+        // A thread-local destructor: no queue, hand out here.
+        Err(_) => {
+            for (waiter, grant) in admitted {
+                guard::quietly("a waiting call", || waiter.admit(grant));
+            }
+        }
+    }
 }
 
 /// The deadline of the call running on this thread, set by

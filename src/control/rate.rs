@@ -5,6 +5,13 @@
 //! theoretical arrival time `tat` of the next start. With interval `T = per / n` and tolerance
 //! `τ = T × (burst − 1)`, a start at `now` is allowed if `now ≥ tat − τ`, and moves `tat` to
 //! `max(tat, now) + T`. So `burst` starts may go at once, and from then on one every `T`.
+//!
+//! Time is counted exactly, in units of `1/n` ns since the limiter was made (so `T` is `per`'s
+//! nanoseconds, with no rounding), in a `u128`: no period, rate or burst overflows it.
+//!
+//! Every pool with a call in the line has the limiter's alarm set on its timer (for the next
+//! token, or far ahead if none will come), so that a pool's close lets its calls go at once,
+//! whichever pool's call is at the head.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -12,7 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Grant, Waiter};
-use crate::pool::Alarm;
+use crate::pool::{Alarm, Registry};
 use crate::sync::{lock, Mutex};
 
 /// A rate limit: at most `n` starts per `per`, `burst` of them at once. Cheap to clone; clones
@@ -48,21 +55,25 @@ pub(crate) struct Rate {
     n: u32,
     per: Duration,
     burst: u32,
-    interval: Duration,
-    tolerance: Duration,
+    /// The origin of the limiter's time.
+    base: Instant,
+    /// `T` and `τ`, in units of `1/n` ns.
+    interval: u128,
+    tolerance: u128,
     state: Mutex<State>,
 }
 
 struct State {
-    /// The theoretical arrival time of the next start; `None` before the first (or never
-    /// again, with `exhausted`).
-    tat: Option<Instant>,
-    /// `tat` went past what an `Instant` holds (a limit of one start per `Duration::MAX`).
-    exhausted: bool,
+    /// The theoretical arrival time of the next start, in units of `1/n` ns since `base`.
+    tat: u128,
     line: VecDeque<Weak<dyn Waiter>>,
-    /// The time the limiter's alarm is set for, if it is.
-    armed: Option<Instant>,
+    /// The pools whose timers have the limiter's alarm set, and for when.
+    armed: Vec<(u64, Instant)>,
 }
+
+/// How far ahead the alarm is set when no token will ever come (a limit of one start per
+/// `Duration::MAX`): only a pool's close rings it.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What [`Rate::take`] gave.
 pub(crate) enum Take {
@@ -113,18 +124,18 @@ impl RateLimiter {
             "asyncify-pool: a rate limit of 0 starts per period allows nothing"
         );
         let burst = burst.max(1);
-        let interval = per / n;
+        let interval = per.as_nanos();
         RateLimiter(Arc::new(Rate {
             n,
             per,
             burst,
+            base: Instant::now(),
             interval,
-            tolerance: interval.saturating_mul(burst - 1),
+            tolerance: interval * u128::from(burst - 1),
             state: Mutex::new(State {
-                tat: None,
-                exhausted: false,
+                tat: 0,
                 line: VecDeque::new(),
-                armed: None,
+                armed: Vec::new(),
             }),
         }))
     }
@@ -139,7 +150,7 @@ impl RateLimiter {
     /// assert_eq!(limit.interval(), Duration::from_millis(20));
     /// ```
     pub fn interval(&self) -> Duration {
-        self.0.interval
+        self.0.per / self.0.n
     }
 
     /// How many starts may go at once.
@@ -184,67 +195,70 @@ impl Rate {
         if state.line.is_empty() && self.try_spend(&mut state, now) {
             return Take::Now;
         }
-        state.line.push_back(Arc::downgrade(waiter));
-        if state.line.len() == 1 && !self.arm(&mut state, waiter, now) {
-            state.line.pop_back();
+        if !self.arm(&mut state, waiter.registry(), now) {
             return Take::Closed;
         }
+        state.line.push_back(Arc::downgrade(waiter));
         Take::Wait
+    }
+
+    /// `now` in the limiter's units.
+    fn units(&self, now: Instant) -> u128 {
+        now.saturating_duration_since(self.base).as_nanos() * u128::from(self.n)
     }
 
     /// Spends a token if one is there at `now`.
     fn try_spend(&self, state: &mut State, now: Instant) -> bool {
-        if state.exhausted {
+        let now = self.units(now);
+        if now + self.tolerance < state.tat {
             return false;
         }
-        let tat = state.tat.unwrap_or(now);
-        if now.checked_add(self.tolerance).is_some_and(|t| t < tat) {
-            return false;
-        }
-        match tat.max(now).checked_add(self.interval) {
-            Some(next) => state.tat = Some(next),
-            None => state.exhausted = true,
-        }
+        state.tat = state.tat.max(now).saturating_add(self.interval);
         true
     }
 
-    /// When the next token comes (`None`: never).
+    /// When the next token comes (`None`: past what an `Instant` holds, so never).
     fn next_token(&self, state: &State, now: Instant) -> Option<Instant> {
-        if state.exhausted {
-            return None;
+        let (at, now_units) = (state.tat.saturating_sub(self.tolerance), self.units(now));
+        if at <= now_units {
+            return Some(now);
         }
-        let tat = state.tat.unwrap_or(now);
-        Some(tat.checked_sub(self.tolerance).unwrap_or(now).max(now))
+        let wait_ns = (at - now_units).div_ceil(u128::from(self.n));
+        let secs = u64::try_from(wait_ns / 1_000_000_000).ok()?;
+        now.checked_add(Duration::new(secs, (wait_ns % 1_000_000_000) as u32))
     }
 
-    /// Sets the alarm for the next token on the timer of `head`'s pool, unless it is set for
-    /// that time or sooner. False if that pool is closed (its timer takes nothing more).
-    fn arm(self: &Arc<Self>, state: &mut State, head: &Arc<dyn Waiter>, now: Instant) -> bool {
-        let Some(at) = self.next_token(state, now) else {
-            return true; // never: the line waits for deadlines or the close
-        };
-        if state.armed.is_some_and(|armed| armed <= at) {
+    /// Sets the alarm on `pool`'s timer for the next token (or far ahead, if none will come),
+    /// unless it is set there for that time or sooner. False if that pool is closed.
+    fn arm(self: &Arc<Self>, state: &mut State, pool: &Registry, now: Instant) -> bool {
+        let at = self
+            .next_token(state, now)
+            .unwrap_or_else(|| now.checked_add(NEVER).unwrap_or(now));
+        if state
+            .armed
+            .iter()
+            .any(|&(id, when)| id == pool.id && when <= at)
+        {
             return true;
         }
         let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(self) as Arc<dyn Alarm>));
-        let armed = head.registry().timer.at(at, alarm).is_ok();
-        if armed {
-            state.armed = Some(at);
+        if pool.timer.at(at, alarm).is_err() {
+            return false;
         }
-        armed
+        state.armed.retain(|&(id, _)| id != pool.id);
+        state.armed.push((pool.id, at));
+        true
     }
-}
 
-impl Alarm for Rate {
-    fn ring(self: Arc<Self>) {
+    /// Serves the line: waiters whose pool closed leave, the head takes a token if there is
+    /// one (and the next, and so on), and every pool with a waiter left has the alarm set.
+    fn serve(self: Arc<Self>) {
         let mut admitted = Vec::new();
         let mut after_lock = Vec::new();
-        let serve_again = {
+        {
             let mut state = lock(&self.state);
-            state.armed = None;
             let now = Instant::now();
-            // Waiters of a closed pool leave wherever they are; the live head takes a token
-            // if there is one; the rest wait.
+            state.armed.retain(|&(_, when)| when > now);
             let mut kept = VecDeque::with_capacity(state.line.len());
             let mut blocked = false;
             while let Some(next) = state.line.pop_front() {
@@ -260,30 +274,25 @@ impl Alarm for Rate {
                     admitted.push((waiter, Grant::Token));
                 } else {
                     blocked = true;
-                    kept.push_back(Arc::downgrade(&waiter));
-                    // Not dropped under the lock: its caller may let go meanwhile.
-                    after_lock.push(waiter);
+                    if self.arm(&mut state, waiter.registry(), now) {
+                        kept.push_back(next);
+                        // Not dropped under the lock: its caller may let go meanwhile.
+                        after_lock.push(waiter);
+                    } else {
+                        admitted.push((waiter, Grant::Closed)); // closed just now
+                    }
                 }
             }
             state.line = kept;
-            // The head's pool closed since it was looked at: serve the line again, which
-            // lets it go.
-            match state.line.front().and_then(Weak::upgrade) {
-                Some(head) => {
-                    let armed = self.arm(&mut state, &head, now);
-                    after_lock.push(head);
-                    !armed
-                }
-                None => false,
-            }
-        };
-        for (waiter, grant) in admitted {
-            crate::guard::quietly("a waiting call", || waiter.admit(grant));
         }
+        super::admit_all(admitted);
         crate::guard::drop("a call that left a line", after_lock);
-        if serve_again {
-            self.ring();
-        }
+    }
+}
+
+impl Alarm for Rate {
+    fn ring(self: Arc<Self>) {
+        self.serve();
     }
 }
 
@@ -307,7 +316,7 @@ mod tests {
         let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 3);
         let rate = limit.rate();
         let mut state = lock(&rate.state);
-        let t0 = Instant::now();
+        let t0 = rate.base;
         assert!((0..3).all(|_| rate.try_spend(&mut state, t0)));
         assert!(!rate.try_spend(&mut state, t0), "the burst is spent");
         assert_eq!(
@@ -322,19 +331,46 @@ mod tests {
         assert!(!rate.try_spend(&mut state, later));
     }
 
+    /// No rounding: 3 starts per 2 ns is 2/3 ns apart, not "0 ns, no limit".
     #[test]
-    fn extreme_periods() {
+    fn intervals_below_a_nanosecond_are_exact() {
+        let limit = RateLimiter::new(3, Duration::from_nanos(2));
+        let rate = limit.rate();
+        let mut state = lock(&rate.state);
+        let t0 = rate.base + Duration::from_secs(1);
+        assert!(rate.try_spend(&mut state, t0));
+        assert!(
+            !rate.try_spend(&mut state, t0),
+            "a second start at the same nanosecond"
+        );
+        let later = t0 + Duration::from_nanos(2);
+        assert_eq!(
+            (0..5).filter(|_| rate.try_spend(&mut state, later)).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn extreme_periods_and_bursts() {
         let unlimited = RateLimiter::new(1, Duration::ZERO);
         let mut state = lock(&unlimited.rate().state);
         let now = Instant::now();
         assert!((0..1_000).all(|_| unlimited.rate().try_spend(&mut state, now)));
         drop(state);
-        let never_again = RateLimiter::with_burst(1, Duration::MAX, u32::MAX);
+        // One start per Duration::MAX, a burst of three: three go, then none for ever.
+        let never_again = RateLimiter::with_burst(1, Duration::MAX, 3);
         let rate = never_again.rate();
         let mut state = lock(&rate.state);
-        assert!(rate.try_spend(&mut state, now), "the first start goes");
+        assert!(
+            (0..3).all(|_| rate.try_spend(&mut state, now)),
+            "the burst goes"
+        );
         assert!(!rate.try_spend(&mut state, now + Duration::from_secs(3600)));
         assert_eq!(rate.next_token(&state, now), None);
+        drop(state);
+        let huge = RateLimiter::with_burst(u32::MAX, Duration::MAX, u32::MAX);
+        let mut state = lock(&huge.rate().state);
+        assert!((0..1_000).all(|_| huge.rate().try_spend(&mut state, now)));
     }
 
     #[test]

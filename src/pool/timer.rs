@@ -16,8 +16,9 @@
 //! timer about once per timeout, not once per call; and a pool with nothing waiting has its
 //! timer asleep without a timeout, using no CPU.
 //!
-//! At the pool's close every entry rings at once (each finds the pool closed and ends its
-//! wait), and the thread leaves.
+//! At the pool's close every entry is told at once ([`Alarm::close`]: each ends its wait, or
+//! keeps its entry, as a running call's deadline does); the thread serves the entries kept
+//! until none is left, and leaves.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -29,7 +30,14 @@ use crate::sync::{lock, wait, Condvar, Mutex};
 /// What an entry rings: called once, on the timer thread (or, for a pool whose timer thread
 /// could not start, on the thread that closes the pool), outside every lock of the timer.
 pub(crate) trait Alarm: Send + Sync + 'static {
+    /// Its time came.
     fn ring(self: Arc<Self>);
+    /// The pool closed before its time: end the wait now, or say `true` to keep the entry
+    /// until its time (a running call's deadline still matters after the close).
+    fn close(self: Arc<Self>) -> bool {
+        self.ring();
+        false
+    }
 }
 
 /// Names an entry, to cancel it.
@@ -115,7 +123,8 @@ impl Timer {
         lock(&self.shared.state).entries.remove(&key);
     }
 
-    /// Rings every entry now and lets the thread leave; later entries are refused.
+    /// Tells every entry that the pool closed (on the timer thread), which then serves those
+    /// kept and leaves; later entries are refused.
     pub(crate) fn close(&self) {
         let orphans = {
             let mut state = lock(&self.shared.state);
@@ -130,7 +139,12 @@ impl Timer {
                 std::mem::take(&mut state.entries)
             }
         };
-        ring_all(orphans.into_values());
+        // No thread (the OS refused one): nothing could serve an entry kept, so each ends now.
+        for alarm in orphans.into_values().filter_map(|a| a.upgrade()) {
+            guard::quietly("a timer's alarm", || {
+                let _ = alarm.close();
+            });
+        }
     }
 
     /// The number of entries waiting (for tests).
@@ -165,15 +179,34 @@ impl Drop for Timer {
     }
 }
 
-/// The timer thread: ring what is due, sleep until the next entry, leave after the close.
+/// The timer thread: ring what is due, sleep until the next entry; at the close, tell every
+/// entry, and leave once those kept have rung.
 fn serve(shared: &Shared) {
     let mut state = lock(&shared.state);
+    let mut told = false;
     loop {
+        if state.closed && !told {
+            told = true;
+            let entries = std::mem::take(&mut state.entries);
+            drop(state);
+            let kept: Vec<_> = entries
+                .into_iter()
+                .filter(|(_, alarm)| {
+                    alarm.upgrade().is_some_and(|alarm| {
+                        let mut keep = false;
+                        guard::quietly("a timer's alarm", || keep = alarm.close());
+                        keep
+                    })
+                })
+                .collect();
+            state = lock(&shared.state);
+            state.entries.extend(kept);
+            continue;
+        }
         let now = Instant::now();
         let mut due = Vec::new();
-        let closed = state.closed;
         while let Some(entry) = state.entries.first_entry() {
-            if !closed && entry.key().0 > now {
+            if entry.key().0 > now {
                 break;
             }
             due.push(entry.remove());
@@ -184,7 +217,7 @@ fn serve(shared: &Shared) {
             state = lock(&shared.state);
             continue;
         }
-        if state.closed {
+        if state.closed && state.entries.is_empty() {
             return;
         }
         let wake_at = state.entries.first_key_value().map(|(key, _)| key.0);
@@ -274,6 +307,32 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap().0, 1);
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         assert!(timer.at(Instant::now(), Arc::downgrade(&kept)).is_err());
+    }
+
+    /// An entry kept at the close (a running call's deadline) still rings at its time, and
+    /// the thread leaves after it.
+    #[test]
+    fn an_entry_kept_at_the_close_rings_at_its_time() {
+        struct Keep(Mutex<mpsc::Sender<&'static str>>);
+        impl Alarm for Keep {
+            fn ring(self: Arc<Self>) {
+                let _ = lock(&self.0).send("rang");
+            }
+            fn close(self: Arc<Self>) -> bool {
+                let _ = lock(&self.0).send("told");
+                true
+            }
+        }
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, rx) = mpsc::channel();
+        let keep: Arc<dyn Alarm> = Arc::new(Keep(Mutex::new(tx)));
+        let due = Instant::now() + Duration::from_millis(50);
+        timer.at(due, Arc::downgrade(&keep)).unwrap();
+        timer.close();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "told");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "rang");
+        assert!(Instant::now() >= due, "it rang before its time");
+        assert!(timer.at(Instant::now(), Arc::downgrade(&keep)).is_err());
     }
 
     /// An alarm that panics costs the timer nothing: the next one still rings.

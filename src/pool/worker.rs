@@ -464,6 +464,12 @@ impl<T> JobHandle<T> {
     /// the queue; past half of the stack, the awaited job runs on a short-lived spare thread
     /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)).
     ///
+    /// A call of a program with options ([`timeout`](crate::AsyncProgram::timeout),
+    /// [`retry`](crate::AsyncProgram::retry), the limits) is run by its waiter the same way,
+    /// attempt by attempt, once each attempt is queued; while the call waits at one of its
+    /// program's limits, the waiter parks (see
+    /// [`concurrency_limit`](crate::AsyncProgram::concurrency_limit) for when that cannot end).
+    ///
     /// Waiting on a job of another pool, or off the pool's threads, it parks the thread until
     /// the job is done. A waiting worker keeps its place in its pool meanwhile, so jobs of two
     /// pools that wait on each other's in a cycle need a free thread on each side.

@@ -137,8 +137,12 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// while it runs (a timeout, a dropped handle) keeps its place until it returns. Programs
     /// made from this one by further options share the limit. Replaces an earlier limit.
     ///
-    /// A job of this program that waits on another call of it holds its place meanwhile: with
-    /// `n` such waits at once, they wait forever, as with any semaphore.
+    /// A job of the pool that waits on a call of this program waits for a slot as any caller
+    /// does, holding its worker: the waiting worker runs that call's own attempt when it is
+    /// queued, but not another call's. So if every slot is held by attempts queued behind such
+    /// waiting jobs, with no free thread to run them (or by the waiting jobs themselves, for a
+    /// program that calls itself), they wait forever, as with any semaphore inside a thread
+    /// pool. Give the pool more threads than the jobs that wait on a limited program.
     ///
     /// # Panics
     ///

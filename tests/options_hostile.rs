@@ -1,0 +1,238 @@
+//! Attacks on the options' promises at the edges: a pool that closes under waiting and
+//! running calls, limiters at extreme periods or shared by two pools, user code that blocks
+//! where the pool's one timer would run it, timeouts as an overload signal and in a batch's
+//! error budget, and a long line let go at once. Each failed on the first version of the
+//! options.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use asyncify_pool::{is_cancelled, Overload, RateLimiter, Retry, WorkerPool};
+
+const BOUND: Duration = Duration::from_secs(5);
+
+fn close(pool: &WorkerPool) {
+    drop(pool.shutdown_async()); // closes now, does not wait for the workers
+}
+
+/// the pool's close rings the deadline entry early (a no-op for a running attempt) and
+/// removes it: the deadline never fires afterwards, the job never sees is_cancelled.
+#[test]
+fn a_running_calls_deadline_still_fires_after_the_pool_closes() {
+    let pool = WorkerPool::new(1);
+    let started = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&started);
+    let p = pool
+        .asyncify(move |_: ()| {
+            s.store(true, SeqCst);
+            while !is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            1
+        })
+        .timeout(Duration::from_millis(300));
+    let mut h = p.call(());
+    while !started.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    close(&pool);
+    let got = h.wait_timeout(BOUND);
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_timed_out()),
+        "deadline 300ms, closed pool: {got:?} after {BOUND:?}"
+    );
+}
+
+/// a call waiting for a token that never comes (1 per Duration::MAX) is not ended by the
+/// pool's shutdown.
+#[test]
+fn shutdown_ends_a_wait_for_a_token_that_never_comes() {
+    let pool = WorkerPool::new(2);
+    let p = pool
+        .asyncify(|x: u32| x)
+        .with_rate_limiter(&RateLimiter::new(1, Duration::MAX));
+    assert_eq!(p.call(1).wait_timeout(BOUND), Some(Ok(1)));
+    let mut second = p.call(2);
+    pool.shutdown();
+    let got = second.wait_timeout(BOUND);
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_shut_down()),
+        "after shutdown: {got:?}"
+    );
+}
+
+/// a burst is lost when interval * (burst - 1) overflows: with_burst(1, MAX, 3) allows
+/// one start, not three.
+#[test]
+fn a_burst_with_the_longest_period_still_goes_at_once() {
+    let pool = WorkerPool::new(2);
+    let p = pool
+        .asyncify(|x: u32| x)
+        .with_rate_limiter(&RateLimiter::with_burst(1, Duration::MAX, 3));
+    let hs: Vec<_> = (0..3).map(|i| p.call(i)).collect();
+    for (i, mut h) in hs.into_iter().enumerate() {
+        assert_eq!(
+            h.wait_timeout(BOUND),
+            Some(Ok(i as u32)),
+            "start {i} of a burst of 3"
+        );
+    }
+}
+
+/// a limiter shared by two pools: pool B's waiter behind pool A's head is not let go at
+/// B's close (it waits for the next token, an hour away).
+#[test]
+fn a_shared_limiter_lets_a_closed_pools_calls_go_at_once() {
+    let a = WorkerPool::new(1);
+    let b = WorkerPool::new(1);
+    let key = RateLimiter::new(1, Duration::from_secs(3600));
+    let pa = a.asyncify(|x: u32| x).with_rate_limiter(&key);
+    let pb = b.asyncify(|x: u32| x).with_rate_limiter(&key);
+    assert_eq!(pa.call(1).wait_timeout(BOUND), Some(Ok(1)));
+    let _a2 = pa.call(2); // the line's head, armed on A's timer
+    let mut b1 = pb.call(3);
+    b.shutdown();
+    let got = b1.wait_timeout(BOUND);
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_shut_down()),
+        "after B's shutdown: {got:?}"
+    );
+}
+
+/// "a call that timed out always counts as [an overload]": not when its attempt was
+/// running at the deadline (the attempt's end is never sampled).
+#[test]
+fn a_deadline_that_cuts_a_running_attempt_lowers_an_adaptive_limit() {
+    let pool = WorkerPool::new(4);
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&done);
+    let p = pool
+        .asyncify(move |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            d.fetch_add(1, SeqCst);
+            ms
+        })
+        .adaptive_concurrency(1, 10, Overload::when(|_: &u64| false))
+        .timeout(Duration::from_millis(50));
+    for _ in 0..10 {
+        p.call(0).wait_timeout(BOUND).unwrap().unwrap();
+    }
+    let before = p.stats().concurrency_limit.unwrap();
+    assert!(before >= 2, "grew to {before}");
+    let e = p.call(400).wait_timeout(BOUND).unwrap().unwrap_err();
+    assert!(e.is_timed_out());
+    while done.load(SeqCst) < 11 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let after = p.stats().concurrency_limit.unwrap();
+    assert!(
+        after < before,
+        "a timeout while running: limit {before} -> {after}"
+    );
+}
+
+/// user Clone runs on the pool's one timer thread (a retry after a backoff): while it
+/// blocks, no other call's deadline fires.
+#[test]
+fn a_blocking_clone_after_a_backoff_stalls_no_deadline() {
+    static CLONES: AtomicUsize = AtomicUsize::new(0);
+    static GATE: Mutex<()> = Mutex::new(());
+    struct Blocky;
+    impl Clone for Blocky {
+        fn clone(&self) -> Self {
+            if CLONES.fetch_add(1, SeqCst) == 1 {
+                drop(GATE.lock().unwrap()); // the second copy blocks until the test lets go
+            }
+            Blocky
+        }
+    }
+    let pool = WorkerPool::new(2);
+    let held = GATE.lock().unwrap();
+    let a = pool.asyncify(|_: Blocky| 503u16).retry(
+        Retry::new(3)
+            .backoff(Duration::from_millis(10), Duration::from_millis(10))
+            .retry_if(|s: &u16| *s == 503),
+    );
+    let _ha = a.call(Blocky);
+    while CLONES.load(SeqCst) < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let b = pool
+        .asyncify(|_: ()| {
+            while !is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .timeout(Duration::from_millis(50));
+    let t0 = Instant::now();
+    let got = b.call(()).wait_timeout(Duration::from_secs(3));
+    let waited = t0.elapsed();
+    drop(held);
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_timed_out()),
+        "{got:?} after {waited:?}"
+    );
+}
+
+/// a batch item that ran and timed out counts as "not started": it spends none of the
+/// error budget (max_errors(0) should stop the batch at the first timeout).
+#[test]
+fn a_timed_out_batch_item_spends_the_error_budget() {
+    let pool = WorkerPool::new(1);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |_: u32| {
+            r.fetch_add(1, SeqCst);
+            while !is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .timeout(Duration::from_millis(20));
+    let result = p.batch(0..5u32).max_errors(0).concurrency(1).wait();
+    let timed_out = result
+        .results()
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.is_timed_out()))
+        .count();
+    assert_eq!(
+        (runs.load(SeqCst), timed_out),
+        (1, 1),
+        "max_errors(0) and every item times out"
+    );
+}
+
+/// At the close, a hundred thousand calls waiting in a concurrency limit's line are let go one
+/// after another, not one inside the other: the stack does not grow with the line (it
+/// overflowed and aborted the process). In a child process, since a failure aborts.
+#[test]
+fn a_long_limit_line_is_let_go_at_the_close_without_growing_the_stack() {
+    common::in_child(
+        "a_long_limit_line_is_let_go_at_the_close_without_growing_the_stack",
+        || {
+            let pool = WorkerPool::new(1);
+            let (tx, rx) = mpsc::channel::<()>();
+            let rx = Mutex::new(rx);
+            let p = pool
+                .asyncify(move |first: bool| {
+                    if first {
+                        let _ = rx.lock().unwrap().recv();
+                    }
+                })
+                .concurrency_limit(1);
+            let mut first = p.call(true);
+            let waiters: Vec<_> = (0..100_000).map(|_| p.call(false)).collect();
+            close(&pool);
+            tx.send(()).unwrap();
+            assert_eq!(first.wait_timeout(common::HANG), Some(Ok(())));
+            for mut w in waiters {
+                let r = w.wait_timeout(common::HANG).expect("hung");
+                assert!(r.unwrap_err().is_shut_down());
+            }
+        },
+    );
+}
