@@ -98,7 +98,7 @@ pub use batch::{Batch, BatchFuture, BatchResult, Completions, CompletionsIter, P
 pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallError};
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, AbortHandle, JobHandle};
-pub use pool::{worker_index, Builder, ShutdownFuture, Stats, WorkerPool};
+pub use pool::{worker_index, Builder, Percentiles, ShutdownFuture, Stats, WorkerPool};
 pub use program::{AsyncProgram, BoxProgram, Program};
 
 /// The README's examples, compiled and run as doc tests so the README cannot drift.

@@ -9,3 +9,7 @@ pub(crate) const DEFAULT_ASYNC_MAX_WORKERS: usize = 8;
 
 /// The default of the `max_errors` setting: the failures a batch tolerates (DSPy's default).
 pub(crate) const DEFAULT_MAX_ERRORS: usize = 10;
+
+/// How long an epoch of the pool's timing figures lasts: `stats().queue_wait` and
+/// `stats().run_time` cover the jobs that ended in the current epoch and the one before.
+pub(crate) const STATS_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);

@@ -15,7 +15,8 @@
 //!   - a revoke (the queue torn down at shutdown, a batch calling the job off) → `Done(Err)`;
 //!     the revoker drops the work and wakes the waker.
 //! * [`Stage::Running`]: the runner owns the work. Only the runner moves it on, → `Done(result)`,
-//!   or → `Closed` if the handle is gone. A handle dropped meanwhile only sets [`CANCELLED`];
+//!   or → `Closed` if the handle is gone, telling the pool's counters under the lock whether
+//!   the output was abandoned. A handle dropped meanwhile only sets [`CANCELLED`];
 //!   a handle that asks the job to stop but still wants the result sets [`STOP_ASKED`].
 //! * [`Stage::Done`]`(result)`: the result waits for the handle, which alone moves it on,
 //!   → `Closed`, taking the result (or dropping it, if the handle is dropped).
@@ -35,14 +36,16 @@ use std::any::Any;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use super::{Completion, Outcome, Runnable, Start, CURRENT};
+use super::{Completion, Outcome, Runnable, Start, Timing, CURRENT};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
 use crate::sync::{lock, AtomicU8, Mutex, MutexGuard};
 
-/// Set when the handle is dropped while the job runs: [`is_cancelled`](crate::is_cancelled).
+/// Set when the handle is dropped (or aborted) while the job runs:
+/// [`is_cancelled`](crate::is_cancelled), and the runner counts the job abandoned.
 const CANCELLED: u8 = 1;
 /// Set when a worker waiting on the job started it itself: its queue entry is a husk.
 const OUT_OF_LINE: u8 = 2;
@@ -156,8 +159,8 @@ where
                     slot.stage = other;
                     let outcome = match start {
                         Start::OutOfLine => Outcome::Lost,
-                        Start::FromQueue if self.flag(OUT_OF_LINE) => Outcome::Husk,
-                        Start::FromQueue => Outcome::Cancelled,
+                        Start::FromQueue { .. } if self.flag(OUT_OF_LINE) => Outcome::Husk,
+                        Start::FromQueue { .. } => Outcome::Cancelled,
                     };
                     drop(slot);
                     record(outcome);
@@ -168,6 +171,7 @@ where
                 }
             }
         };
+        let started = Instant::now();
         // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
         // `is_cancelled`, and taken back after.
         let previous = CURRENT.with(|c| c.replace(Some(self)));
@@ -175,14 +179,18 @@ where
         let result = captured
             .run_in_place(top_level, || guard::call(f))
             .map_err(JobError::panicked);
+        let timing = Timing {
+            queued: match start {
+                Start::FromQueue { queued } => queued,
+                Start::OutOfLine => None,
+            },
+            started,
+            ended: Instant::now(),
+        };
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
-        record(match result {
-            Ok(_) => Outcome::Completed,
-            Err(_) => Outcome::Panicked,
-        });
-        let waker = this.complete(&mut Some(result), captured);
+        let waker = this.complete(&mut Some(result), captured, timing, record);
         // Let go of the cell before waking its caller: the handle is then the last owner and
         // frees it (and the captured context) on the thread that allocated it, which keeps
         // malloc on its fast path and reference counts on one core (BENCHMARKS.md). If the
@@ -193,12 +201,27 @@ where
         }
     }
 
-    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker> {
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Timing,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker> {
         let result = result
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
             .expect("complete is called with this cell's own result type");
+        let outcome = |abandoned| match &result {
+            Err(_) => Outcome::Panicked(timing),
+            Ok(_) if abandoned => Outcome::Abandoned(timing),
+            Ok(_) => Outcome::Completed(timing),
+        };
         let mut slot = self.lock();
+        // Counted under the lock, before the result is stored: abandonment is decided here
+        // (a handle drops or aborts under this lock), and a caller that finds its result finds
+        // it counted. `record` is the pool's counting code, no user code.
+        record(outcome(self.flag(CANCELLED)));
         let waker = slot.side.take_waker();
         slot.side = Side::Back(captured);
         if self.flag(ABORTED) {
@@ -211,6 +234,7 @@ where
             waker
         } else if self.flag(CANCELLED | DETACHED) {
             // The handle is gone (it set the flag under this lock): nobody wants the result.
+            // Dropped, it abandoned the job (counted so); detached, it let the job complete.
             slot.stage = Stage::Closed;
             drop(slot);
             guard::drop("a discarded output", result);

@@ -22,6 +22,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crate::capture::Captured;
 use crate::error::JobError;
@@ -33,8 +34,9 @@ pub use handle::{AbortHandle, JobHandle};
 /// How a runner came by a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
-    /// It took the job's entry off the queue.
-    FromQueue,
+    /// It took the job's entry off the queue, which the job entered at `queued` (`None` for an
+    /// entry its waiter took from the handle while it waited for room: it never was queued).
+    FromQueue { queued: Option<Instant> },
     /// It waits on the job's handle and starts the job itself; the queue entry becomes a husk.
     OutOfLine,
 }
@@ -42,10 +44,14 @@ pub(crate) enum Start {
 /// What became of a job a runner was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// It ran and returned.
-    Completed,
-    /// It ran and panicked.
-    Panicked,
+    /// It ran and returned, and its output went to the caller (or, detached, to nobody, as
+    /// the caller chose).
+    Completed(Timing),
+    /// It ran and panicked (whether or not its caller was still there to be told).
+    Panicked(Timing),
+    /// It ran and returned after its caller had dropped or aborted the handle: the output
+    /// was discarded.
+    Abandoned(Timing),
     /// A queue entry whose job never ran: its caller had dropped the handle, or it was called
     /// off (a batch that stopped).
     Cancelled,
@@ -55,11 +61,22 @@ pub(crate) enum Outcome {
     Lost,
 }
 
+/// When a job that ran entered the queue, started and ended, as its runner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// `None` if it did not start from the queue: its waiter started it out of line, or took
+    /// it from its handle before it found room in a bounded queue.
+    pub(crate) queued: Option<Instant>,
+    pub(crate) started: Instant,
+    pub(crate) ended: Instant,
+}
+
 /// The runner's view of a cell: something to run, or to give up on.
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the job if it is still queued; otherwise only reports what it found. `record`
-    /// learns the outcome before the caller is woken, so a caller that has its result finds it
-    /// counted in the pool's stats.
+    /// learns the outcome before the caller can see the result (under the cell's lock, where
+    /// abandonment is decided), so a caller that has its result finds it counted in the pool's
+    /// stats. It is the pool's counting code, no user code.
     fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome));
     /// Resolves a still-queued job with `error` (it will never run); false if it had left the queue.
     fn revoke(&self, error: JobError) -> bool;
@@ -75,7 +92,14 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
-    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker>;
+    /// Tells `record` the outcome, under the lock that decides whether the output is discarded.
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Timing,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker>;
 }
 
 /// The handle's view of a cell: something that will produce a `T`.
@@ -105,19 +129,30 @@ thread_local! {
 /// A job's entry in the queue. Dropping it unrun (the queue was torn down at shutdown, or the
 /// pool refused it) tells its caller [`JobError::ShutDown`]: an accepted job is never silently
 /// lost.
-pub(crate) struct Job(Option<Arc<dyn Runnable>>);
+pub(crate) struct Job {
+    cell: Option<Arc<dyn Runnable>>,
+    /// When it entered the queue, for the pool's queue-wait figures (the cell has no room for
+    /// it: see the size test in `cell`).
+    queued: Option<Instant>,
+}
 
 impl Job {
     pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
-        if let Some(cell) = self.0.take() {
-            cell.run(Start::FromQueue, record);
+        if let Some(cell) = self.cell.take() {
+            let queued = self.queued;
+            cell.run(Start::FromQueue { queued }, record);
         }
+    }
+
+    /// Notes that the entry enters the queue now.
+    pub(crate) fn enter_queue(&mut self) {
+        self.queued = Some(Instant::now());
     }
 
     /// Drops the entry unrun, telling a caller still waiting `ShutDown`; true if it was a husk
     /// (its job had been started out of line), for the pool's count of husks.
     pub(crate) fn discard(mut self) -> bool {
-        self.0.take().is_some_and(discard)
+        self.cell.take().is_some_and(discard)
     }
 }
 
@@ -130,7 +165,7 @@ fn discard(cell: Arc<dyn Runnable>) -> bool {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(cell) = self.0.take() {
+        if let Some(cell) = self.cell.take() {
             discard(cell);
         }
     }
@@ -145,7 +180,11 @@ where
 {
     let cell = Arc::new(Cell::new(Stage::Queued(f, captured)));
     let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
-    (Job(Some(cell)), handle)
+    let job = Job {
+        cell: Some(cell),
+        queued: None,
+    };
+    (job, handle)
 }
 
 /// True while a job runs on this thread (its worker's place in the pool covers a job it waits
@@ -194,8 +233,9 @@ mod loom_tests {
 
     fn outcome_code(o: Outcome) -> usize {
         match o {
-            Outcome::Completed => 1,
-            Outcome::Panicked => 2,
+            Outcome::Completed(_) => 1,
+            Outcome::Panicked(_) => 2,
+            Outcome::Abandoned(_) => 6,
             Outcome::Cancelled => 3,
             Outcome::Husk => 4,
             Outcome::Lost => 5,
@@ -215,8 +255,9 @@ mod loom_tests {
             let worker = thread::spawn(move || job.run(&|x| o.store(outcome_code(x), SeqCst)));
             drop(handle);
             worker.join().unwrap();
+            // It ran (completed if it ended before the drop, abandoned after) or was skipped.
             match outcome.load(SeqCst) {
-                1 => assert_eq!(runs.load(SeqCst), 1),
+                1 | 6 => assert_eq!(runs.load(SeqCst), 1),
                 3 => assert_eq!(runs.load(SeqCst), 0),
                 other => panic!("unexpected outcome {other}"),
             }
@@ -379,9 +420,16 @@ mod tests {
         let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
         handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
         job.run(&record);
-        assert_eq!(
-            *outcomes.lock().unwrap(),
-            [Outcome::Completed, Outcome::Husk]
+        let outcomes = outcomes.lock().unwrap();
+        assert!(
+            matches!(
+                outcomes[..],
+                [
+                    Outcome::Completed(Timing { queued: None, .. }),
+                    Outcome::Husk
+                ]
+            ),
+            "{outcomes:?}"
         );
         assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
     }

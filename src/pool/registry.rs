@@ -19,6 +19,7 @@
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -27,7 +28,7 @@ use super::permits::Permits;
 use super::room::Room;
 use super::shutdown;
 use super::sleep::Sleep;
-use super::stats::{Counters, Stats};
+use super::stats::{Counters, Stats, Sum};
 use super::worker::{self, Role};
 use crate::error::PoolError;
 use crate::guard;
@@ -54,6 +55,8 @@ pub(crate) struct Registry {
     shutdown: shutdown::Receiver,
     /// What threads that left had counted.
     retired: Counters,
+    /// When the pool started: the origin of its timing window's epochs.
+    origin: Instant,
     pub(super) config: ThreadConfig,
 }
 
@@ -80,6 +83,7 @@ impl Registry {
     pub(super) fn new(threads: usize, capacity: Option<usize>, config: ThreadConfig) -> Arc<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (shutdown_tx, shutdown) = shutdown::channel();
+        let origin = Instant::now();
         Arc::new(Registry {
             id: NEXT_ID.fetch_add(1, Relaxed),
             tx,
@@ -97,7 +101,8 @@ impl Registry {
                 next_index: 0,
             }),
             shutdown,
-            retired: Counters::default(),
+            retired: Counters::new(origin),
+            origin,
             config,
         })
     }
@@ -115,7 +120,8 @@ impl Registry {
     }
 
     /// Puts a job whose slot is taken into the queue, and wakes a worker for it.
-    pub(crate) fn push(&self, job: Job) {
+    pub(crate) fn push(&self, mut job: Job) {
+        job.enter_queue();
         if let Err(refused) = self.tx.send(job) {
             // The last worker has left: dropping the job tells its caller `ShutDown`.
             drop(refused.into_inner());
@@ -185,7 +191,7 @@ impl Registry {
         role: Role,
     ) -> std::io::Result<()> {
         let index = ctrl.next_index;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.origin));
         let ticket = Ticket {
             index,
             counters: Arc::clone(&counters),
@@ -299,18 +305,20 @@ impl Registry {
 
     pub(super) fn stats(&self) -> Stats {
         let (threads, running) = self.permits.load();
-        let mut stats = Stats {
+        let stats = Stats {
             queued: self.tx.len().saturating_sub(self.husks.load(Relaxed)),
             running,
             threads,
             live_threads: self.live(),
             ..Stats::default()
         };
+        let mut sum = Sum::new(stats, self.origin);
         let ctrl = lock(&self.ctrl);
-        self.retired.add_to(&mut stats);
+        sum.add(&self.retired);
         for counters in &ctrl.counters {
-            counters.add_to(&mut stats);
+            sum.add(counters);
         }
-        stats
+        drop(ctrl);
+        sum.finish()
     }
 }
