@@ -65,6 +65,9 @@ const DETACHED: u8 = 32;
 /// clones none (a clone is a reference count on the caller's task, whose cache line the worker
 /// just wrote when it woke that task).
 const DONE: u8 = 64;
+/// Set from the start if the caller put the job in the timing sample: its runner reads the
+/// clock at its start and end (and nobody reads it for a job without the flag).
+const TIMED: u8 = 128;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -113,19 +116,20 @@ impl Side {
 /// The cell shared by a job's queue entry, its runner and its handle.
 pub(super) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
-    /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`] and
-    /// [`DETACHED`]; read without the lock.
+    /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`],
+    /// [`DETACHED`], [`DONE`] and [`TIMED`]; read without the lock.
     pub(super) flags: AtomicU8,
 }
 
 impl<F, T> Cell<F, T> {
-    pub(super) fn new(stage: Stage<F, T>) -> Self {
+    /// A cell in `stage`, [`TIMED`] if `timed`.
+    pub(super) fn new(stage: Stage<F, T>, timed: bool) -> Self {
         Cell {
             slot: Mutex::new(Slot {
                 stage,
                 side: Side::empty(),
             }),
-            flags: AtomicU8::new(0),
+            flags: AtomicU8::new(if timed { TIMED } else { 0 }),
         }
     }
 
@@ -171,7 +175,7 @@ where
                 }
             }
         };
-        let started = Instant::now();
+        let started = self.flag(TIMED).then(Instant::now);
         // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
         // `is_cancelled`, and taken back after.
         let previous = CURRENT.with(|c| c.replace(Some(self)));
@@ -179,14 +183,14 @@ where
         let result = captured
             .run_in_place(top_level, || guard::call(f))
             .map_err(JobError::panicked);
-        let timing = Timing {
+        let timing = started.map(|started| Timing {
             queued: match start {
                 Start::FromQueue { queued } => queued,
                 Start::OutOfLine => None,
             },
             started,
             ended: Instant::now(),
-        };
+        });
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
@@ -205,7 +209,7 @@ where
         &self,
         result: &mut dyn Any,
         captured: Captured,
-        timing: Timing,
+        timing: Option<Timing>,
         record: &dyn Fn(Outcome),
     ) -> Option<Waker> {
         let result = result

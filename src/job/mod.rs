@@ -27,6 +27,7 @@ use std::time::Instant;
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
+use crate::limits::TIMING_SAMPLE;
 use cell::{Cell, Stage};
 pub(crate) use handle::{thread_waker, Submit};
 pub use handle::{AbortHandle, JobHandle};
@@ -45,13 +46,14 @@ pub(crate) enum Start {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// It ran and returned, and its output went to the caller (or, detached, to nobody, as
-    /// the caller chose).
-    Completed(Timing),
+    /// the caller chose). The timing is there if the job was in the sample (see [`sampled`]),
+    /// in this variant and the next two.
+    Completed(Option<Timing>),
     /// It ran and panicked (whether or not its caller was still there to be told).
-    Panicked(Timing),
+    Panicked(Option<Timing>),
     /// It ran and returned after its caller had dropped or aborted the handle: the output
     /// was discarded.
-    Abandoned(Timing),
+    Abandoned(Option<Timing>),
     /// A queue entry whose job never ran: its caller had dropped the handle, or it was called
     /// off (a batch that stopped).
     Cancelled,
@@ -61,7 +63,7 @@ pub(crate) enum Outcome {
     Lost,
 }
 
-/// When a job that ran entered the queue, started and ended, as its runner saw it.
+/// When a timed job that ran entered the queue, started and ended, as its runner saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timing {
     /// `None` if it did not start from the queue: its waiter started it out of line, or took
@@ -97,7 +99,7 @@ pub(crate) trait Runnable: Send + Sync + 'static {
         &self,
         result: &mut dyn Any,
         captured: Captured,
-        timing: Timing,
+        timing: Option<Timing>,
         record: &dyn Fn(Outcome),
     ) -> Option<Waker>;
 }
@@ -131,22 +133,39 @@ thread_local! {
 /// lost.
 pub(crate) struct Job {
     cell: Option<Arc<dyn Runnable>>,
-    /// When it entered the queue, for the pool's queue-wait figures (the cell has no room for
-    /// it: see the size test in `cell`).
-    queued: Option<Instant>,
+    /// Whether the job is timed and, if so, when it entered the queue, for the pool's
+    /// queue-wait figures (the cell has no room for the instant: see the size test in `cell`).
+    sample: Sample,
+}
+
+/// A queue entry's part in the timing sample (see [`sampled`]). Three states in the space of
+/// an `Instant` (its nanoseconds leave room), so the entry stays 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sample {
+    /// Not timed: no clock is read for this job.
+    Skipped,
+    /// Timed, and not in the queue yet (a bounded queue's handle holds it until there is room).
+    Taken,
+    /// Timed, and in the queue since this instant.
+    Queued(Instant),
 }
 
 impl Job {
     pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
         if let Some(cell) = self.cell.take() {
-            let queued = self.queued;
+            let queued = match self.sample {
+                Sample::Queued(at) => Some(at),
+                Sample::Skipped | Sample::Taken => None,
+            };
             cell.run(Start::FromQueue { queued }, record);
         }
     }
 
-    /// Notes that the entry enters the queue now.
+    /// Notes that the entry enters the queue now, if its job is timed (no clock read if not).
     pub(crate) fn enter_queue(&mut self) {
-        self.queued = Some(Instant::now());
+        if self.sample == Sample::Taken {
+            self.sample = Sample::Queued(Instant::now());
+        }
     }
 
     /// Drops the entry unrun, telling a caller still waiting `ShutDown`; true if it was a husk
@@ -178,13 +197,36 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let cell = Arc::new(Cell::new(Stage::Queued(f, captured)));
+    let timed = sampled();
+    let cell = Arc::new(Cell::new(Stage::Queued(f, captured), timed));
     let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
     let job = Job {
         cell: Some(cell),
-        queued: None,
+        sample: if timed {
+            Sample::Taken
+        } else {
+            Sample::Skipped
+        },
     };
     (job, handle)
+}
+
+thread_local! {
+    /// Calls this thread made since its last timed one, modulo [`TIMING_SAMPLE`].
+    static SINCE_SAMPLED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the job this thread is making now is timed: its first, then one in
+/// [`TIMING_SAMPLE`]. A count, not a coin or the clock: no clock read, no shared write, and
+/// which calls are timed depends on nothing the pool is doing (its queue, its load), so the
+/// sample's durations are those of the calls at large.
+fn sampled() -> bool {
+    const { assert!(TIMING_SAMPLE > 0, "TIMING_SAMPLE is at least 1") };
+    SINCE_SAMPLED.with(|since| {
+        let n = since.get();
+        since.set(if n + 1 >= TIMING_SAMPLE { 0 } else { n + 1 });
+        n == 0
+    })
 }
 
 /// True while a job runs on this thread (its worker's place in the pool covers a job it waits
@@ -411,27 +453,77 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// Runs `f` on a thread of its own: its sample count starts afresh.
+    fn on_a_new_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        std::thread::scope(|s| s.spawn(f).join().unwrap())
+    }
+
     /// A queue entry whose job was started out of line is reported as a husk, and the handle
-    /// gets the result of the one run.
+    /// gets the result of the one run. In the sample (a thread's first job), it is timed
+    /// without a queue wait.
     #[test]
     fn an_entry_started_out_of_line_is_a_husk() {
-        let outcomes = Mutex::new(Vec::new());
-        let record = |o| outcomes.lock().unwrap().push(o);
-        let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
-        handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
-        job.run(&record);
-        let outcomes = outcomes.lock().unwrap();
-        assert!(
-            matches!(
-                outcomes[..],
-                [
-                    Outcome::Completed(Timing { queued: None, .. }),
-                    Outcome::Husk
-                ]
-            ),
-            "{outcomes:?}"
+        on_a_new_thread(|| {
+            let outcomes = Mutex::new(Vec::new());
+            let record = |o| outcomes.lock().unwrap().push(o);
+            let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
+            handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
+            job.run(&record);
+            let outcomes = outcomes.lock().unwrap();
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Outcome::Completed(Some(Timing { queued: None, .. })),
+                        Outcome::Husk
+                    ]
+                ),
+                "{outcomes:?}"
+            );
+            assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
+        });
+    }
+
+    /// A thread's first job is timed, then one in `TIMING_SAMPLE`; the others read no clock
+    /// and carry no timing, wherever they run.
+    #[test]
+    fn a_thread_times_its_first_job_and_then_one_in_timing_sample() {
+        let n = 3 * TIMING_SAMPLE as usize + 2;
+        let timed = on_a_new_thread(|| {
+            (0..n)
+                .map(|_| {
+                    let (mut job, _handle) = new_job(|| (), Captured::default(), 1);
+                    job.enter_queue();
+                    let outcome = Mutex::new(None);
+                    let queued = matches!(job.sample, Sample::Queued(_));
+                    job.run(&|o| *outcome.lock().unwrap() = Some(o));
+                    let timing = match outcome.into_inner().unwrap() {
+                        Some(Outcome::Completed(timing)) => timing,
+                        other => panic!("{other:?}"),
+                    };
+                    // Timed jobs have a queue entry instant, and only they.
+                    assert_eq!(timing.is_some_and(|t| t.queued.is_some()), queued);
+                    assert_eq!(timing.is_some(), queued);
+                    timing.is_some()
+                })
+                .collect::<Vec<_>>()
+        });
+        let expected: Vec<bool> = (0..n).map(|i| i % TIMING_SAMPLE as usize == 0).collect();
+        assert_eq!(timed, expected);
+        // Another thread's count is its own: its first job is timed too.
+        assert!(on_a_new_thread(sampled));
+    }
+
+    /// A queue entry holds the cell and its sample state in four words: the sample's three
+    /// states fit the space of an `Instant`.
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn a_queue_entry_is_four_words() {
+        assert_eq!(
+            std::mem::size_of::<Sample>(),
+            std::mem::size_of::<Instant>()
         );
-        assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
+        assert_eq!(std::mem::size_of::<Job>(), 4 * std::mem::size_of::<usize>());
     }
 
     /// A queue entry whose handle was dropped first is reported as cancelled and never runs.

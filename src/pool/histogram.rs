@@ -75,6 +75,12 @@ fn nanos(d: Duration) -> u64 {
 /// 12.5% above it (16 ns below 128 ns); `max` is exact. With no samples everything is zero.
 /// Durations past `u64::MAX` nanoseconds (584 years) count as that.
 ///
+/// In [`Stats`](crate::Stats) the samples are the timed jobs: one call in eight per calling
+/// thread (its first, then every eighth), because a clock read on every job would cost the
+/// pool's hot path more than the figures are worth. A count picks them, not the clock or the
+/// queue, so they are an unbiased sample of all calls; `max` is the longest timed job's, and a
+/// rare long job may fall outside the sample.
+///
 /// # Examples
 ///
 /// ```

@@ -20,10 +20,11 @@
 //!   in the queue; a call that finds it full returns a handle that holds the job and queues it
 //!   when a worker makes room (the handle is woken, no thread spins or blocks for it), and
 //!   `try_spawn`/`try_call` refuse instead, handing the input back (see `room`).
-//! * **Counting.** Each thread counts what it ran, and times it (queue wait and run time, in
-//!   log-scale histograms over a recent window: see `window`), in its own cache lines;
-//!   `stats()` adds them up, so counting costs the hot path no shared write, and timing two
-//!   clock reads on the worker and one on the caller.
+//! * **Counting.** Each thread counts what it ran, and times a sample of it (queue wait and run
+//!   time, in log-scale histograms over a recent window: see `window`), in its own cache lines;
+//!   `stats()` adds them up, so counting costs the hot path no shared write. A clock read costs
+//!   tens of nanoseconds, so only one call in `TIMING_SAMPLE` per calling thread is timed (one
+//!   read on the caller, two on the worker); the others read no clock.
 //! * **Shutdown.** `shutdown` closes the pool (later calls resolve at once to `ShutDown`); the
 //!   workers run what is queued and leave, and `shutdown` waits until every thread of the pool
 //!   is gone (see `shutdown`), then joins them. The last worker to leave tears the queue down:

@@ -1,7 +1,8 @@
 //! What a pool counts: [`Stats`], and the per-thread [`Counters`] it adds up.
 //!
-//! Each thread of the pool counts what it ran, and how long each job waited in the queue and
-//! ran (see `histogram` for the buckets and `window` for "recent"), in its own [`Counters`]:
+//! Each thread of the pool counts what it ran, and how long each timed job (one call in
+//! `TIMING_SAMPLE`, chosen by its caller: see `job`) waited in the queue and ran (see
+//! `histogram` for the buckets and `window` for "recent"), in its own [`Counters`]:
 //! one writer, so plain loads and stores. `stats()` adds every thread's up ([`Sum`]), with those
 //! of the threads that left, folded into the pool's as they leave.
 
@@ -42,12 +43,13 @@ impl Counters {
     }
 
     /// Counts what a runner on this counter's thread found (husks and lost starts count
-    /// nothing here: the job ran, and was counted, elsewhere), and times a job that ran.
+    /// nothing here: the job ran, and was counted, elsewhere), and times a job that ran if it
+    /// was in the timing sample.
     pub(crate) fn record(&self, outcome: Outcome) {
         let (counter, timing) = match outcome {
-            Outcome::Completed(timing) => (&self.completed, Some(timing)),
-            Outcome::Panicked(timing) => (&self.panicked, Some(timing)),
-            Outcome::Abandoned(timing) => (&self.abandoned, Some(timing)),
+            Outcome::Completed(timing) => (&self.completed, timing),
+            Outcome::Panicked(timing) => (&self.panicked, timing),
+            Outcome::Abandoned(timing) => (&self.abandoned, timing),
             Outcome::Cancelled => (&self.cancelled, None),
             Outcome::Husk | Outcome::Lost => return,
         };
@@ -145,11 +147,22 @@ impl Sum {
 /// `queue_wait` and `run_time` are [`Percentiles`] over the jobs that *ended* in the last one
 /// to two minutes (two one-minute generations, taking turns; empty again once the pool has
 /// been idle for two minutes), from fixed log-scale buckets: each percentile at most 12.5%
-/// above the true value, never below it, and `max` exact. Every job that ran (`completed`,
-/// `panicked`, `abandoned`) has a `run_time`; those that started from the queue also have a
-/// `queue_wait`. A job started out of line by a worker that waits on it (see
-/// [`JobHandle::wait`](crate::JobHandle::wait)) never waited its turn in the queue and has none,
-/// so `queue_wait.count` may be below `run_time.count`.
+/// above the true value, never below it, and `max` exact (the longest *timed* job's).
+///
+/// **The durations are a sample; the counts are not.** Reading the clock costs tens of
+/// nanoseconds, a fair share of what the pool adds to a call in a burst, so only one call in
+/// eight is timed: each thread that makes calls times its first and then every eighth (a
+/// count per thread, across pools and batches). The others read no clock at all. Which calls
+/// are timed depends only on that count, not on the queue, the load or the job, so the sample's
+/// percentiles estimate those of all calls without bias; `count` is the number of timed jobs,
+/// about an eighth of those that ran. `completed`, `panicked`, `cancelled` and `abandoned`
+/// count every job.
+///
+/// A timed job that ran (`completed`, `panicked`, `abandoned`) has a `run_time`; if it started
+/// from the queue it also has a `queue_wait`. A job started out of line by a worker that waits
+/// on it (see [`JobHandle::wait`](crate::JobHandle::wait)), or taken from a handle still
+/// waiting for room in a bounded queue, never waited its turn in the queue and has none, so
+/// `queue_wait.count` may be below `run_time.count`.
 ///
 /// # Examples
 ///
@@ -159,7 +172,8 @@ impl Sum {
 /// let _ = pool.spawn(|| panic!("no")).wait();
 /// let stats = pool.stats();
 /// assert_eq!((stats.completed, stats.panicked, stats.threads), (1, 1, 2));
-/// assert_eq!((stats.run_time.count, stats.queue_wait.count), (2, 2));
+/// // This thread's first call was timed, its second was not (one in eight is).
+/// assert_eq!((stats.run_time.count, stats.queue_wait.count), (1, 1));
 /// assert!(stats.run_time.p50 <= stats.run_time.max);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,9 +198,11 @@ pub struct Stats {
     /// discarded. (Before the start, that caller's job is `cancelled` instead.)
     pub abandoned: u64,
     /// How long recent jobs waited in the queue: from entering it (for a bounded queue, once
-    /// there was room) to their start.
+    /// there was room) to their start. A sample: one call in eight per calling thread (see
+    /// above).
     pub queue_wait: Percentiles,
-    /// How long recent jobs ran: from their start to their end, panic or not.
+    /// How long recent jobs ran: from their start to their end, panic or not. A sample: one
+    /// call in eight per calling thread (see above).
     pub run_time: Percentiles,
     /// The thread count asked for ([`WorkerPool::threads`](crate::WorkerPool::threads)).
     pub threads: usize,
