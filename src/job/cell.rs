@@ -294,6 +294,10 @@ where
         matches!(self.lock().stage, Stage::Done(_) | Stage::Closed)
     }
 
+    fn is_timed(&self) -> bool {
+        self.flag(TIMED)
+    }
+
     fn is_husk(&self) -> bool {
         let slot = self.lock();
         !matches!(slot.stage, Stage::Queued(..)) && self.flag(OUT_OF_LINE)

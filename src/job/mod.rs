@@ -86,6 +86,9 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// True if the job was started out of line: a queue entry for it is a husk.
     fn is_husk(&self) -> bool;
+    /// True if the caller put the job in the timing sample (see [`sampled`]), so its queue
+    /// entry is to note when it enters the queue.
+    fn is_timed(&self) -> bool;
     /// Cancels the job as a dropped handle does, and resolves its handle to `Cancelled` at
     /// once (see `AbortHandle`). Nothing once it has finished.
     fn abort(&self);
@@ -132,39 +135,25 @@ thread_local! {
 /// pool refused it) tells its caller [`JobError::ShutDown`]: an accepted job is never silently
 /// lost.
 pub(crate) struct Job {
+    /// The job's cell; for a timed job once queued, a [`Stamped`] around it.
     cell: Option<Arc<dyn Runnable>>,
-    /// Whether the job is timed and, if so, when it entered the queue, for the pool's
-    /// queue-wait figures (the cell has no room for the instant: see the size test in `cell`).
-    sample: Sample,
-}
-
-/// A queue entry's part in the timing sample (see [`sampled`]). Three states in the space of
-/// an `Instant` (its nanoseconds leave room), so the entry stays 32 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sample {
-    /// Not timed: no clock is read for this job.
-    Skipped,
-    /// Timed, and not in the queue yet (a bounded queue's handle holds it until there is room).
-    Taken,
-    /// Timed, and in the queue since this instant.
-    Queued(Instant),
 }
 
 impl Job {
     pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
         if let Some(cell) = self.cell.take() {
-            let queued = match self.sample {
-                Sample::Queued(at) => Some(at),
-                Sample::Skipped | Sample::Taken => None,
-            };
-            cell.run(Start::FromQueue { queued }, record);
+            // A stamped entry puts in when it was queued.
+            cell.run(Start::FromQueue { queued: None }, record);
         }
     }
 
     /// Notes that the entry enters the queue now, if its job is timed (no clock read if not).
     pub(crate) fn enter_queue(&mut self) {
-        if self.sample == Sample::Taken {
-            self.sample = Sample::Queued(Instant::now());
+        if let Some(cell) = self.cell.take_if(|cell| cell.is_timed()) {
+            self.cell = Some(Arc::new(Stamped {
+                cell,
+                queued: Instant::now(),
+            }));
         }
     }
 
@@ -200,15 +189,65 @@ where
     let timed = sampled();
     let cell = Arc::new(Cell::new(Stage::Queued(f, captured), timed));
     let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
-    let job = Job {
-        cell: Some(cell),
-        sample: if timed {
-            Sample::Taken
-        } else {
-            Sample::Skipped
-        },
-    };
-    (job, handle)
+    (Job { cell: Some(cell) }, handle)
+}
+
+/// A timed job's queue entry: its cell, and when it entered the queue. The instant has no room
+/// in the cell (see the size test in `cell`), and none in the entry either: an entry of two
+/// words more made the queue's slots 40 bytes instead of 24, which cost throughput with many
+/// calls in flight more than the clock reads did (BENCHMARKS.md). So only the timed jobs, one
+/// in [`TIMING_SAMPLE`], pay for this allocation, and every entry stays one fat pointer.
+struct Stamped {
+    cell: Arc<dyn Runnable>,
+    queued: Instant,
+}
+
+/// Only a [`Job`] holds a `Stamped` (never `CURRENT`, never a handle), so only `run`, `revoke`
+/// and `is_husk` are reached; the rest pass through too.
+impl Runnable for Stamped {
+    fn run(self: Arc<Self>, _: Start, record: &dyn Fn(Outcome)) {
+        let queued = Some(self.queued);
+        let cell = match Arc::try_unwrap(self) {
+            Ok(stamped) => stamped.cell,
+            Err(shared) => Arc::clone(&shared.cell),
+        };
+        cell.run(Start::FromQueue { queued }, record);
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        self.cell.revoke(error)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cell.is_cancelled()
+    }
+
+    fn is_husk(&self) -> bool {
+        self.cell.is_husk()
+    }
+
+    /// False: already stamped, it is not stamped again.
+    fn is_timed(&self) -> bool {
+        false
+    }
+
+    fn abort(&self) {
+        self.cell.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.cell.is_finished()
+    }
+
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Option<Timing>,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker> {
+        self.cell.complete(result, captured, timing, record)
+    }
 }
 
 thread_local! {
@@ -219,7 +258,9 @@ thread_local! {
 /// Whether the job this thread is making now is timed: its first, then one in
 /// [`TIMING_SAMPLE`]. A count, not a coin or the clock: no clock read, no shared write, and
 /// which calls are timed depends on nothing the pool is doing (its queue, its load), so the
-/// sample's durations are those of the calls at large.
+/// sample's durations are those of the calls at large. (A caller whose calls repeat with a
+/// period dividing `TIMING_SAMPLE` is sampled at the same places of its pattern: the price of a
+/// sample that tests can count exactly.)
 fn sampled() -> bool {
     const { assert!(TIMING_SAMPLE > 0, "TIMING_SAMPLE is at least 1") };
     SINCE_SAMPLED.with(|since| {
@@ -495,15 +536,13 @@ mod tests {
                     let (mut job, _handle) = new_job(|| (), Captured::default(), 1);
                     job.enter_queue();
                     let outcome = Mutex::new(None);
-                    let queued = matches!(job.sample, Sample::Queued(_));
                     job.run(&|o| *outcome.lock().unwrap() = Some(o));
                     let timing = match outcome.into_inner().unwrap() {
                         Some(Outcome::Completed(timing)) => timing,
                         other => panic!("{other:?}"),
                     };
-                    // Timed jobs have a queue entry instant, and only they.
-                    assert_eq!(timing.is_some_and(|t| t.queued.is_some()), queued);
-                    assert_eq!(timing.is_some(), queued);
+                    // A timed job was stamped as it entered the queue.
+                    assert!(timing.is_none_or(|t| t.queued.is_some()), "{timing:?}");
                     timing.is_some()
                 })
                 .collect::<Vec<_>>()
@@ -514,16 +553,10 @@ mod tests {
         assert!(on_a_new_thread(sampled));
     }
 
-    /// A queue entry holds the cell and its sample state in four words: the sample's three
-    /// states fit the space of an `Instant`.
+    /// A queue entry is one fat pointer, timed or not (see `Stamped`).
     #[test]
-    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-    fn a_queue_entry_is_four_words() {
-        assert_eq!(
-            std::mem::size_of::<Sample>(),
-            std::mem::size_of::<Instant>()
-        );
-        assert_eq!(std::mem::size_of::<Job>(), 4 * std::mem::size_of::<usize>());
+    fn a_queue_entry_is_two_words() {
+        assert_eq!(std::mem::size_of::<Job>(), 2 * std::mem::size_of::<usize>());
     }
 
     /// A queue entry whose handle was dropped first is reported as cancelled and never runs.

@@ -77,9 +77,10 @@ fn nanos(d: Duration) -> u64 {
 ///
 /// In [`Stats`](crate::Stats) the samples are the timed jobs: one call in eight per calling
 /// thread (its first, then every eighth), because a clock read on every job would cost the
-/// pool's hot path more than the figures are worth. A count picks them, not the clock or the
-/// queue, so they are an unbiased sample of all calls; `max` is the longest timed job's, and a
-/// rare long job may fall outside the sample.
+/// pool's hot path more than the figures are worth. A count picks them, not the clock, the
+/// queue or the load, so they are an unbiased sample of all calls (unless a thread's calls
+/// repeat with a period dividing eight); `max` is the longest timed job's, and a rare long job
+/// may fall outside the sample.
 ///
 /// # Examples
 ///

@@ -153,10 +153,11 @@ impl Sum {
 /// nanoseconds, a fair share of what the pool adds to a call in a burst, so only one call in
 /// eight is timed: each thread that makes calls times its first and then every eighth (a
 /// count per thread, across pools and batches). The others read no clock at all. Which calls
-/// are timed depends only on that count, not on the queue, the load or the job, so the sample's
-/// percentiles estimate those of all calls without bias; `count` is the number of timed jobs,
-/// about an eighth of those that ran. `completed`, `panicked`, `cancelled` and `abandoned`
-/// count every job.
+/// are timed depends only on that count, not on the queue, the load or how long jobs take, so
+/// the sample's percentiles estimate those of all calls without bias; `count` is the number
+/// of timed jobs, about an eighth of those that ran. `completed`, `panicked`, `cancelled` and
+/// `abandoned` count every job. (A thread whose calls repeat a pattern with a period dividing
+/// eight, such as two programs called in turn, has the same places in it timed every time.)
 ///
 /// A timed job that ran (`completed`, `panicked`, `abandoned`) has a `run_time`; if it started
 /// from the queue it also has a `queue_wait`. A job started out of line by a worker that waits
