@@ -135,7 +135,7 @@ impl std::fmt::Debug for Histogram {
 
 impl Histogram {
     /// Counts one duration.
-    #[cfg_attr(not(test), allow(dead_code))] // the pool's threads record into `AtomicHistogram`
+    #[cfg_attr(any(not(test), loom), allow(dead_code))] // the pool's threads record into `AtomicHistogram`
     pub(crate) fn record(&mut self, d: Duration) {
         let n = nanos(d);
         self.counts[bucket(n)] += 1;
@@ -143,7 +143,7 @@ impl Histogram {
     }
 
     /// Adds `other`'s durations to these.
-    #[cfg_attr(not(test), allow(dead_code))] // for sums of snapshots (per-program figures)
+    #[cfg_attr(any(not(test), loom), allow(dead_code))] // for sums of snapshots (per-program figures)
     pub(crate) fn merge(&mut self, other: &Histogram) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine = mine.saturating_add(*theirs);
