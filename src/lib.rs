@@ -110,7 +110,7 @@ pub use error::{JobError, PoolError, SettingsError, ShutdownTimeout, TryCallErro
 pub use global::{asyncify, default_pool};
 pub use job::{is_cancelled, AbortHandle, JobHandle};
 pub use per_worker::PerWorker;
-pub use pool::{worker_index, Builder, ShutdownFuture, Stats, WorkerPool};
+pub use pool::{worker_index, Builder, Percentiles, ShutdownFuture, Stats, WorkerPool};
 pub use program::{AsyncProgram, BoxProgram, Program};
 
 /// The README's examples, compiled and run as doc tests so the README cannot drift.

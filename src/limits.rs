@@ -27,3 +27,13 @@ pub(crate) const DEFAULT_RETRY_CAP: std::time::Duration = std::time::Duration::f
 /// What adaptive concurrency multiplies its limit by on an overload (Netflix's AIMD limit
 /// uses the same 0.9).
 pub(crate) const ADAPTIVE_BACKOFF_RATIO: f64 = 0.9;
+
+/// How long an epoch of the pool's timing figures lasts: `stats().queue_wait` and
+/// `stats().run_time` cover the jobs that ended in the current epoch and the one before.
+pub(crate) const STATS_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One call in this many, counted per submitting thread, is timed for `stats().queue_wait` and
+/// `stats().run_time` (the first call of each thread among them). A clock read costs tens of
+/// nanoseconds, a fair share of a call's overhead in a burst; the counts stay exact. At least 1
+/// (1 times every call).
+pub(crate) const TIMING_SAMPLE: u32 = 8;

@@ -435,7 +435,9 @@ fn under_load_every_job_resolves_exactly_once() {
         ran += u64::from(n);
     }
     let stats = pool.stats();
-    assert_eq!(stats.completed, ran, "{stats:?}");
+    // A call dropped while its job ran is abandoned, unless the job had finished first.
+    assert_eq!(stats.completed + stats.abandoned, ran, "{stats:?}");
+    assert!(stats.abandoned <= dropped - dropped_unrun, "{stats:?}");
     assert_eq!((stats.queued, stats.running, stats.panicked), (0, 0, 0));
     assert!(stats.cancelled <= dropped_unrun, "{stats:?}");
     let max_queued = max_queued.load(SeqCst);

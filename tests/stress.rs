@@ -416,10 +416,12 @@ fn round(
     figures.abandoned += discarded as usize;
     assert_eq!(stats.panicked, figures.panics as u64, "{stats:?}");
     assert_eq!(
-        stats.completed,
+        stats.completed + stats.abandoned,
         (figures.ran - figures.panics + inner) as u64,
         "{stats:?}"
     );
+    // Only a dropped call's job is abandoned (one that ended before the drop is completed).
+    assert!(stats.abandoned <= figures.dropped as u64, "{stats:?}");
     // A dropped job is counted `cancelled` when a worker takes it off the queue. Those accepted
     // before the shutdown began are ahead of the `Stop`s, so a worker takes every one of them;
     // one that slipped in behind the `Stop`s is discarded with the queue instead.

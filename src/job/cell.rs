@@ -15,7 +15,8 @@
 //!   - a revoke (the queue torn down at shutdown, a batch calling the job off) → `Done(Err)`;
 //!     the revoker drops the work and wakes the waker.
 //! * [`Stage::Running`]: the runner owns the work. Only the runner moves it on, → `Done(result)`,
-//!   or → `Closed` if the handle is gone. A handle dropped meanwhile only sets [`CANCELLED`];
+//!   or → `Closed` if the handle is gone, telling the pool's counters under the lock whether
+//!   the output was abandoned. A handle dropped meanwhile only sets [`CANCELLED`];
 //!   a handle that asks the job to stop but still wants the result sets [`STOP_ASKED`].
 //! * [`Stage::Done`]`(result)`: the result waits for the handle, which alone moves it on,
 //!   → `Closed`, taking the result (or dropping it, if the handle is dropped).
@@ -35,14 +36,16 @@ use std::any::Any;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use super::{Abort, Completion, Outcome, Runnable, Start, CURRENT};
+use super::{Abort, Completion, Outcome, Runnable, Start, Timing, CURRENT};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
 use crate::sync::{lock, AtomicU8, Mutex, MutexGuard};
 
-/// Set when the handle is dropped while the job runs: [`is_cancelled`](crate::is_cancelled).
+/// Set when the handle is dropped (or aborted) while the job runs:
+/// [`is_cancelled`](crate::is_cancelled), and the runner counts the job abandoned.
 const CANCELLED: u8 = 1;
 /// Set when a worker waiting on the job started it itself: its queue entry is a husk.
 const OUT_OF_LINE: u8 = 2;
@@ -62,6 +65,9 @@ const DETACHED: u8 = 32;
 /// clones none (a clone is a reference count on the caller's task, whose cache line the worker
 /// just wrote when it woke that task).
 const DONE: u8 = 64;
+/// Set from the start if the caller put the job in the timing sample: its runner reads the
+/// clock at its start and end (and nobody reads it for a job without the flag).
+const TIMED: u8 = 128;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -110,25 +116,26 @@ impl Side {
 /// The cell shared by a job's queue entry, its runner and its handle.
 pub(super) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
-    /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`] and
-    /// [`DETACHED`]; read without the lock.
+    /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`],
+    /// [`DETACHED`], [`DONE`] and [`TIMED`]; read without the lock.
     pub(super) flags: AtomicU8,
 }
 
 impl<F, T> Cell<F, T> {
-    pub(super) fn new(stage: Stage<F, T>) -> Self {
-        Self::waking(stage, None)
+    /// A cell in `stage`, [`TIMED`] if `timed`.
+    pub(super) fn new(stage: Stage<F, T>, timed: bool) -> Self {
+        Self::waking(stage, timed, None)
     }
 
     /// A cell whose caller's waker is known already (a controlled call's attempt: the call is
     /// its own attempt's waker), so that nobody has to poll it before it runs.
-    pub(super) fn waking(stage: Stage<F, T>, waker: Option<Waker>) -> Self {
+    pub(super) fn waking(stage: Stage<F, T>, timed: bool, waker: Option<Waker>) -> Self {
         Cell {
             slot: Mutex::new(Slot {
                 stage,
                 side: waker.map_or_else(Side::empty, Side::Waker),
             }),
-            flags: AtomicU8::new(0),
+            flags: AtomicU8::new(if timed { TIMED } else { 0 }),
         }
     }
 
@@ -162,8 +169,8 @@ where
                     slot.stage = other;
                     let outcome = match start {
                         Start::OutOfLine => Outcome::Lost,
-                        Start::FromQueue if self.flag(OUT_OF_LINE) => Outcome::Husk,
-                        Start::FromQueue => Outcome::Cancelled,
+                        Start::FromQueue { .. } if self.flag(OUT_OF_LINE) => Outcome::Husk,
+                        Start::FromQueue { .. } => Outcome::Cancelled,
                     };
                     drop(slot);
                     record(outcome);
@@ -174,6 +181,7 @@ where
                 }
             }
         };
+        let started = self.flag(TIMED).then(Instant::now);
         // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
         // `is_cancelled`, and taken back after.
         let previous = CURRENT.with(|c| c.replace(Some(self)));
@@ -181,14 +189,18 @@ where
         let result = captured
             .run_in_place(top_level, || guard::call(f))
             .map_err(JobError::panicked);
+        let timing = started.map(|started| Timing {
+            queued: match start {
+                Start::FromQueue { queued } => queued,
+                Start::OutOfLine => None,
+            },
+            started,
+            ended: Instant::now(),
+        });
         let this = CURRENT
             .with(|c| c.replace(previous))
             .expect("the running job is in CURRENT");
-        record(match result {
-            Ok(_) => Outcome::Completed,
-            Err(_) => Outcome::Panicked,
-        });
-        let waker = this.complete(&mut Some(result), captured);
+        let waker = this.complete(&mut Some(result), captured, timing, record);
         // Let go of the cell before waking its caller: the handle is then the last owner and
         // frees it (and the captured context) on the thread that allocated it, which keeps
         // malloc on its fast path and reference counts on one core (BENCHMARKS.md). If the
@@ -199,12 +211,27 @@ where
         }
     }
 
-    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker> {
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Option<Timing>,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker> {
         let result = result
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
             .expect("complete is called with this cell's own result type");
+        let outcome = |abandoned| match &result {
+            Err(_) => Outcome::Panicked(timing),
+            Ok(_) if abandoned => Outcome::Abandoned(timing),
+            Ok(_) => Outcome::Completed(timing),
+        };
         let mut slot = self.lock();
+        // Counted under the lock, before the result is stored: abandonment is decided here
+        // (a handle drops or aborts under this lock), and a caller that finds its result finds
+        // it counted. `record` is the pool's counting code, no user code.
+        record(outcome(self.flag(CANCELLED)));
         let waker = slot.side.take_waker();
         slot.side = Side::Back(captured);
         if self.flag(ABORTED) {
@@ -217,6 +244,7 @@ where
             waker
         } else if self.flag(CANCELLED | DETACHED) {
             // The handle is gone (it set the flag under this lock): nobody wants the result.
+            // Dropped, it abandoned the job (counted so); detached, it let the job complete.
             slot.stage = Stage::Closed;
             drop(slot);
             guard::drop("a discarded output", result);
@@ -248,6 +276,10 @@ where
 
     fn is_cancelled(&self) -> bool {
         self.flag(CANCELLED | STOP_ASKED)
+    }
+
+    fn is_timed(&self) -> bool {
+        self.flag(TIMED)
     }
 
     fn is_husk(&self) -> bool {

@@ -253,7 +253,7 @@ impl<T> JobHandle<T> {
 impl<T: Send + 'static> JobHandle<T> {
     /// A handle that is already resolved, for calls refused before a job was made.
     pub(crate) fn ready(result: Result<T, JobError>) -> Self {
-        let cell: Cell<fn() -> T, T> = Cell::new(Stage::Done(result.map_err(Box::new)));
+        let cell: Cell<fn() -> T, T> = Cell::new(Stage::Done(result.map_err(Box::new)), false);
         JobHandle::new(Arc::new(cell), 0)
     }
 }

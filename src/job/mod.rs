@@ -22,10 +22,12 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
+use crate::limits::TIMING_SAMPLE;
 use cell::{Cell, Stage};
 pub(crate) use handle::{thread_waker, Submit};
 pub use handle::{AbortHandle, JobHandle};
@@ -33,8 +35,9 @@ pub use handle::{AbortHandle, JobHandle};
 /// How a runner came by a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
-    /// It took the job's entry off the queue.
-    FromQueue,
+    /// It took the job's entry off the queue, which the job entered at `queued` (`None` for an
+    /// entry its waiter took from the handle while it waited for room: it never was queued).
+    FromQueue { queued: Option<Instant> },
     /// It waits on the job's handle and starts the job itself; the queue entry becomes a husk.
     OutOfLine,
 }
@@ -42,10 +45,15 @@ pub(crate) enum Start {
 /// What became of a job a runner was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// It ran and returned.
-    Completed,
-    /// It ran and panicked.
-    Panicked,
+    /// It ran and returned, and its output went to the caller (or, detached, to nobody, as
+    /// the caller chose). The timing is there if the job was in the sample (see [`sampled`]),
+    /// in this variant and the next two.
+    Completed(Option<Timing>),
+    /// It ran and panicked (whether or not its caller was still there to be told).
+    Panicked(Option<Timing>),
+    /// It ran and returned after its caller had dropped or aborted the handle: the output
+    /// was discarded.
+    Abandoned(Option<Timing>),
     /// A queue entry whose job never ran: its caller had dropped the handle, or it was called
     /// off (a batch that stopped).
     Cancelled,
@@ -55,11 +63,22 @@ pub(crate) enum Outcome {
     Lost,
 }
 
+/// When a timed job that ran entered the queue, started and ended, as its runner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// `None` if it did not start from the queue: its waiter started it out of line, or took
+    /// it from its handle before it found room in a bounded queue.
+    pub(crate) queued: Option<Instant>,
+    pub(crate) started: Instant,
+    pub(crate) ended: Instant,
+}
+
 /// The runner's view of a cell: something to run, or to give up on.
 pub(crate) trait Runnable: Send + Sync + 'static {
     /// Runs the job if it is still queued; otherwise only reports what it found. `record`
-    /// learns the outcome before the caller is woken, so a caller that has its result finds it
-    /// counted in the pool's stats.
+    /// learns the outcome before the caller can see the result (under the cell's lock, where
+    /// abandonment is decided), so a caller that has its result finds it counted in the pool's
+    /// stats. It is the pool's counting code, no user code.
     fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome));
     /// Resolves a still-queued job with `error` (it will never run); false if it had left the queue.
     fn revoke(&self, error: JobError) -> bool;
@@ -67,10 +86,20 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// True if the job was started out of line: a queue entry for it is a husk.
     fn is_husk(&self) -> bool;
+    /// True if the caller put the job in the timing sample (see [`sampled`]), so its queue
+    /// entry is to note when it enters the queue.
+    fn is_timed(&self) -> bool;
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
-    fn complete(&self, result: &mut dyn Any, captured: Captured) -> Option<Waker>;
+    /// Tells `record` the outcome, under the lock that decides whether the output is discarded.
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Option<Timing>,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker>;
 }
 
 /// What an [`AbortHandle`] holds: something to cancel from anywhere.
@@ -118,19 +147,33 @@ thread_local! {
 /// A job's entry in the queue. Dropping it unrun (the queue was torn down at shutdown, or the
 /// pool refused it) tells its caller [`JobError::ShutDown`]: an accepted job is never silently
 /// lost.
-pub(crate) struct Job(Option<Arc<dyn Runnable>>);
+pub(crate) struct Job {
+    /// The job's cell; for a timed job once queued, a [`Stamped`] around it.
+    cell: Option<Arc<dyn Runnable>>,
+}
 
 impl Job {
     pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
-        if let Some(cell) = self.0.take() {
-            cell.run(Start::FromQueue, record);
+        if let Some(cell) = self.cell.take() {
+            // A stamped entry puts in when it was queued.
+            cell.run(Start::FromQueue { queued: None }, record);
+        }
+    }
+
+    /// Notes that the entry enters the queue now, if its job is timed (no clock read if not).
+    pub(crate) fn enter_queue(&mut self) {
+        if let Some(cell) = self.cell.take_if(|cell| cell.is_timed()) {
+            self.cell = Some(Arc::new(Stamped {
+                cell,
+                queued: Instant::now(),
+            }));
         }
     }
 
     /// Drops the entry unrun, telling a caller still waiting `ShutDown`; true if it was a husk
     /// (its job had been started out of line), for the pool's count of husks.
     pub(crate) fn discard(mut self) -> bool {
-        self.0.take().is_some_and(discard)
+        self.cell.take().is_some_and(discard)
     }
 }
 
@@ -143,7 +186,7 @@ fn discard(cell: Arc<dyn Runnable>) -> bool {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(cell) = self.0.take() {
+        if let Some(cell) = self.cell.take() {
             discard(cell);
         }
     }
@@ -170,9 +213,80 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let cell = Arc::new(Cell::waking(Stage::Queued(f, captured), waker));
+    let timed = sampled();
+    let cell = Arc::new(Cell::waking(Stage::Queued(f, captured), timed, waker));
     let handle = JobHandle::new(Arc::clone(&cell) as Arc<dyn Completion<T>>, pool);
-    (Job(Some(cell)), handle)
+    (Job { cell: Some(cell) }, handle)
+}
+
+/// A timed job's queue entry: its cell, and when it entered the queue. The instant has no room
+/// in the cell (see the size test in `cell`), and none in the entry either: an entry of two
+/// words more made the queue's slots 40 bytes instead of 24, which cost throughput with many
+/// calls in flight more than the clock reads did (BENCHMARKS.md). So only the timed jobs, one
+/// in [`TIMING_SAMPLE`], pay for this allocation, and every entry stays one fat pointer.
+struct Stamped {
+    cell: Arc<dyn Runnable>,
+    queued: Instant,
+}
+
+/// Only a [`Job`] holds a `Stamped` (never `CURRENT`, never a handle), so only `run`, `revoke`
+/// and `is_husk` are reached; the rest pass through too.
+impl Runnable for Stamped {
+    fn run(self: Arc<Self>, _: Start, record: &dyn Fn(Outcome)) {
+        let queued = Some(self.queued);
+        let cell = match Arc::try_unwrap(self) {
+            Ok(stamped) => stamped.cell,
+            Err(shared) => Arc::clone(&shared.cell),
+        };
+        cell.run(Start::FromQueue { queued }, record);
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        self.cell.revoke(error)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cell.is_cancelled()
+    }
+
+    fn is_husk(&self) -> bool {
+        self.cell.is_husk()
+    }
+
+    /// False: already stamped, it is not stamped again.
+    fn is_timed(&self) -> bool {
+        false
+    }
+
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Option<Timing>,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker> {
+        self.cell.complete(result, captured, timing, record)
+    }
+}
+
+thread_local! {
+    /// Calls this thread made since its last timed one, modulo [`TIMING_SAMPLE`].
+    static SINCE_SAMPLED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the job this thread is making now is timed: its first, then one in
+/// [`TIMING_SAMPLE`]. A count, not a coin or the clock: no clock read, no shared write, and
+/// which calls are timed depends on nothing the pool is doing (its queue, its load), so the
+/// sample's durations are those of the calls at large. (A caller whose calls repeat with a
+/// period dividing `TIMING_SAMPLE` is sampled at the same places of its pattern: the price of a
+/// sample that tests can count exactly.)
+fn sampled() -> bool {
+    const { assert!(TIMING_SAMPLE > 0, "TIMING_SAMPLE is at least 1") };
+    SINCE_SAMPLED.with(|since| {
+        let n = since.get();
+        since.set(if n + 1 >= TIMING_SAMPLE { 0 } else { n + 1 });
+        n == 0
+    })
 }
 
 /// True while a job runs on this thread (its worker's place in the pool covers a job it waits
@@ -221,8 +335,9 @@ mod loom_tests {
 
     fn outcome_code(o: Outcome) -> usize {
         match o {
-            Outcome::Completed => 1,
-            Outcome::Panicked => 2,
+            Outcome::Completed(_) => 1,
+            Outcome::Panicked(_) => 2,
+            Outcome::Abandoned(_) => 6,
             Outcome::Cancelled => 3,
             Outcome::Husk => 4,
             Outcome::Lost => 5,
@@ -242,8 +357,9 @@ mod loom_tests {
             let worker = thread::spawn(move || job.run(&|x| o.store(outcome_code(x), SeqCst)));
             drop(handle);
             worker.join().unwrap();
+            // It ran (completed if it ended before the drop, abandoned after) or was skipped.
             match outcome.load(SeqCst) {
-                1 => assert_eq!(runs.load(SeqCst), 1),
+                1 | 6 => assert_eq!(runs.load(SeqCst), 1),
                 3 => assert_eq!(runs.load(SeqCst), 0),
                 other => panic!("unexpected outcome {other}"),
             }
@@ -397,20 +513,69 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// Runs `f` on a thread of its own: its sample count starts afresh.
+    fn on_a_new_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        std::thread::scope(|s| s.spawn(f).join().unwrap())
+    }
+
     /// A queue entry whose job was started out of line is reported as a husk, and the handle
-    /// gets the result of the one run.
+    /// gets the result of the one run. In the sample (a thread's first job), it is timed
+    /// without a queue wait.
     #[test]
     fn an_entry_started_out_of_line_is_a_husk() {
-        let outcomes = Mutex::new(Vec::new());
-        let record = |o| outcomes.lock().unwrap().push(o);
-        let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
-        handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
-        job.run(&record);
-        assert_eq!(
-            *outcomes.lock().unwrap(),
-            [Outcome::Completed, Outcome::Husk]
-        );
-        assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
+        on_a_new_thread(|| {
+            let outcomes = Mutex::new(Vec::new());
+            let record = |o| outcomes.lock().unwrap().push(o);
+            let (job, mut handle) = new_job(|| 5, Captured::default(), 1);
+            handle.out_of_line().unwrap().run(Start::OutOfLine, &record);
+            job.run(&record);
+            let outcomes = outcomes.lock().unwrap();
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Outcome::Completed(Some(Timing { queued: None, .. })),
+                        Outcome::Husk
+                    ]
+                ),
+                "{outcomes:?}"
+            );
+            assert_eq!(handle.poll_with(None), Poll::Ready(Ok(5)));
+        });
+    }
+
+    /// A thread's first job is timed, then one in `TIMING_SAMPLE`; the others read no clock
+    /// and carry no timing, wherever they run.
+    #[test]
+    fn a_thread_times_its_first_job_and_then_one_in_timing_sample() {
+        let n = 3 * TIMING_SAMPLE as usize + 2;
+        let timed = on_a_new_thread(|| {
+            (0..n)
+                .map(|_| {
+                    let (mut job, _handle) = new_job(|| (), Captured::default(), 1);
+                    job.enter_queue();
+                    let outcome = Mutex::new(None);
+                    job.run(&|o| *outcome.lock().unwrap() = Some(o));
+                    let timing = match outcome.into_inner().unwrap() {
+                        Some(Outcome::Completed(timing)) => timing,
+                        other => panic!("{other:?}"),
+                    };
+                    // A timed job was stamped as it entered the queue.
+                    assert!(timing.is_none_or(|t| t.queued.is_some()), "{timing:?}");
+                    timing.is_some()
+                })
+                .collect::<Vec<_>>()
+        });
+        let expected: Vec<bool> = (0..n).map(|i| i % TIMING_SAMPLE as usize == 0).collect();
+        assert_eq!(timed, expected);
+        // Another thread's count is its own: its first job is timed too.
+        assert!(on_a_new_thread(sampled));
+    }
+
+    /// A queue entry is one fat pointer, timed or not (see `Stamped`).
+    #[test]
+    fn a_queue_entry_is_two_words() {
+        assert_eq!(std::mem::size_of::<Job>(), 2 * std::mem::size_of::<usize>());
     }
 
     /// A queue entry whose handle was dropped first is reported as cancelled and never runs.

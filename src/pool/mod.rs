@@ -23,8 +23,11 @@
 //!   in the queue; a call that finds it full returns a handle that holds the job and queues it
 //!   when a worker makes room (the handle is woken, no thread spins or blocks for it), and
 //!   `try_spawn`/`try_call` refuse instead, handing the input back (see `room`).
-//! * **Counting.** Each thread counts what it ran in its own cache line; `stats()` adds them
-//!   up, so counting costs the hot path no shared write.
+//! * **Counting.** Each thread counts what it ran, and times a sample of it (queue wait and run
+//!   time, in log-scale histograms over a recent window: see `window`), in its own cache lines;
+//!   `stats()` adds them up, so counting costs the hot path no shared write. A clock read costs
+//!   tens of nanoseconds, so only one call in `TIMING_SAMPLE` per calling thread is timed (one
+//!   read on the caller, two on the worker); the others read no clock.
 //! * **Shutdown.** `shutdown` closes the pool (later calls resolve at once to `ShutDown`); the
 //!   workers run what is queued and leave, and `shutdown` waits until every thread of the pool
 //!   is gone (see `shutdown`), then joins them. The last worker to leave tears the queue down:
@@ -35,6 +38,7 @@
 //!   a permit or an answer.
 
 mod builder;
+mod histogram;
 mod permits;
 mod registry;
 mod room;
@@ -43,6 +47,7 @@ mod sleep;
 mod stats;
 mod submit;
 mod timer;
+mod window;
 mod worker;
 
 use std::fmt;
@@ -50,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use builder::Builder;
+pub use histogram::Percentiles;
 pub(crate) use registry::Registry;
 pub use stats::Stats;
 pub(crate) use submit::Reserved;
@@ -475,9 +481,10 @@ impl fmt::Debug for WorkerPool {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::stats::Counters;
     use super::*;
     use std::pin::Pin;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// The last worker tears the queue down outside every lock of the pool: a job still queued
     /// whose closure holds the last `WorkerPool` handle is dropped there, and dropping that
@@ -506,7 +513,7 @@ mod tests {
         let teardown = {
             let registry = Arc::clone(&registry);
             std::thread::spawn(move || {
-                registry.thread_left(&Arc::default(), true);
+                registry.thread_left(&Arc::new(Counters::new(Instant::now())), true);
                 done_tx.send(()).unwrap();
             })
         };

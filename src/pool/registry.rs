@@ -51,7 +51,7 @@ use super::permits::Permits;
 use super::room::Room;
 use super::shutdown;
 use super::sleep::Sleep;
-use super::stats::{Counters, Stats};
+use super::stats::{Counters, Stats, Sum};
 use super::timer::Timer;
 use super::worker::{self, Role};
 use crate::error::PoolError;
@@ -84,6 +84,8 @@ pub(crate) struct Registry {
     retired: Counters,
     /// The one timer of the pool's waits for time (deadlines, backoffs, rate limits).
     pub(crate) timer: Timer,
+    /// When the pool started: the origin of its timing window's epochs.
+    origin: Instant,
     pub(super) config: ThreadConfig,
 }
 
@@ -110,6 +112,7 @@ impl Registry {
     pub(super) fn new(threads: usize, capacity: Option<usize>, config: ThreadConfig) -> Arc<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (shutdown_tx, shutdown) = shutdown::channel();
+        let origin = Instant::now();
         Arc::new(Registry {
             id: NEXT_ID.fetch_add(1, Relaxed),
             tx,
@@ -128,7 +131,8 @@ impl Registry {
                 next_index: 0,
             }),
             shutdown,
-            retired: Counters::default(),
+            retired: Counters::new(origin),
+            origin,
             timer: Timer::new(config.name.clone(), config.stack_size),
             config,
         })
@@ -147,7 +151,8 @@ impl Registry {
     }
 
     /// Puts a job whose slot is taken into the queue, and wakes a worker for it.
-    pub(crate) fn push(&self, job: Job) {
+    pub(crate) fn push(&self, mut job: Job) {
+        job.enter_queue();
         if let Err(refused) = self.tx.send(job) {
             // The last worker has left: dropping the job tells its caller `ShutDown`.
             drop(refused.into_inner());
@@ -219,7 +224,7 @@ impl Registry {
         role: Role,
     ) -> std::io::Result<()> {
         let index = ctrl.next_index;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.origin));
         let ticket = Ticket {
             index,
             counters: Arc::clone(&counters),
@@ -389,18 +394,20 @@ impl Registry {
 
     pub(super) fn stats(&self) -> Stats {
         let (threads, running) = self.permits.load();
-        let mut stats = Stats {
+        let stats = Stats {
             queued: self.tx.len().saturating_sub(self.husks.load(Relaxed)),
             running,
             threads,
             live_threads: self.live(),
             ..Stats::default()
         };
+        let mut sum = Sum::new(stats, self.origin);
         let ctrl = lock(&self.ctrl);
-        self.retired.add_to(&mut stats);
+        sum.add(&self.retired);
         for counters in &ctrl.counters {
-            counters.add_to(&mut stats);
+            sum.add(counters);
         }
-        stats
+        drop(ctrl);
+        sum.finish()
     }
 }
