@@ -226,3 +226,30 @@ fn adaptive_concurrency_converges_to_the_backend_and_follows_it() {
         "{served} served, {rejected} rejected"
     );
 }
+
+/// A program's stats time a sample of its calls (its first, then one in eight): here calls 0
+/// and 8 of nine that run one at a time, 20 ms each, so call 8 waited for the eight before it.
+#[test]
+fn program_stats_time_the_wait_at_the_limit_and_the_run() {
+    let pool = WorkerPool::new(2);
+    let p = pool
+        .asyncify(|_: usize| std::thread::sleep(Duration::from_millis(20)))
+        .concurrency_limit(1);
+    let handles: Vec<_> = (0..9).map(|i| p.call(i)).collect();
+    for h in handles {
+        wait(h).unwrap();
+    }
+    let stats = p.stats();
+    assert_eq!((stats.run_time.count, stats.wait.count), (2, 2));
+    assert!(
+        stats.run_time.p50 >= Duration::from_millis(20),
+        "{:?}",
+        stats.run_time
+    );
+    assert!(
+        stats.wait.max >= Duration::from_millis(8 * 20),
+        "{:?}",
+        stats.wait
+    );
+    assert!(stats.wait.max < HANG);
+}

@@ -31,10 +31,10 @@ use crate::job::{Abort, AbortHandle, Completion, Job, JobHandle, Runnable};
 use crate::pool::{Alarm, Registry, TimerKey};
 use crate::sync::{lock, AtomicBool, Mutex, MutexGuard};
 
-/// What an attempt's job returns: the output and how long the program ran (measured only for
-/// an adaptive limit with a latency signal), or `None` if its deadline had passed when a worker
-/// took it (it never started).
-type Attempted<O> = Option<(O, Duration)>;
+/// What an attempt's job returns: the output and, if the attempt was timed (a call of the
+/// timing sample, or an adaptive limit with a latency signal), when it started and how long it
+/// ran; `None` if its deadline had passed when a worker took it (it never started).
+type Attempted<O> = Option<(O, Option<(Instant, Duration)>)>;
 
 /// Starts a call of `run` on `input` under `controls`, on `registry`'s pool.
 pub(crate) fn start<I, O, R>(
@@ -53,9 +53,10 @@ where
         guard::drop("the work of a refused call", (input, captured, run));
         return JobHandle::ready(Err(JobError::shut_down()));
     }
-    Counts::add(&controls.counts.calls);
-    // One clock read for the deadline and the rate limit's first look (none without either).
-    let now = (controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
+    let sampled = controls.counts.call_is_timed();
+    // One clock read for the deadline, the rate limit's first look and the timing sample
+    // (none without any of them).
+    let now = (sampled || controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
     let deadline = controls
         .timeout
         .zip(now)
@@ -68,6 +69,7 @@ where
         captured,
         deadline,
         timed: controls.limit.as_ref().is_some_and(|l| l.wants_latency()),
+        called: now.filter(|_| sampled),
         finished: AtomicBool::new(false),
         state: Mutex::new(State {
             stage: Stage::Waiting(input),
@@ -108,6 +110,8 @@ struct Call<I, O, R> {
     deadline: Option<Instant>,
     /// Attempts measure their run time (for an adaptive limit's latency signal).
     timed: bool,
+    /// When the call was made, if it is one of the program's timing sample.
+    called: Option<Instant>,
     /// Set once the call has ended or its handle is gone: lines skip it (read without the lock).
     finished: AtomicBool,
     state: Mutex<State<I, O>>,
@@ -333,7 +337,7 @@ where
             None => (Input::Ready(input), None),
         };
         let run = self.run.clone();
-        let (deadline, timed) = (self.deadline, self.timed);
+        let (deadline, timed) = (self.deadline, self.timed || self.called.is_some());
         let job = move || -> Attempted<O> {
             let _slot = slot;
             let started = timed.then(Instant::now);
@@ -345,7 +349,7 @@ where
                 Some(d) => with_deadline(d, || run(input)),
                 None => run(input),
             };
-            Some((out, started.map_or(Duration::ZERO, |s| s.elapsed())))
+            Some((out, started.map(|s| (s, s.elapsed()))))
         };
         // The call is its attempt's waker from the start: nobody polls the attempt before it
         // ends (unless it waits for room in a full bounded queue).
@@ -440,11 +444,17 @@ where
 
     /// An attempt ended with `result`: done, or another attempt after a backoff.
     fn attempt_ended(self: &Arc<Self>, result: Result<Attempted<O>, JobError>) {
-        let (outcome, ran) = match result {
-            Ok(Some((out, ran))) => (Ok(out), ran),
-            Ok(None) => (Err(JobError::timed_out()), Duration::ZERO),
-            Err(e) => (Err(e), Duration::ZERO),
+        let (outcome, timing) = match result {
+            Ok(Some((out, timing))) => (Ok(out), timing),
+            Ok(None) => (Err(JobError::timed_out()), None),
+            Err(e) => (Err(e), None),
         };
+        if let (Some(called), Some((started, ran))) = (self.called, timing) {
+            let counts = &self.controls.counts;
+            lock(&counts.wait).record(started.saturating_duration_since(called));
+            lock(&counts.run_time).record(ran);
+        }
+        let ran = timing.map_or(Duration::ZERO, |t| t.1);
         // User code (classifiers), before any lock.
         if let Some(limit) = &self.controls.limit {
             limit.sample(match &outcome {

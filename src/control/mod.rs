@@ -36,8 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::guard;
-use crate::pool::Registry;
-use crate::sync::AtomicU64;
+use crate::limits::TIMING_SAMPLE;
+use crate::pool::{Histogram, Percentiles, Registry};
+use crate::sync::{lock, AtomicU64, Mutex};
 pub(crate) use limit::Limit;
 pub use limit::Overload;
 pub use rate::RateLimiter;
@@ -78,6 +79,8 @@ impl Controls {
             waited_for_slot: c.waited_for_slot.load(Relaxed),
             concurrency_limit: self.limit.as_ref().map(|l| l.current()),
             in_flight: self.limit.as_ref().map_or(0, |l| l.in_flight()),
+            wait: lock(&c.wait).percentiles(),
+            run_time: lock(&c.run_time).percentiles(),
         }
     }
 }
@@ -91,11 +94,20 @@ pub(crate) struct Counts {
     pub(crate) timed_out: AtomicU64,
     pub(crate) waited_for_rate: AtomicU64,
     pub(crate) waited_for_slot: AtomicU64,
+    /// Timed calls' waits (call to the last attempt's start) and attempts' run times: a sample
+    /// of one call in [`TIMING_SAMPLE`], so the lock is taken once per that many calls.
+    pub(crate) wait: Mutex<Histogram>,
+    pub(crate) run_time: Mutex<Histogram>,
 }
 
 impl Counts {
     pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a call; true if it is one of the timed sample.
+    pub(crate) fn call_is_timed(&self) -> bool {
+        self.calls.fetch_add(1, Relaxed) % u64::from(TIMING_SAMPLE) == 0
     }
 }
 
@@ -142,6 +154,13 @@ pub struct ProgramStats {
     /// Slots of the concurrency limit taken now: attempts queued or running (shared by every
     /// program using the same limit).
     pub in_flight: usize,
+    /// How long calls waited for their attempts to start, from the call to each attempt's
+    /// start: at the program's limits, in backoffs, in the pool's queue. A sample: the
+    /// program's first call and then one in eight (a clock read per call would cost more than
+    /// the rest of the options together).
+    pub wait: Percentiles,
+    /// How long attempts ran, of the same sample of calls (each attempt of a timed call).
+    pub run_time: Percentiles,
 }
 
 /// A user's test over a program's output (a retry's `retry_if`, an overload signal).

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use builder::Builder;
+pub(crate) use histogram::Histogram;
 pub use histogram::Percentiles;
 pub(crate) use registry::Registry;
 pub use stats::Stats;
