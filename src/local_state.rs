@@ -22,7 +22,8 @@
 //!   (by the caller), and once its program is gone. A program is gone when its key is dropped,
 //!   which is when the last `AsyncProgram` clone and the last job of it are; that bumps one
 //!   process-wide count, and a store that sees the count changed [`sweep`]s the entries of dead
-//!   programs the next time its thread runs a per-worker program or goes idle. Nothing wakes a
+//!   programs the next time its thread runs a per-worker program, ends a job taken from the
+//!   queue, or goes idle. Nothing wakes a
 //!   sleeping worker for it (a program does not know the pools it ran on): an idle worker
 //!   sweeps once it has run a job of any kind and goes idle again, or when it leaves. So a
 //!   gone program's states wait at most until each worker's next job, and do not pile up.

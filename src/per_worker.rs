@@ -40,9 +40,9 @@ impl WorkerPool {
     ///   [`set_threads`](Self::set_threads) lowered the count, the pool shut down
     ///   ([`shutdown`](Self::shutdown) returns only after every state is dropped), or it was a
     ///   spare thread that ran one deeply nested job. Once every clone of the program and every
-    ///   call of it are gone, each worker drops that program's states the next time it runs a
-    ///   per-worker program or goes idle after a job (a worker asleep meanwhile is not woken
-    ///   for it). A state's `Drop` runs on its own thread, and a panic in it is reported
+    ///   call of it are gone, each worker drops that program's states at the end of its next
+    ///   job, or when it next goes idle after one (a worker asleep meanwhile is not woken for
+    ///   it). A state's `Drop` runs on its own thread, and a panic in it is reported
     ///   through `tracing` and costs nothing else.
     /// * **Off the pool.** [`Program::run`] called directly, outside the pool's threads (as
     ///   through [`AsyncProgram::program`]), makes a state for that run and drops it after.

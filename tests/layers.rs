@@ -1,6 +1,7 @@
 //! The crate's modules form layers, and a module uses only modules of its own layer or below:
-//! errors, guards, limits and sync at the bottom, then settings, the captured context, the job,
-//! the pool, programs, the default pool and batches. This reads the sources and fails on any
+//! errors, guards, limits, per-thread state and sync at the bottom, then settings, the captured
+//! context, the job, the pool, the options' control, programs and per-worker programs, the
+//! default pool, batches and the tower feature. This reads the sources and fails on any
 //! `crate::` path that points up a layer (an import cycle waiting to happen).
 
 use std::path::Path;

@@ -318,7 +318,7 @@ fn a_gone_programs_states_are_dropped_when_its_worker_goes_idle() {
 }
 
 #[test]
-fn a_gone_programs_states_are_dropped_when_its_worker_runs_another() {
+fn a_gone_programs_states_are_dropped_at_its_busy_workers_next_job_boundary() {
     let pool = WorkerPool::new(1);
     let (gone, drops) = counting_drops(&pool);
     let other = pool.asyncify_with(|| (), |(): &mut (), x: u8| x);
@@ -337,9 +337,13 @@ fn a_gone_programs_states_are_dropped_when_its_worker_runs_another() {
     gate.open();
     wait(hold).unwrap();
     assert_eq!(wait(last), Ok(1));
-    assert_eq!(wait(before), Ok(0), "dropped before another per-worker run");
+    assert_eq!(
+        wait(before),
+        Ok(1),
+        "dropped at the job boundary after its last run"
+    );
     assert_eq!(wait(next), Ok(2));
-    assert_eq!(wait(after), Ok(1), "not dropped by the next per-worker run");
+    assert_eq!(wait(after), Ok(1), "dropped once");
 }
 
 #[test]

@@ -332,7 +332,7 @@ where
             },
             // Off the caller's thread (after a backoff or a token, on the pool's timer), the
             // copy for another attempt is made by the attempt itself, on its worker: the
-            // timer runs no user code.
+            // timer runs no user `Clone`.
             None if another => (Input::CopyOf(input, self.me.clone()), None),
             None => (Input::Ready(input), None),
         };
@@ -449,6 +449,11 @@ where
             Ok(None) => (Err(JobError::timed_out()), None),
             Err(e) => (Err(e), None),
         };
+        if self.finished.load(Acquire) {
+            // Ended meanwhile (a deadline, an abort): this outcome is nobody's, and no sample.
+            guard::drop("a discarded output", outcome);
+            return;
+        }
         if let (Some(called), Some((started, ran))) = (self.called, timing) {
             let counts = &self.controls.counts;
             lock(&counts.wait).record(started.saturating_duration_since(called));
@@ -564,7 +569,9 @@ where
             Stage::Attempt { handle, .. } => handle.as_ref(),
             Stage::Waiting(_) => None,
         };
-        if st.on_spare && attempt.is_some() {
+        if st.on_spare && matches!(st.stage, Stage::Attempt { .. }) {
+            // (A handle out being polled is put back by its poller, which then finds the
+            // verdict when the attempt ends.)
             if let Some(h) = attempt {
                 h.ask_to_stop();
             }

@@ -94,8 +94,8 @@ pub(crate) struct Counts {
     pub(crate) timed_out: AtomicU64,
     pub(crate) waited_for_rate: AtomicU64,
     pub(crate) waited_for_slot: AtomicU64,
-    /// Timed calls' waits (call to the last attempt's start) and attempts' run times: a sample
-    /// of one call in [`TIMING_SAMPLE`], so the lock is taken once per that many calls.
+    /// Timed calls' waits (from the call to each attempt's start) and attempts' run times: a
+    /// sample of one call in [`TIMING_SAMPLE`], so the lock is taken once per that many calls.
     pub(crate) wait: Mutex<Histogram>,
     pub(crate) run_time: Mutex<Histogram>,
 }
@@ -151,13 +151,17 @@ pub struct ProgramStats {
     pub waited_for_slot: u64,
     /// The concurrency limit now (for an adaptive one, where it has moved to); `None` without one.
     pub concurrency_limit: Option<usize>,
-    /// Slots of the concurrency limit taken now: attempts queued or running (shared by every
-    /// program using the same limit).
+    /// Slots of the concurrency limit taken now: attempts queued or running, and calls that
+    /// hold a slot while they wait for a rate limit's token (shared by every program using the
+    /// same limit).
     pub in_flight: usize,
     /// How long calls waited for their attempts to start, from the call to each attempt's
-    /// start: at the program's limits, in backoffs, in the pool's queue. A sample: the
-    /// program's first call and then one in eight (a clock read per call would cost more than
-    /// the rest of the options together).
+    /// start (earlier attempts and backoffs included): at the program's limits, in backoffs,
+    /// in the pool's queue. A sample, by a count of the program's calls: its first and then
+    /// one in eight (a clock read per call would cost more than the rest of the options
+    /// together). Since the program was made (no window, unlike the pool's). Only attempts
+    /// that ended with the call still live are counted: a call that timed out or was dropped
+    /// meanwhile is not.
     pub wait: Percentiles,
     /// How long attempts ran, of the same sample of calls (each attempt of a timed call).
     pub run_time: Percentiles,

@@ -69,6 +69,10 @@ struct State {
     line: VecDeque<Weak<dyn Waiter>>,
     /// The pools whose timers have the limiter's alarm set, and for when.
     armed: Vec<(u64, Instant)>,
+    /// The pools of the calls that joined the line since it was last empty: with more than
+    /// one, serving the line looks at every call (a closed pool's may be anywhere in it);
+    /// with one, only at the head.
+    pools: Vec<u64>,
 }
 
 /// How far ahead the alarm is set when no token will ever come (a limit of one start per
@@ -136,6 +140,7 @@ impl RateLimiter {
                 tat: 0,
                 line: VecDeque::new(),
                 armed: Vec::new(),
+                pools: Vec::new(),
             }),
         }))
     }
@@ -195,8 +200,12 @@ impl Rate {
         if state.line.is_empty() && self.try_spend(&mut state, now) {
             return Take::Now;
         }
-        if !self.arm(&mut state, waiter.registry(), now) {
+        let pool = waiter.registry();
+        if !self.arm(&mut state, pool, now) {
             return Take::Closed;
+        }
+        if !state.pools.contains(&pool.id) {
+            state.pools.push(pool.id);
         }
         state.line.push_back(Arc::downgrade(waiter));
         Take::Wait
@@ -250,16 +259,19 @@ impl Rate {
         true
     }
 
-    /// Serves the line: waiters whose pool closed leave, the head takes a token if there is
-    /// one (and the next, and so on), and every pool with a waiter left has the alarm set.
-    fn serve(self: Arc<Self>) {
+    /// Serves the line: the head takes a token if there is one (and the next, and so on), and
+    /// waiters whose pool closed leave. With one pool in the line (or when told of a close,
+    /// `every`), every waiter is looked at; otherwise the line stops at the first that must
+    /// wait, so that each token costs the few waiters it lets go, not the whole line.
+    fn serve(self: Arc<Self>, every: bool) {
         let mut admitted = Vec::new();
         let mut after_lock = Vec::new();
         {
             let mut state = lock(&self.state);
             let now = Instant::now();
             state.armed.retain(|&(_, when)| when > now);
-            let mut kept = VecDeque::with_capacity(state.line.len());
+            let every = every || state.pools.len() > 1;
+            let mut kept = VecDeque::new();
             let mut blocked = false;
             while let Some(next) = state.line.pop_front() {
                 let Some(waiter) = next.upgrade() else {
@@ -278,12 +290,20 @@ impl Rate {
                         kept.push_back(next);
                         // Not dropped under the lock: its caller may let go meanwhile.
                         after_lock.push(waiter);
+                        if !every {
+                            break;
+                        }
                     } else {
                         admitted.push((waiter, Grant::Closed)); // closed just now
                     }
                 }
             }
+            // What was not looked at stays behind what was, in order.
+            kept.append(&mut state.line);
             state.line = kept;
+            if state.line.is_empty() {
+                state.pools.clear();
+            }
         }
         super::admit_all(admitted);
         crate::guard::drop("a call that left a line", after_lock);
@@ -292,7 +312,12 @@ impl Rate {
 
 impl Alarm for Rate {
     fn ring(self: Arc<Self>) {
-        self.serve();
+        self.serve(false);
+    }
+
+    fn close(self: Arc<Self>) -> bool {
+        self.serve(true);
+        false
     }
 }
 

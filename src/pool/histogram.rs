@@ -135,7 +135,6 @@ impl std::fmt::Debug for Histogram {
 
 impl Histogram {
     /// Counts one duration.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))] // the pool's threads record into `AtomicHistogram`
     pub(crate) fn record(&mut self, d: Duration) {
         let n = nanos(d);
         self.counts[bucket(n)] += 1;

@@ -266,6 +266,9 @@ impl Worker {
             Work::Queued(job, permit) => {
                 job.run(&|o| self.record(o));
                 drop(permit);
+                // States of per-worker programs that are gone go at the next job boundary (one
+                // relaxed load when none is), so a busy worker lets them go too.
+                local_state::sweep();
             }
             Work::Nested(nested, permit) => {
                 // A spare runs under its waiter's place in a job; a permit taken for a hook

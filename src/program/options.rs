@@ -171,7 +171,7 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// A concurrency limit that tunes itself between `min` and `max` by additive increase and
     /// multiplicative decrease, as TCP's congestion control and Netflix's concurrency-limits
     /// do: it starts at `min`, grows by one per round of good answers while it is in use, and
-    /// shrinks by a tenth on each answer that `overload` flags (a 429, an answer slower than a
+    /// shrinks by a tenth (at least one) on each answer that `overload` flags (a 429, an answer slower than a
     /// bound) and on each timeout. Otherwise as [`concurrency_limit`](Self::concurrency_limit).
     /// Its current value is in [`stats`](Self::stats), and each move is a `tracing` event at
     /// debug level (target `asyncify_pool::adaptive`, field `limit`).
