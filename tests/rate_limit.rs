@@ -27,6 +27,26 @@ impl Starts {
     }
 }
 
+/// The calls' indices in the order they started: each call started, once, and in the order
+/// of the calls but for neighbours a late worker may have swapped (their tokens came in order,
+/// an interval apart; the workers that ran them need not keep it on a loaded machine).
+fn assert_in_call_order(starts: &[(usize, Instant)], calls: usize) {
+    let order: Vec<usize> = starts.iter().map(|s| s.0).collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..calls).collect::<Vec<_>>(),
+        "each call started once"
+    );
+    let far = order
+        .iter()
+        .enumerate()
+        .filter(|(k, i)| k.abs_diff(**i) > 1)
+        .count();
+    assert_eq!(far, 0, "calls started out of order: {order:?}");
+}
+
 /// Start `k` (0-based) may come no earlier than `(k + 1 − burst)` intervals after the first
 /// call was made. A start comes after its token, so this holds however late the pool runs it.
 fn assert_within_rate(starts: &[(usize, Instant)], t0: Instant, interval: Duration, burst: u32) {
@@ -65,8 +85,7 @@ fn fifty_per_second_over_two_hundred_calls() {
     assert!(took >= Duration::from_millis(3_980), "{took:?}");
     assert!(took < HANG, "{took:?}");
     // One line, one order: calls start in the order they were made.
-    let order: Vec<usize> = starts.iter().map(|s| s.0).collect();
-    assert_eq!(order, (0..200).collect::<Vec<_>>());
+    assert_in_call_order(&starts, 200);
     assert!(p.stats().waited_for_rate >= 199);
 }
 

@@ -97,3 +97,38 @@ fn one_timer_thread_serves_every_wait_and_sleeps_when_nothing_waits() {
         threads_named("tq-timer").is_empty()
     });
 }
+
+/// After the close, a running call keeps its deadline on the timer; once that call ends, the
+/// timer thread leaves, without waiting for the (hour-long) deadline.
+#[test]
+fn the_timer_leaves_once_the_last_kept_deadline_is_gone() {
+    let pool = WorkerPool::builder()
+        .threads(1)
+        .thread_name("tk")
+        .build()
+        .unwrap();
+    let gate = common::Gate::new();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let g = std::sync::Arc::clone(&gate);
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let p = pool
+        .asyncify(move |_: ()| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            g.wait();
+        })
+        .timeout(Duration::from_secs(3600));
+    let h = p.call(());
+    started.recv_timeout(common::HANG).unwrap();
+    common::spin_until("the timer thread", || !threads_named("tk-timer").is_empty());
+    drop(pool.shutdown_async()); // closes now; the running call keeps its deadline
+    assert_eq!(
+        threads_named("tk-timer").len(),
+        1,
+        "the deadline is still served"
+    );
+    gate.open();
+    wait(h).unwrap();
+    common::spin_until("the timer thread to leave", || {
+        threads_named("tk-timer").is_empty()
+    });
+}

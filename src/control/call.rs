@@ -354,14 +354,15 @@ where
         // The call is its attempt's waker from the start: nobody polls the attempt before it
         // ends (unless it waits for room in a full bounded queue).
         let waker = Waker::from(Arc::clone(self));
-        let handle = self
-            .registry
-            .submit_waking(job, self.captured.clone(), Some(waker));
+        // Counted before it is queued: whoever sees the attempt run finds it counted.
         let counts = &self.controls.counts;
         Counts::add(&counts.attempts);
         if attempt > 1 {
             Counts::add(&counts.retries);
         }
+        let handle = self
+            .registry
+            .submit_waking(job, self.captured.clone(), Some(waker));
         let must_poll = handle.is_waiting_for_room() || handle.pool() == 0;
         let mut st = self.lock();
         let stop_asked = st.stop_asked;
