@@ -6,14 +6,18 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize},
+    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize},
     Condvar, Mutex, MutexGuard, RwLock,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize},
+    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize},
     Condvar, Mutex, MutexGuard, RwLock,
 };
+
+/// Set-once cells, std's under loom too: a controlled call's first attempt is set in one
+/// before the handle exists, and read only after (no model involves it).
+pub(crate) use std::sync::OnceLock;
 
 /// For process-wide statics (pool ids, the address of tracing's static dispatcher): loom's
 /// atomics cannot be statics, and no model involves these two.

@@ -373,7 +373,7 @@ where
         let handle = match self.program.controls() {
             Some(controls) => {
                 let run = |ticket: Ticket<P, I>| ticket.run();
-                control::call::start(controls, registry, run, ticket, captured)
+                control::start(controls, registry, run, ticket, captured)
             }
             None => registry.submit(move || ticket.run(), captured),
         };

@@ -21,83 +21,158 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use super::attempt::{Attempt, Step};
 use super::limit::{Sample, Slot};
 use super::rate::Take;
-use super::{with_deadline, Controls, Counts, Grant, Waiter};
+use super::{Controls, Counts, Grant, Waiter};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
-use crate::job::{Abort, AbortHandle, Completion, Job, JobHandle, Runnable};
+use crate::job::{Abort, AbortHandle, Completion, Cut, Job, JobHandle, Runnable};
 use crate::pool::{Alarm, Registry, TimerKey};
 use crate::sync::{lock, AtomicBool, Mutex, MutexGuard};
 
-/// What an attempt's job returns: the output and, if the attempt was timed (a call of the
-/// timing sample, or an adaptive limit with a latency signal), when it started and how long it
-/// ran; `None` if its deadline had passed when a worker took it (it never started).
-type Attempted<O> = Option<(O, Option<(Instant, Duration)>)>;
+/// What an attempt's job returns.
+pub(super) type Attempted<O> = Step<O>;
 
-/// Starts a call of `run` on `input` under `controls`, on `registry`'s pool.
-pub(crate) fn start<I, O, R>(
-    controls: &Arc<Controls>,
-    registry: &Arc<Registry>,
-    run: R,
+/// What a call is made of, however it starts.
+pub(super) struct Parts<R> {
+    pub(super) registry: Arc<Registry>,
+    pub(super) controls: Arc<Controls>,
+    /// The program (`None` for a call that will make no more attempts).
+    pub(super) run: Option<R>,
+    pub(super) captured: Captured,
+    pub(super) deadline: Option<Instant>,
+    /// When the call was made, if it is one of the program's timing sample.
+    pub(super) called: Option<Instant>,
+}
+
+/// Starts the call at its gates (`slot` and `token`: those it passed already), on the
+/// caller's thread (`now`: the time, if the deadline or a rate limit needs it).
+pub(super) fn start<I, O, R>(
+    parts: Parts<R>,
     input: I,
-    captured: Captured,
+    slot: Option<Slot>,
+    token: bool,
+    now: Option<Instant>,
 ) -> JobHandle<O>
 where
     I: Send + 'static,
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    if registry.is_closed() {
-        guard::drop("the work of a refused call", (input, captured, run));
-        return JobHandle::ready(Err(JobError::shut_down()));
-    }
-    let sampled = controls.counts.call_is_timed();
-    // One clock read for the deadline, the rate limit's first look and the timing sample
-    // (none without any of them).
-    let now = (sampled || controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
-    let deadline = controls
-        .timeout
-        .zip(now)
-        .and_then(|(timeout, now)| now.checked_add(timeout));
-    let call = Arc::new_cyclic(|me| Call {
-        me: Weak::clone(me),
-        registry: Arc::clone(registry),
-        controls: Arc::clone(controls),
-        run,
-        captured,
-        deadline,
-        timed: controls.limit.as_ref().is_some_and(|l| l.wants_latency()),
-        called: now.filter(|_| sampled),
-        finished: AtomicBool::new(false),
-        state: Mutex::new(State {
-            stage: Stage::Waiting(input),
-            waker: None,
-            attempts: 0,
-            slot: None,
-            token: false,
-            deadline_key: None,
-            backoff: None,
-            last: None,
-            notified: false,
-            wanted: false,
-            detached: false,
-            stop_asked: false,
-            on_spare: false,
-            verdict: None,
-            attempt_abort: None,
-            detached_self: None,
-        }),
+    let id = parts.registry.id;
+    let call = Call::new(parts, Stage::Waiting(input), 0, |st| {
+        st.slot = slot;
+        st.token = token;
     });
-    if let Some(deadline) = deadline {
-        let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(&call) as Arc<dyn Alarm>));
-        if let Ok(key) = registry.timer.at(deadline, alarm) {
-            lock(&call.state).deadline_key = Some(key);
-        }
-    }
+    call.keep_deadline();
     call.advance_at(now, true);
-    JobHandle::new(call, registry.id)
+    JobHandle::new(call, id)
+}
+
+/// Takes over a call after its first attempt ended with `outcome`, which its retry policy
+/// wants another attempt for (`input`: the original, kept for it).
+pub(super) fn retry<I, O, R>(
+    parts: Parts<R>,
+    input: I,
+    outcome: Result<O, JobError>,
+) -> Arc<dyn Continued<O>>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    let stage = Stage::Attempt {
+        kept: Some(input),
+        handle: None,
+    };
+    let call = Call::new(parts, stage, 1, |_| {});
+    call.decide(outcome, true);
+    call
+}
+
+/// Takes over a call whose first attempt, `attempt`, is under way, with nobody waiting for it
+/// (a detached handle) or still waiting for room in a bounded queue: the call is the attempt's
+/// waker (and polls it into the queue), and keeps the deadline itself. `input`: the original,
+/// if the retry policy may want another attempt.
+pub(super) fn adopt<I, O, R>(
+    parts: Parts<R>,
+    input: Option<I>,
+    attempt: JobHandle<Attempted<O>>,
+) -> Arc<dyn Continued<O>>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    adopted(parts, input, attempt)
+}
+
+/// [`adopt`], as the caller's handle.
+pub(super) fn adopt_handle<I, O, R>(
+    parts: Parts<R>,
+    input: Option<I>,
+    attempt: JobHandle<Attempted<O>>,
+) -> JobHandle<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    let id = parts.registry.id;
+    JobHandle::new(adopted(parts, input, attempt), id)
+}
+
+fn adopted<I, O, R>(
+    parts: Parts<R>,
+    input: Option<I>,
+    attempt: JobHandle<Attempted<O>>,
+) -> Arc<Call<I, O, R>>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    let stage = Stage::Attempt {
+        kept: input,
+        handle: Some(attempt),
+    };
+    let call = Call::new(parts, stage, 1, |_| {});
+    call.keep_deadline();
+    call.poll_attempt();
+    call
+}
+
+/// A call taken over after its first attempt (see [`retry`], [`adopt`]): what the handle of
+/// that attempt passes on to it.
+pub(super) trait Continued<O>: Completion<O> + Abort + Send + Sync {
+    /// Its deadline came (the first attempt's handle keeps the entry on the timer).
+    fn deadline_came(self: Arc<Self>);
+    /// From now on it keeps its deadline on the timer itself (the first attempt's handle is
+    /// going: detached).
+    fn keep_own_deadline(self: Arc<Self>);
+    /// The pool closed: see [`Alarm::close`].
+    fn pool_closed(self: Arc<Self>) -> bool;
+}
+
+impl<I, O, R> Continued<O> for Call<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn deadline_came(self: Arc<Self>) {
+        Alarm::ring(self);
+    }
+
+    fn keep_own_deadline(self: Arc<Self>) {
+        self.keep_deadline();
+    }
+
+    fn pool_closed(self: Arc<Self>) -> bool {
+        Alarm::close(self)
+    }
 }
 
 struct Call<I, O, R> {
@@ -105,11 +180,11 @@ struct Call<I, O, R> {
     me: Weak<Self>,
     registry: Arc<Registry>,
     controls: Arc<Controls>,
-    run: R,
+    /// The program; `None` if no attempt will be made (a call that took over a first attempt
+    /// with no retry policy after it).
+    run: Option<R>,
     captured: Captured,
     deadline: Option<Instant>,
-    /// Attempts measure their run time (for an adaptive limit's latency signal).
-    timed: bool,
     /// When the call was made, if it is one of the program's timing sample.
     called: Option<Instant>,
     /// Set once the call has ended or its handle is gone: lines skip it (read without the lock).
@@ -234,6 +309,62 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
+    /// A call in `stage` after `attempts` attempts, with `set` applied to its state.
+    fn new(
+        parts: Parts<R>,
+        stage: Stage<I, O>,
+        attempts: u32,
+        set: impl FnOnce(&mut State<I, O>),
+    ) -> Arc<Self> {
+        let mut state = State {
+            stage,
+            waker: None,
+            attempts,
+            slot: None,
+            token: false,
+            deadline_key: None,
+            backoff: None,
+            last: None,
+            notified: false,
+            wanted: false,
+            detached: false,
+            stop_asked: false,
+            on_spare: false,
+            verdict: None,
+            attempt_abort: None,
+            detached_self: None,
+        };
+        set(&mut state);
+        Arc::new_cyclic(|me| Call {
+            me: Weak::clone(me),
+            registry: parts.registry,
+            controls: parts.controls,
+            run: parts.run,
+            captured: parts.captured,
+            deadline: parts.deadline,
+            called: parts.called,
+            finished: AtomicBool::new(false),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Puts the deadline on the pool's timer, with the call as its alarm.
+    fn keep_deadline(self: &Arc<Self>) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        if self.lock().deadline_key.is_some() {
+            return;
+        }
+        let alarm: Weak<dyn Alarm> = Arc::downgrade(self) as Weak<dyn Alarm>;
+        if let Ok(key) = self.registry.timer.at(deadline, alarm) {
+            let old = self.lock().deadline_key.replace(key);
+            if let Some(old) = old {
+                self.registry.timer.cancel(old); // (kept twice at once: one is enough)
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<I, O>> {
         lock(&self.state)
     }
@@ -313,6 +444,16 @@ where
     /// Hands attempt number `attempt` to the pool (no lock held: copying the input is user
     /// code), then polls it.
     fn submit(self: &Arc<Self>, attempt: u32, input: I, slot: Option<Slot>, copy_here: bool) {
+        let Some(run) = self.run.clone() else {
+            // Not reached: a call without its program keeps no input for another attempt.
+            guard::drop("an input", (input, slot));
+            let mut st = self.lock();
+            if !matches!(st.stage, Stage::Attempt { .. }) {
+                return;
+            }
+            let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+            return self.end(st, result);
+        };
         let policy = self.controls.retry.as_ref();
         let another = policy.is_some_and(|p| attempt < p.attempts());
         let (input, kept) = match policy.filter(|_| another && copy_here) {
@@ -336,21 +477,14 @@ where
             None if another => (Input::CopyOf(input, self.me.clone()), None),
             None => (Input::Ready(input), None),
         };
-        let run = self.run.clone();
-        let (deadline, timed) = (self.deadline, self.timed || self.called.is_some());
-        let job = move || -> Attempted<O> {
-            let _slot = slot;
-            let started = timed.then(Instant::now);
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return None;
-            }
-            let input = input.take();
-            let out = match deadline {
-                Some(d) => with_deadline(d, || run(input)),
-                None => run(input),
-            };
-            Some((out, started.map(|s| (s, s.elapsed()))))
+        let plan = Attempt {
+            slot,
+            deadline: self.deadline,
+            sampled: self
+                .called
+                .map(|called| (Arc::clone(&self.controls.counts), called)),
         };
+        let job = plan.job(run, move || input.take(), Step::Done, || Step::Expired);
         // The call is its attempt's waker from the start: nobody polls the attempt before it
         // ends (unless it waits for room in a full bounded queue).
         let waker = Waker::from(Arc::clone(self));
@@ -443,34 +577,38 @@ where
         }
     }
 
-    /// An attempt ended with `result`: done, or another attempt after a backoff.
+    /// An attempt ended with `result` (its job has given the slot back and made its samples):
+    /// done, or another attempt after a backoff.
     fn attempt_ended(self: &Arc<Self>, result: Result<Attempted<O>, JobError>) {
-        let (outcome, timing) = match result {
-            Ok(Some((out, timing))) => (Ok(out), timing),
-            Ok(None) => (Err(JobError::timed_out()), None),
-            Err(e) => (Err(e), None),
+        let outcome = match result {
+            Ok(Step::Done(out)) => Ok(out),
+            Ok(Step::Expired) => Err(JobError::timed_out()),
+            Ok(Step::HandedOver) => {
+                // Another call took over from this first attempt (this one was adopted by a
+                // detached handle meanwhile, and has nobody to answer).
+                let st = self.lock();
+                if matches!(st.stage, Stage::Attempt { .. }) {
+                    self.end(st, Err(JobError::cancelled()));
+                }
+                return;
+            }
+            Err(e) => Err(e),
         };
         if self.finished.load(Acquire) {
-            // Ended meanwhile (a deadline, an abort): this outcome is nobody's, and no sample.
+            // Ended meanwhile (a deadline, an abort): this outcome is nobody's.
             guard::drop("a discarded output", outcome);
             return;
         }
-        if let (Some(called), Some((started, ran))) = (self.called, timing) {
-            let counts = &self.controls.counts;
-            lock(&counts.wait).record(started.saturating_duration_since(called));
-            lock(&counts.run_time).record(ran);
-        }
-        let ran = timing.map_or(Duration::ZERO, |t| t.1);
-        // User code (classifiers), before any lock.
-        if let Some(limit) = &self.controls.limit {
-            limit.sample(match &outcome {
-                Ok(out) => Sample::Returned(out as &dyn Any, ran),
-                Err(e) if e.is_timed_out() => Sample::TimedOut,
-                Err(_) => Sample::Other,
-            });
-        }
+        // User code (the classifier), before any lock.
         let policy = self.controls.retry.as_ref();
         let wants_another = policy.is_some_and(|p| p.wants_another(&outcome));
+        self.decide(outcome, wants_another);
+    }
+
+    /// After an attempt that ended with `outcome`: done, or (if the policy `wants_another`
+    /// and there is room for one) another attempt after a backoff.
+    fn decide(self: &Arc<Self>, outcome: Result<O, JobError>, wants_another: bool) {
+        let policy = self.controls.retry.as_ref();
         let mut st = self.lock();
         let kept = match &mut st.stage {
             Stage::Attempt { kept, .. } => kept.take(),
@@ -562,11 +700,12 @@ where
     }
 
     /// Ends the call now with `error` (a deadline, an abort), unless its attempt runs on a
-    /// spare thread: then that attempt is asked to stop, and the call ends when it does.
-    fn end_early(&self, error: JobError) {
+    /// spare thread: then that attempt is asked to stop, and the call ends when it does. False
+    /// if it had ended.
+    fn end_early(&self, error: JobError) -> bool {
         let mut st = self.lock();
         let attempt = match &st.stage {
-            Stage::Done(_) | Stage::Closed => return,
+            Stage::Done(_) | Stage::Closed => return false,
             Stage::Attempt { handle, .. } => handle.as_ref(),
             Stage::Waiting(_) => None,
         };
@@ -576,8 +715,9 @@ where
             if let Some(h) = attempt {
                 h.ask_to_stop();
             }
-            st.verdict = Some(error);
-            return;
+            let first = st.verdict.is_none();
+            st.verdict.get_or_insert(error);
+            return first;
         }
         // The attempt may still run: `AbortHandle::is_finished` waits for it.
         let abort = attempt.map(JobHandle::abort_handle);
@@ -591,6 +731,7 @@ where
         if let (true, true, Some(limit)) = (timed_out, in_flight, &self.controls.limit) {
             limit.sample(Sample::TimedOut);
         }
+        true
     }
 }
 
@@ -604,7 +745,8 @@ where
     fn ring(self: Arc<Self>) {
         let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
-            return self.end_early(JobError::timed_out());
+            self.end_early(JobError::timed_out());
+            return;
         }
         let mut st = self.lock();
         if matches!(st.stage, Stage::Waiting(_))
@@ -873,8 +1015,8 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    fn abort(&self) {
-        self.end_early(JobError::cancelled());
+    fn abort(&self, cut: Cut) -> bool {
+        self.end_early(cut.error())
     }
 
     fn is_finished(&self) -> bool {

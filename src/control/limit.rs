@@ -112,8 +112,6 @@ pub(crate) enum Sample<'a> {
     Returned(&'a dyn Any, Duration),
     /// The call timed out.
     TimedOut,
-    /// Anything else (a panic, a cancel): no sample.
-    Other,
 }
 
 pub(crate) struct Limit {
@@ -136,17 +134,39 @@ struct Admitted {
     gone: Vec<Arc<dyn Waiter>>,
 }
 
-/// A slot of a limit, given back (and the next waiter admitted) when dropped.
-pub(crate) struct Slot(Arc<Limit>);
+/// A slot of a limit, given back (and the next waiter admitted) when dropped or released.
+pub(crate) struct Slot(Option<Arc<Limit>>);
+
+impl Slot {
+    fn of(limit: &Arc<Limit>) -> Self {
+        Slot(Some(Arc::clone(limit)))
+    }
+
+    /// True if its limit is adaptive with a latency signal: the attempt must time its run.
+    pub(crate) fn wants_latency(&self) -> bool {
+        self.0.as_ref().is_some_and(|l| l.wants_latency())
+    }
+
+    /// Gives the slot back, then takes the sample of the attempt that held it (`None`: no
+    /// sample): the overload classifier is user code, which may block, and must not hold the
+    /// slot meanwhile.
+    pub(crate) fn release(mut self, sample: Option<Sample<'_>>) {
+        let limit = self
+            .0
+            .take()
+            .expect("a slot holds its limit until released");
+        limit.give_back();
+        if let Some(sample) = sample {
+            limit.sample(sample);
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let admitted = {
-            let mut state = lock(&self.0.state);
-            state.in_flight -= 1;
-            self.0.admit(&mut state)
-        };
-        Limit::hand_out(admitted);
+        if let Some(limit) = self.0.take() {
+            limit.give_back();
+        }
     }
 }
 
@@ -198,10 +218,25 @@ impl Limit {
         let mut state = lock(&self.state);
         if state.line.is_empty() && state.in_flight < state.limit {
             state.in_flight += 1;
-            return Some(Slot(Arc::clone(self)));
+            return Some(Slot::of(self));
         }
         state.line.push_back(waiter);
         None
+    }
+
+    /// A slot now if one is free and nobody waits for it; `None` (joining no line) if not.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let mut state = lock(&self.state);
+        if state.line.is_empty() && state.in_flight < state.limit {
+            state.in_flight += 1;
+            return Some(Slot::of(self));
+        }
+        None
+    }
+
+    /// A slot came back: the next waiters are let in.
+    fn give_back(self: &Arc<Self>) {
+        self.settle(true, None);
     }
 
     /// Takes the live waiters the limit lets in now out of the line, each with its slot.
@@ -214,7 +249,7 @@ impl Limit {
             match next.upgrade() {
                 Some(waiter) if !waiter.is_gone() => {
                     state.in_flight += 1;
-                    admitted.next.push((waiter, Slot(Arc::clone(self))));
+                    admitted.next.push((waiter, Slot::of(self)));
                 }
                 // Possibly the call's last owner, holding user values: dropped after the lock.
                 Some(gone) => admitted.gone.push(gone),
@@ -233,12 +268,17 @@ impl Limit {
     /// An attempt ended: for an adaptive limit, move it. Classifies (user code) first, with no
     /// lock held.
     pub(crate) fn sample(self: &Arc<Self>, sample: Sample<'_>) {
-        let Some((min, max, signal)) = &self.adaptive else {
-            return;
-        };
-        let overloaded = match sample {
+        if let Some(overloaded) = self.overloaded(sample) {
+            self.settle(false, Some(overloaded));
+        }
+    }
+
+    /// What `sample` says of the backend: overloaded or not (`None` for a fixed limit). Runs
+    /// the classifier: no lock held.
+    fn overloaded(&self, sample: Sample<'_>) -> Option<bool> {
+        let (_, _, signal) = self.adaptive.as_ref()?;
+        Some(match sample {
             Sample::TimedOut => true,
-            Sample::Other => return,
             Sample::Returned(out, ran) => {
                 signal.slower_than.is_some_and(|l| ran > l)
                     || signal
@@ -246,23 +286,36 @@ impl Limit {
                         .as_ref()
                         .is_some_and(|c| guard::call(|| c(out)).unwrap_or(false))
             }
-        };
+        })
+    }
+
+    /// Under one lock: a slot back (`give_back`), the limit moved by a verdict, the next
+    /// waiters let in.
+    fn settle(self: &Arc<Self>, give_back: bool, overloaded: Option<bool>) {
         let (moved, admitted) = {
             let mut state = lock(&self.state);
-            let before = state.limit;
-            if overloaded {
-                let cut = (before as f64 * ADAPTIVE_BACKOFF_RATIO) as usize;
-                state.limit = cut.min(before.saturating_sub(1)).max(*min);
-                state.good = 0;
-            } else if (state.in_flight + 1).saturating_mul(2) >= before {
-                state.good += 1;
-                if state.good >= before {
-                    state.good = 0;
-                    state.limit = before.saturating_add(1).min(*max);
-                }
+            if give_back {
+                state.in_flight -= 1;
             }
-            let after = state.limit;
-            ((before != after).then_some(after), self.admit(&mut state))
+            let moved = match (&self.adaptive, overloaded) {
+                (Some((min, max, _)), Some(overloaded)) => {
+                    let before = state.limit;
+                    if overloaded {
+                        let cut = (before as f64 * ADAPTIVE_BACKOFF_RATIO) as usize;
+                        state.limit = cut.min(before.saturating_sub(1)).max(*min);
+                        state.good = 0;
+                    } else if (state.in_flight + 1).saturating_mul(2) >= before {
+                        state.good += 1;
+                        if state.good >= before {
+                            state.good = 0;
+                            state.limit = before.saturating_add(1).min(*max);
+                        }
+                    }
+                    (before != state.limit).then_some(state.limit)
+                }
+                _ => None,
+            };
+            (moved, self.admit(&mut state))
         };
         if let Some(limit) = moved {
             guard::quietly("a tracing subscriber", || {

@@ -27,12 +27,15 @@
 //! code (an input's `Clone`, a classifier, a waker, a dropped value) runs through the guard
 //! with none of them held.
 
-pub(crate) mod call;
+mod attempt;
+mod call;
 mod deadline;
+mod direct;
 mod limit;
 mod line;
 mod rate;
 mod retry;
+mod start;
 mod stats;
 
 use std::fmt;
@@ -47,6 +50,7 @@ pub(crate) use line::{admit_all, Grant, Waiter};
 pub use rate::RateLimiter;
 pub(crate) use retry::Policy;
 pub use retry::Retry;
+pub(crate) use start::start;
 pub(crate) use stats::Counts;
 pub use stats::ProgramStats;
 

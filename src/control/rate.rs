@@ -211,6 +211,13 @@ impl Rate {
         Take::Wait
     }
 
+    /// A token now if one is there and nobody waits for one; false (joining no line) if not.
+    pub(crate) fn try_take(&self, now: Option<Instant>) -> bool {
+        let now = now.unwrap_or_else(Instant::now);
+        let mut state = lock(&self.state);
+        state.line.is_empty() && self.try_spend(&mut state, now)
+    }
+
     /// `now` in the limiter's units.
     fn units(&self, now: Instant) -> u128 {
         now.saturating_duration_since(self.base).as_nanos() * u128::from(self.n)

@@ -221,13 +221,25 @@ impl Policy {
         }
     }
 
+    /// True if the policy retries panics (an attempt that may want another must then catch
+    /// its program's panic: see `control::start`).
+    pub(crate) fn retries_panics(&self) -> bool {
+        self.panics
+    }
+
+    /// Whether an attempt whose program returned `out` is worth another one (runs the
+    /// classifier: user code, so never under a lock).
+    pub(crate) fn retries_output<O: 'static>(&self, out: &O) -> bool {
+        self.retry_if.as_ref().is_some_and(|classify| {
+            crate::guard::call(|| classify(out as &dyn Any)).unwrap_or(false)
+        })
+    }
+
     /// Whether an attempt that ended with `outcome` is worth another one. Runs the classifier
     /// (user code), so never under a lock.
     pub(crate) fn wants_another<O: 'static>(&self, outcome: &Result<O, JobError>) -> bool {
         match outcome {
-            Ok(out) => self.retry_if.as_ref().is_some_and(|classify| {
-                crate::guard::call(|| classify(out as &dyn Any)).unwrap_or(false)
-            }),
+            Ok(out) => self.retries_output(out),
             Err(e) => self.panics && e.is_panic(),
         }
     }

@@ -38,36 +38,39 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use super::{Abort, Completion, Outcome, Runnable, Start, Timing, CURRENT};
+use super::{Abort, Completion, Cut, Outcome, Runnable, Start, Timing, CURRENT};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
-use crate::sync::{lock, AtomicU8, Mutex, MutexGuard};
+use crate::sync::{lock, AtomicU16, Mutex, MutexGuard};
 
 /// Set when the handle is dropped (or aborted) while the job runs:
 /// [`is_cancelled`](crate::is_cancelled), and the runner counts the job abandoned.
-const CANCELLED: u8 = 1;
+const CANCELLED: u16 = 1;
 /// Set when a worker waiting on the job started it itself: its queue entry is a husk.
-const OUT_OF_LINE: u8 = 2;
+const OUT_OF_LINE: u16 = 2;
 /// Set when the handle asks a running job to stop early but still wants its result (a batch
 /// that stopped waits for its running items): [`is_cancelled`](crate::is_cancelled) too.
-const STOP_ASKED: u8 = 4;
+const STOP_ASKED: u16 = 4;
 /// Set when an `AbortHandle` cancelled the job while it ran: its handle resolves to
 /// `Cancelled` at once, and the output is discarded ([`CANCELLED`] is set too).
-const ABORTED: u8 = 8;
+const ABORTED: u16 = 8;
 /// Set when the job runs on a spare thread under its waiter's permit: the waiter must not
 /// return before it ends, so an abort does not resolve the handle early then.
-const ON_SPARE: u8 = 16;
+const ON_SPARE: u16 = 16;
 /// Set when the handle was detached: nobody wants the result, which the runner drops (an
 /// `AbortHandle` may still hold the cell, and must not keep the output alive).
-const DETACHED: u8 = 32;
+const DETACHED: u16 = 32;
 /// Set when the result is stored (stage `Done`): a poll that finds it needs no waker, so it
 /// clones none (a clone is a reference count on the caller's task, whose cache line the worker
 /// just wrote when it woke that task).
-const DONE: u8 = 64;
+const DONE: u16 = 64;
 /// Set from the start if the caller put the job in the timing sample: its runner reads the
 /// clock at its start and end (and nobody reads it for a job without the flag).
-const TIMED: u8 = 128;
+const TIMED: u16 = 128;
+/// Set with [`ABORTED`] when a deadline cut the running job off: its handle resolves to
+/// `TimedOut` instead.
+const CUT_BY_DEADLINE: u16 = 256;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -117,8 +120,8 @@ impl Side {
 pub(super) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
     /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`],
-    /// [`DETACHED`], [`DONE`] and [`TIMED`]; read without the lock.
-    pub(super) flags: AtomicU8,
+    /// [`DETACHED`], [`DONE`], [`TIMED`] and [`CUT_BY_DEADLINE`]; read without the lock.
+    pub(super) flags: AtomicU16,
 }
 
 impl<F, T> Cell<F, T> {
@@ -135,7 +138,7 @@ impl<F, T> Cell<F, T> {
                 stage,
                 side: waker.map_or_else(Side::empty, Side::Waker),
             }),
-            flags: AtomicU8::new(if timed { TIMED } else { 0 }),
+            flags: AtomicU16::new(if timed { TIMED } else { 0 }),
         }
     }
 
@@ -143,7 +146,16 @@ impl<F, T> Cell<F, T> {
         lock(&self.slot)
     }
 
-    fn flag(&self, flag: u8) -> bool {
+    /// How an aborted job ended (read under the lock, where `abort` sets it).
+    fn cut(&self) -> Cut {
+        if self.flag(CUT_BY_DEADLINE) {
+            Cut::TimedOut
+        } else {
+            Cut::Cancelled
+        }
+    }
+
+    fn flag(&self, flag: u16) -> bool {
         // ORDERING: written under the lock by the side that decides; read either under the lock
         // (husk accounting) or as a hint for cooperative code (`is_cancelled`).
         self.flags.load(Relaxed) & flag != 0
@@ -236,8 +248,8 @@ where
         slot.side = Side::Back(captured);
         if self.flag(ABORTED) {
             // Aborted: the output is discarded, and the handle, which may not have polled
-            // since (or waits for a spare thread to end), finds `Cancelled`.
-            slot.stage = Stage::Done(Err(Box::new(JobError::cancelled())));
+            // since (or waits for a spare thread to end), finds `Cancelled` (or `TimedOut`).
+            slot.stage = Stage::Done(Err(Box::new(self.cut().error())));
             self.flags.fetch_or(DONE, Relaxed);
             drop(slot);
             guard::drop("a discarded output", result);
@@ -319,7 +331,7 @@ where
                 slot.stage = Stage::Running;
                 drop(slot);
                 guard::drop("a waker", waker);
-                return Poll::Ready(Err(JobError::cancelled()));
+                return Poll::Ready(Err(self.cut().error()));
             }
             pending => {
                 slot.stage = pending;
@@ -409,22 +421,29 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn abort(&self) {
-        if Runnable::revoke(self, JobError::cancelled()) {
-            return; // it was queued: it never runs
+    fn abort(&self, cut: Cut) -> bool {
+        if Runnable::revoke(self, cut.error()) {
+            return true; // it was queued: it never runs
         }
         let mut slot = self.lock();
-        if !matches!(slot.stage, Stage::Running) {
-            return; // finished (the result stays), or nobody wants it any more
+        if !matches!(slot.stage, Stage::Running) || self.flag(ABORTED) {
+            return false; // finished (the result stays), nobody wants it, or aborted already
         }
         // The runner owns the work; it finds CANCELLED when it completes and discards the
-        // output. The handle, woken, finds ABORTED and resolves to `Cancelled` now.
-        self.flags.fetch_or(CANCELLED | ABORTED, Relaxed);
+        // output. The handle, woken, finds ABORTED and resolves to `cut`'s error now.
+        let by_deadline = if cut == Cut::TimedOut {
+            CUT_BY_DEADLINE
+        } else {
+            0
+        };
+        self.flags
+            .fetch_or(CANCELLED | ABORTED | by_deadline, Relaxed);
         let waker = slot.side.take_waker();
         drop(slot);
         if let Some(waker) = waker {
             guard::wake(waker);
         }
+        true
     }
 
     fn is_finished(&self) -> bool {

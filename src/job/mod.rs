@@ -102,11 +102,30 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     ) -> Option<Waker>;
 }
 
+/// How an aborted job's handle resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// [`JobError::Cancelled`]: an [`AbortHandle`].
+    Cancelled,
+    /// [`JobError::TimedOut`]: a controlled call's deadline.
+    TimedOut,
+}
+
+impl Cut {
+    pub(crate) fn error(self) -> JobError {
+        match self {
+            Cut::Cancelled => JobError::cancelled(),
+            Cut::TimedOut => JobError::timed_out(),
+        }
+    }
+}
+
 /// What an [`AbortHandle`] holds: something to cancel from anywhere.
 pub(crate) trait Abort: Send + Sync {
-    /// Cancels the job as a dropped handle does, and resolves its handle to `Cancelled` at
-    /// once (see `AbortHandle`). Nothing once it has finished.
-    fn abort(&self);
+    /// Cancels the job as a dropped handle does, and resolves its handle to `cut`'s error at
+    /// once (see `AbortHandle`). True if this ended it: false once it has finished or was
+    /// aborted already.
+    fn abort(&self, cut: Cut) -> bool;
     /// True once the job has finished, was called off or will never run.
     fn is_finished(&self) -> bool;
 }

@@ -49,6 +49,17 @@ impl TimerKey {
     pub(crate) fn when(&self) -> Instant {
         self.0
     }
+
+    /// What tells it from other entries for the same time (with [`when`](Self::when), all of
+    /// the key: an owner may keep just this, in an atomic).
+    pub(crate) fn seq(&self) -> u64 {
+        self.1
+    }
+
+    /// The key of the entry for `when` with sequence number `seq`.
+    pub(crate) fn from_parts(when: Instant, seq: u64) -> Self {
+        TimerKey(when, seq)
+    }
 }
 
 /// The pool is closed: no new entry is taken.

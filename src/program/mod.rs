@@ -199,7 +199,7 @@ impl<P: ?Sized> AsyncProgram<P> {
         let captured = Captured::here();
         if let Some(controls) = &self.controls {
             let run = move |input: I| program.run(input);
-            return control::call::start(controls, self.pool.registry(), run, input, captured);
+            return control::start(controls, self.pool.registry(), run, input, captured);
         }
         self.pool
             .registry()

@@ -1,0 +1,86 @@
+//! One attempt of a controlled call: the pool job that runs the program once, and what it
+//! reports on the way out (the slot back to its limit, the adaptive limit's sample, the
+//! program's timing sample), so that nothing has to look at the attempt after it ends for
+//! these.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::limit::{Sample, Slot};
+use super::{with_deadline, Counts};
+use crate::sync::lock;
+
+/// What an attempt's job returns.
+pub(super) enum Step<O> {
+    /// The program returned this.
+    Done(O),
+    /// The deadline had passed when a worker took the attempt: it did not run the program.
+    Expired,
+    /// A direct call's first attempt, which its retry policy wants another for: a driven call
+    /// took over from it, and the caller's answer comes from that call.
+    HandedOver,
+}
+
+/// What an attempt carries besides its program and input.
+pub(super) struct Attempt {
+    /// The concurrency slot the attempt holds until it ends (released if it unwinds too).
+    pub(super) slot: Option<Slot>,
+    /// The call's deadline: past it, the attempt does not start.
+    pub(super) deadline: Option<Instant>,
+    /// The program's counts and when the call was made, if the call is in the program's
+    /// timing sample.
+    pub(super) sampled: Option<(Arc<Counts>, Instant)>,
+}
+
+impl Attempt {
+    /// The job: `then(output)`, or `expired()` if the deadline had passed when it started (it
+    /// did not run the program).
+    ///
+    /// After the program returns, the slot goes back with (unless the caller has let go
+    /// meanwhile: [`is_cancelled`](crate::is_cancelled)) the adaptive limit's sample of the
+    /// output and the run time, a timed call records its wait and run time, and `then` runs.
+    /// A program that panics gives its slot back as it unwinds, and samples nothing.
+    pub(super) fn job<I, O, T>(
+        self,
+        run: impl FnOnce(I) -> O + Send + 'static,
+        input: impl FnOnce() -> I + Send + 'static,
+        then: impl FnOnce(O) -> T + Send + 'static,
+        expired: impl FnOnce() -> T + Send + 'static,
+    ) -> impl FnOnce() -> T + Send + 'static
+    where
+        O: Send + 'static,
+    {
+        move || {
+            let Attempt {
+                slot,
+                deadline,
+                sampled,
+            } = self;
+            let timed = sampled.is_some() || slot.as_ref().is_some_and(Slot::wants_latency);
+            // One clock read for the deadline and the timing.
+            let started = (timed || deadline.is_some()).then(Instant::now);
+            if deadline.zip(started).is_some_and(|(d, now)| now >= d) {
+                if let Some(slot) = slot {
+                    slot.release((!crate::is_cancelled()).then_some(Sample::TimedOut));
+                }
+                return expired();
+            }
+            let input = input();
+            let out = match deadline {
+                Some(d) => with_deadline(d, || run(input)),
+                None => run(input),
+            };
+            let ran = started.filter(|_| timed).map(|s| (s, s.elapsed()));
+            let live = !crate::is_cancelled();
+            if let Some(slot) = slot {
+                let took = ran.map_or(Duration::ZERO, |r| r.1);
+                slot.release(live.then_some(Sample::Returned(&out, took)));
+            }
+            if let (true, Some((counts, called)), Some((started, ran))) = (live, &sampled, ran) {
+                lock(&counts.wait).record(started.saturating_duration_since(*called));
+                lock(&counts.run_time).record(ran);
+            }
+            then(out)
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! A controlled call that passed its gates at once and has a deadline or a retry policy: the
+//! caller's handle is on its first attempt's own cell, through this thin layer, with no driver
+//! between the worker and the caller.
+//!
+//! The worker wakes the caller directly, as for a plain call. What the options add happens
+//! around that: the deadline is an entry on the pool's timer whose alarm cuts the attempt off
+//! (a queued one never starts, a running one sees `is_cancelled()`; the handle resolves to
+//! `TimedOut` at once); the retry policy looks at the output on the worker, at the end of the
+//! attempt's job. Only if it wants another attempt, or if the handle is detached, does a
+//! [`call`](super::call) take over, for the attempts after the first.
+//!
+//! # Handing over
+//!
+//! The alarm, an [`AbortHandle`](crate::AbortHandle), a stopping batch or a detach may act
+//! while the worker hands over. Each marks what it did in `events` and the hand-over marks
+//! `HANDED_OVER` there, each with one read-modify-write: whichever comes second sees the
+//! other's mark and passes the event on to the new call. So an event is never lost between
+//! the two. (A detach that comes first makes a call adopt the attempt itself; then the two
+//! share the original input, and whichever takes it makes the next attempt.)
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::attempt::Step;
+use super::call::{self, Continued, Parts};
+use super::limit::Sample;
+use super::{Controls, Counts};
+use crate::capture::Captured;
+use crate::error::JobError;
+use crate::guard;
+use crate::job::{Abort, Completion, Cut, Job, JobHandle, Runnable};
+use crate::pool::{Alarm, Registry, TimerKey};
+use crate::sync::{lock, AtomicU64, AtomicU8, Mutex, OnceLock};
+
+/// The deadline came (whether or not it cut the attempt off).
+const DEADLINE: u8 = 1;
+/// An `AbortHandle` aborted the call.
+const ABORTED: u8 = 2;
+/// A stopping batch asked the call to stop.
+const STOP_ASKED: u8 = 4;
+/// A call took over: every request goes to it.
+const HANDED_OVER: u8 = 8;
+/// The handle was detached.
+const DETACHED: u8 = 16;
+/// The handle was dropped.
+const CANCELLED: u8 = 32;
+/// What ends the call (or leaves it to another): no hand-over after it.
+const ENDING: u8 = DEADLINE | ABORTED | STOP_ASKED | DETACHED | CANCELLED;
+
+/// `entry` when the deadline has no entry on the timer.
+const NO_ENTRY: u64 = u64::MAX;
+
+pub(super) struct Direct<I, O, R> {
+    registry: Arc<Registry>,
+    controls: Arc<Controls>,
+    /// The first attempt, as its handle would see it (set once it is queued, before the
+    /// caller has the handle; it is never waiting for room).
+    attempt: OnceLock<Arc<dyn Completion<Step<O>>>>,
+    deadline: Option<Instant>,
+    /// The sequence number of the deadline's entry on the timer, or [`NO_ENTRY`].
+    entry: AtomicU64,
+    /// What the attempts after the first need, if the retry policy may want one.
+    again: Option<Again<I, R>>,
+    called: Option<Instant>,
+    /// [`DEADLINE`], [`ABORTED`], [`STOP_ASKED`], [`HANDED_OVER`], [`DETACHED`],
+    /// [`CANCELLED`].
+    events: AtomicU8,
+    /// The call that took over (set before [`HANDED_OVER`], never changed after).
+    next: Mutex<Option<Arc<dyn Continued<O>>>>,
+}
+
+/// The program, the caller's context and the original input, for another attempt.
+pub(super) struct Again<I, R> {
+    pub(super) run: R,
+    pub(super) captured: Captured,
+    pub(super) input: Mutex<Option<I>>,
+}
+
+/// A direct call, before its first attempt is queued (see [`Direct::queued`]).
+pub(super) fn new<I, O, R>(
+    registry: &Arc<Registry>,
+    controls: &Arc<Controls>,
+    deadline: Option<Instant>,
+    called: Option<Instant>,
+    again: Option<Again<I, R>>,
+) -> Arc<Direct<I, O, R>> {
+    Arc::new(Direct {
+        registry: Arc::clone(registry),
+        controls: Arc::clone(controls),
+        attempt: OnceLock::new(),
+        deadline,
+        entry: AtomicU64::new(NO_ENTRY),
+        again,
+        called,
+        events: AtomicU8::new(0),
+        next: Mutex::new(None),
+    })
+}
+
+impl<I, O, R> Direct<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    /// The first attempt is queued: the caller's handle, with the deadline on the timer.
+    pub(super) fn queued(self: Arc<Self>, attempt: Arc<dyn Completion<Step<O>>>) -> JobHandle<O> {
+        let _ = self.attempt.set(attempt); // (only here)
+        if let Some(deadline) = self.deadline {
+            let alarm: Weak<dyn Alarm> = Arc::downgrade(&self) as Weak<dyn Alarm>;
+            if let Ok(key) = self.registry.timer.at(deadline, alarm) {
+                // Nobody reads it before the handle exists: only its owner cancels the entry.
+                self.entry.store(key.seq(), Relaxed);
+            }
+        }
+        let id = self.registry.id;
+        JobHandle::new(self, id)
+    }
+
+    /// The program, for the attempts after the first.
+    pub(super) fn again_run(&self) -> Option<R> {
+        self.again.as_ref().map(|a| a.run.clone())
+    }
+
+    /// The caller's context, for the attempts after the first.
+    pub(super) fn again_captured(&self) -> Captured {
+        self.again
+            .as_ref()
+            .map_or_else(Captured::default, |a| a.captured.clone())
+    }
+
+    /// The original input, if nobody has taken it for another attempt.
+    pub(super) fn take_input(&self) -> Option<I> {
+        self.again.as_ref().and_then(|a| lock(&a.input).take())
+    }
+
+    fn attempt(&self) -> &Arc<dyn Completion<Step<O>>> {
+        self.attempt
+            .get()
+            .expect("the first attempt is set before anyone has the handle")
+    }
+
+    /// The end of the first attempt's job, on its worker, for a call with a retry policy
+    /// (`me`: the call, gone if the caller let go): `out` for the caller, or, if the policy
+    /// wants another attempt, a call that takes over (the classifier is user code: it runs
+    /// here, inside the job, under the caller's context, holding no lock).
+    pub(super) fn after_first(me: &Weak<Self>, out: O) -> Step<O> {
+        let Some(me) = me.upgrade() else {
+            return Step::Done(out);
+        };
+        let step = me.hand_over_if_wanted(out);
+        // Possibly the call's last owner now (its caller let go meanwhile), with the input,
+        // the program and the context in it: through the guard.
+        guard::drop("a call", me);
+        step
+    }
+
+    fn hand_over_if_wanted(&self, out: O) -> Step<O> {
+        let (Some(again), Some(policy)) = (&self.again, &self.controls.retry) else {
+            return Step::Done(out);
+        };
+        let ending = || {
+            self.events.load(SeqCst) & ENDING != 0
+                || crate::is_cancelled()
+                || self.registry.is_closed()
+        };
+        // Looked at again after the classifier, which may take long. (Detached, the call that
+        // adopted this attempt classifies its output.)
+        if ending() || !policy.retries_output(&out) || ending() {
+            return Step::Done(out);
+        }
+        let Some(input) = self.take_input() else {
+            return Step::Done(out);
+        };
+        let next = call::retry(self.parts(again), input, Ok(out));
+        self.hand_over(next);
+        Step::HandedOver
+    }
+
+    /// The attempt expired (its deadline had passed when a worker took it): counted on that
+    /// worker, whether or not the caller polls.
+    pub(super) fn expired(me: &Weak<Self>) -> Step<O> {
+        if let Some(me) = me.upgrade() {
+            Counts::add(&me.controls.counts.timed_out);
+            guard::drop("a call", me);
+        }
+        Step::Expired
+    }
+
+    /// The call that took over, if one has.
+    fn next(&self) -> Option<Arc<dyn Continued<O>>> {
+        if self.events.load(SeqCst) & HANDED_OVER == 0 {
+            return None;
+        }
+        lock(&self.next).clone()
+    }
+
+    /// Marks `event`; returns the call that took over, if one had (the event is then its).
+    fn mark(&self, event: u8) -> Option<Arc<dyn Continued<O>>> {
+        if self.events.fetch_or(event, SeqCst) & HANDED_OVER == 0 {
+            return None;
+        }
+        lock(&self.next).clone()
+    }
+
+    /// Makes `next` the call, and passes it what happened meanwhile (from the attempt's job,
+    /// which still runs: a deadline or an abort that came meanwhile cut that attempt off and
+    /// resolved the handle, so `next` only goes).
+    fn hand_over(&self, next: Arc<dyn Continued<O>>) {
+        *lock(&self.next) = Some(Arc::clone(&next));
+        let seen = self.events.fetch_or(HANDED_OVER, SeqCst);
+        if seen & (DEADLINE | ABORTED | CANCELLED) != 0 {
+            return next.cancel();
+        }
+        if seen & STOP_ASKED != 0 {
+            next.ask_to_stop();
+        }
+        if seen & DETACHED != 0 {
+            Arc::clone(&next).keep_own_deadline();
+            next.detach();
+        }
+    }
+
+    fn parts(&self, again: &Again<I, R>) -> Parts<R> {
+        Parts {
+            registry: Arc::clone(&self.registry),
+            controls: Arc::clone(&self.controls),
+            run: Some(again.run.clone()),
+            captured: again.captured.clone(),
+            deadline: self.deadline,
+            called: self.called,
+        }
+    }
+
+    /// The first attempt ended with `result` (its job made its samples).
+    fn finish(
+        &self,
+        result: Result<Step<O>, JobError>,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Result<O, JobError>> {
+        match result {
+            Ok(Step::Done(out)) => Poll::Ready(Ok(out)),
+            // It never started: its deadline had passed when a worker took it (counted there).
+            Ok(Step::Expired) => Poll::Ready(Err(JobError::timed_out())),
+            Ok(Step::HandedOver) => match self.next() {
+                Some(next) => next.poll_done(cx),
+                None => unreachable!("a call takes over before the attempt says so"),
+            },
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<I, O, R> Direct<I, O, R> {
+    /// Takes the deadline's entry off the timer, if it is there.
+    fn cancel_entry(&self) {
+        let seq = self.entry.swap(NO_ENTRY, Relaxed);
+        if let (Some(deadline), true) = (self.deadline, seq != NO_ENTRY) {
+            self.registry
+                .timer
+                .cancel(TimerKey::from_parts(deadline, seq));
+        }
+    }
+}
+
+impl<I, O, R> Drop for Direct<I, O, R> {
+    fn drop(&mut self) {
+        self.cancel_entry();
+    }
+}
+
+impl<I, O, R> Completion<O> for Direct<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn poll_done(&self, mut cx: Option<&mut Context<'_>>) -> Poll<Result<O, JobError>> {
+        if let Some(next) = self.next() {
+            return next.poll_done(cx);
+        }
+        match self.attempt().poll_done(cx.as_deref_mut()) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => self.finish(result, cx),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self.next() {
+            Some(next) => next.is_done(),
+            None => self.attempt().is_done(),
+        }
+    }
+
+    fn is_queued(&self) -> bool {
+        self.next().is_none() && self.attempt().is_queued()
+    }
+
+    fn cancel(&self) {
+        match self.mark(CANCELLED) {
+            Some(next) => next.cancel(),
+            None => self.attempt().cancel(),
+        }
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        match self.next() {
+            Some(next) => next.revoke(error),
+            None => self.attempt().revoke(error),
+        }
+    }
+
+    fn ask_to_stop(&self) {
+        match self.mark(STOP_ASKED) {
+            Some(next) => next.ask_to_stop(),
+            None => self.attempt().ask_to_stop(),
+        }
+    }
+
+    fn on_spare(&self) {
+        match self.next() {
+            Some(next) => next.on_spare(),
+            None => self.attempt().on_spare(),
+        }
+    }
+
+    /// Nobody will poll: if the attempt is still under way, a call adopts it (to keep the
+    /// deadline once this handle is gone, and to make the next attempts), unless one has taken
+    /// over already.
+    fn detach(&self) {
+        // The deadline is the adopting call's from now on (an `AbortHandle` may keep this one
+        // alive): it must not ring here too.
+        self.cancel_entry();
+        let seen = self.events.fetch_or(DETACHED, SeqCst);
+        if seen & HANDED_OVER != 0 {
+            if let Some(next) = lock(&self.next).clone() {
+                Arc::clone(&next).keep_own_deadline();
+                next.detach();
+            }
+            return;
+        }
+        if seen & (DEADLINE | ABORTED) != 0 || self.attempt().is_done() {
+            // Ended (by the deadline, an abort, or its program): nothing more to do for it.
+            return self.attempt().detach();
+        }
+        let parts = Parts {
+            registry: Arc::clone(&self.registry),
+            controls: Arc::clone(&self.controls),
+            run: self.again_run(),
+            captured: self.again_captured(),
+            deadline: self.deadline,
+            called: self.called,
+        };
+        let attempt = JobHandle::new(Arc::clone(self.attempt()), self.registry.id);
+        let adopted = call::adopt(parts, self.take_input(), attempt);
+        adopted.detach();
+    }
+
+    fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
+        match self.next() {
+            Some(next) => next.out_of_line(),
+            None => Arc::clone(self.attempt()).out_of_line(),
+        }
+    }
+
+    fn take_held(&self) -> Option<Job> {
+        self.next().and_then(|next| next.take_held())
+    }
+
+    fn abort_target(self: Arc<Self>) -> Arc<dyn Abort> {
+        self
+    }
+}
+
+impl<I, O, R> Abort for Direct<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    fn abort(&self, cut: Cut) -> bool {
+        let event = if cut == Cut::TimedOut {
+            DEADLINE
+        } else {
+            ABORTED
+        };
+        match self.mark(event) {
+            Some(next) => next.abort(cut),
+            None => Arc::clone(self.attempt()).abort_target().abort(cut),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self.next() {
+            Some(next) => next.is_finished(),
+            None => Arc::clone(self.attempt()).abort_target().is_finished(),
+        }
+    }
+}
+
+impl<I, O, R> Alarm for Direct<I, O, R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    /// The deadline: a queued attempt never starts, a running one is cut off; either way the
+    /// handle resolves to `TimedOut` now, and an adaptive limit takes it as an overload.
+    fn ring(self: Arc<Self>) {
+        if let Some(next) = self.mark(DEADLINE) {
+            return next.deadline_came();
+        }
+        if Arc::clone(self.attempt())
+            .abort_target()
+            .abort(Cut::TimedOut)
+        {
+            Counts::add(&self.controls.counts.timed_out);
+            if let Some(limit) = &self.controls.limit {
+                limit.sample(Sample::TimedOut);
+            }
+        }
+    }
+
+    /// The pool closed: the deadline still matters while the attempt may run.
+    fn close(self: Arc<Self>) -> bool {
+        match self.next() {
+            Some(next) => next.pool_closed(),
+            None => !self.attempt().is_done(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! How a controlled call starts: through its gates at once if it can, on the shortest path
+//! that keeps its options.
+//!
+//! * It has to wait at a gate (no slot free, no token), its deadline has passed already, or
+//!   its first attempt waits for room in a bounded queue: a [`call`](super::call), the driver
+//!   that waits holding no worker and makes every attempt.
+//! * Otherwise, with neither a deadline nor a retry policy: the caller's handle is the
+//!   attempt's own, a job like a plain call's (the attempt's job gives the slot back and makes
+//!   the samples).
+//! * Otherwise: a [`direct`](super::direct) handle on the first attempt, which keeps the
+//!   deadline and hands over to a call if the policy wants another attempt.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::attempt::{Attempt, Step};
+use super::call::{self, Parts};
+use super::direct::{self, Again, Direct};
+use super::{Controls, Counts, Policy};
+use crate::capture::Captured;
+use crate::error::JobError;
+use crate::guard;
+use crate::job::JobHandle;
+use crate::pool::Registry;
+use crate::sync::Mutex;
+
+/// Starts a call of `run` on `input` under `controls`, on `registry`'s pool.
+pub(crate) fn start<I, O, R>(
+    controls: &Arc<Controls>,
+    registry: &Arc<Registry>,
+    run: R,
+    input: I,
+    captured: Captured,
+) -> JobHandle<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+{
+    if registry.is_closed() {
+        guard::drop("the work of a refused call", (input, captured, run));
+        return JobHandle::ready(Err(JobError::shut_down()));
+    }
+    let timed = controls.counts.call_is_timed();
+    // One clock read for the deadline, the rate limit's first look and the timing sample
+    // (none without any of them).
+    let now = (timed || controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
+    let deadline = controls
+        .timeout
+        .zip(now)
+        .and_then(|(timeout, now)| now.checked_add(timeout));
+    let called = now.filter(|_| timed);
+    let parts = |run, captured| Parts {
+        registry: Arc::clone(registry),
+        controls: Arc::clone(controls),
+        run: Some(run),
+        captured,
+        deadline,
+        called,
+    };
+    if deadline.zip(now).is_some_and(|(d, now)| now >= d) {
+        // (It ends at once, `TimedOut`.)
+        return call::start(parts(run, captured), input, None, false, now);
+    }
+    // The gates, joining none of their lines: a call that must wait is a driven one.
+    let slot = match &controls.limit {
+        Some(limit) => match limit.try_acquire() {
+            Some(slot) => Some(slot),
+            None => return call::start(parts(run, captured), input, None, false, now),
+        },
+        None => None,
+    };
+    if let Some(rate) = &controls.rate {
+        if !rate.rate().try_take(now) {
+            return call::start(parts(run, captured), input, slot, false, now);
+        }
+    }
+    let token = controls.rate.is_some();
+    let sampled = called.map(|called| (Arc::clone(&controls.counts), called));
+    if controls.timeout.is_none() && controls.retry.is_none() {
+        Counts::add(&controls.counts.attempts);
+        let plan = Attempt {
+            slot,
+            deadline: None,
+            sampled,
+        };
+        let job = plan.job(
+            run,
+            move || input,
+            |out| out,
+            || unreachable!("an attempt without a deadline always starts"),
+        );
+        return registry.submit(job, captured);
+    }
+    let policy = controls.retry.as_ref().filter(|p| p.attempts() > 1);
+    if policy.is_some_and(Policy::retries_panics) {
+        // A panic to retry unwinds out of the attempt's job: the driven call sees it.
+        return call::start(parts(run, captured), input, slot, token, now);
+    }
+    // The input is copied for a second attempt here, on the caller's thread.
+    let (input, kept) = match policy.map(|p| p.copy(&input)) {
+        Some(Some(Ok(copy))) => (copy, Some(input)),
+        Some(Some(Err(message))) => {
+            guard::drop("an input", (input, slot, captured, run));
+            return JobHandle::ready(Err(JobError::panicked(message)));
+        }
+        Some(None) | None => (input, None),
+    };
+    let retries = kept.is_some();
+    let again = kept.map(|kept| Again {
+        run: run.clone(),
+        captured: captured.clone(),
+        input: Mutex::new(Some(kept)),
+    });
+    let direct = direct::new(registry, controls, deadline, called, again);
+    let me = retries.then(|| Arc::downgrade(&direct));
+    let then = move |out| match &me {
+        Some(me) => Direct::after_first(me, out),
+        None => Step::Done(out),
+    };
+    let me_too = deadline.map(|_| Arc::downgrade(&direct));
+    let expired = move || match &me_too {
+        Some(me) => Direct::expired(me),
+        None => Step::Expired,
+    };
+    Counts::add(&controls.counts.attempts);
+    let plan = Attempt {
+        slot,
+        deadline,
+        sampled,
+    };
+    let job = plan.job(run, move || input, then, expired);
+    match registry.submit(job, captured).into_completion() {
+        Ok(attempt) => direct.queued(attempt),
+        Err(waiting_for_room) => {
+            // A bounded queue with no room: a driven call polls the attempt into it.
+            let parts = Parts {
+                registry: Arc::clone(registry),
+                controls: Arc::clone(controls),
+                run: direct.again_run(),
+                captured: direct.again_captured(),
+                deadline,
+                called,
+            };
+            call::adopt_handle(parts, direct.take_input(), waiting_for_room)
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Calls with options that pass their gates at once go the short way: the caller's handle is
+//! on the attempt itself. These tests hold that way to the options' promises where it differs
+//! from a call that had to wait: a detached call keeps its deadline, an abort and a deadline
+//! count once between them, a retry takes over from the first attempt without losing an abort
+//! or a deadline that comes meanwhile, and a full bounded queue still times out.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use asyncify_pool::{is_cancelled, Retry, WorkerPool};
+use common::{bounded_pool, occupy, spin_until, wait, Gate, HANG};
+
+/// A detached call with a deadline: its running attempt still sees `is_cancelled()` at the
+/// deadline, with nobody holding the handle.
+#[test]
+fn a_detached_calls_deadline_still_cuts_it_off() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
+    let slow = pool
+        .asyncify(move |_: ()| {
+            started_tx.send(()).unwrap();
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < HANG {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tx.send(is_cancelled()).unwrap();
+        })
+        .timeout(Duration::from_millis(50));
+    slow.call(()).detach();
+    started_rx.recv_timeout(HANG).unwrap();
+    assert!(
+        rx.recv_timeout(HANG).unwrap(),
+        "the detached call's attempt never saw is_cancelled()"
+    );
+    spin_until("the timed-out call counted", || slow.stats().timed_out == 1);
+}
+
+/// An abort of a running timed call resolves it to `Cancelled` at once; the deadline that
+/// comes later changes nothing, and the call is not counted as timed out.
+#[test]
+fn an_abort_before_the_deadline_wins_and_is_not_a_timeout() {
+    let pool = WorkerPool::new(1);
+    let release = Gate::new();
+    let (started_tx, started_rx) = mpsc::channel();
+    let rel = Arc::clone(&release);
+    let slow = pool
+        .asyncify(move |_: ()| {
+            started_tx.send(()).unwrap();
+            rel.wait();
+            1
+        })
+        .timeout(Duration::from_millis(30));
+    let handle = slow.call(());
+    let abort = handle.abort_handle();
+    started_rx.recv_timeout(HANG).unwrap();
+    abort.abort();
+    let err = wait(handle).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    std::thread::sleep(Duration::from_millis(60)); // past the deadline
+    release.open();
+    spin_until("the aborted attempt returns", || abort.is_finished());
+    assert_eq!(slow.stats().timed_out, 0);
+    assert_eq!(slow.stats().attempts, 1);
+}
+
+/// A deadline that cuts off a queued attempt and one that cuts off a running attempt each
+/// count once, and the queued one never runs.
+#[test]
+fn each_deadline_counts_once_and_a_queued_attempt_never_runs() {
+    let pool = WorkerPool::new(1);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let release = Gate::new();
+    let rel = Arc::clone(&release);
+    let (started_tx, started_rx) = mpsc::channel();
+    let program = pool
+        .asyncify(move |block: bool| {
+            r.fetch_add(1, SeqCst);
+            if block {
+                started_tx.send(()).unwrap();
+                rel.wait();
+            }
+        })
+        .timeout(Duration::from_millis(40));
+    let running = program.call(true);
+    started_rx.recv_timeout(HANG).unwrap();
+    let queued = program.call(false);
+    assert!(wait(running).unwrap_err().is_timed_out());
+    assert!(wait(queued).unwrap_err().is_timed_out());
+    release.open();
+    wait(pool.spawn(|| ())).unwrap();
+    assert_eq!(
+        runs.load(SeqCst),
+        1,
+        "the queued attempt ran after its deadline"
+    );
+    let stats = program.stats();
+    assert_eq!((stats.calls, stats.attempts, stats.timed_out), (2, 2, 2));
+}
+
+/// A first attempt that the policy retries hands over to a driven call: the second attempt
+/// runs, both are counted, and the answer is the second's.
+#[test]
+fn a_retried_first_attempt_hands_over() {
+    let pool = WorkerPool::new(2);
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let program = pool
+        .asyncify(move |x: u32| x + c.fetch_add(1, SeqCst))
+        .timeout(Duration::from_secs(600))
+        .retry(Retry::new(3).retry_if(|out: &u32| *out == 10));
+    assert_eq!(wait(program.call(10)).unwrap(), 11);
+    let stats = program.stats();
+    assert_eq!((stats.attempts, stats.retries, stats.timed_out), (2, 1, 0));
+}
+
+/// An abort that comes during the backoff after the first attempt reaches the call that took
+/// over: the handle resolves to `Cancelled` at once and no second attempt runs.
+#[test]
+fn an_abort_during_the_backoff_reaches_the_call_that_took_over() {
+    let pool = WorkerPool::new(1);
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&runs);
+    let program = pool.asyncify(move |_: ()| r.fetch_add(1, SeqCst)).retry(
+        Retry::new(2)
+            .backoff(HANG, HANG)
+            .jitter(false)
+            .retry_if(|_: &u32| true),
+    );
+    let mut handle = program.call(());
+    let abort = handle.abort_handle();
+    spin_until("the first attempt ran", || runs.load(SeqCst) == 1);
+    // The handle must look at the first attempt's outcome to hand over: poll it once.
+    assert!(handle.wait_timeout(Duration::from_millis(20)).is_none());
+    let before = Instant::now();
+    abort.abort();
+    let err = wait(handle).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(before.elapsed() < HANG, "the abort waited for the backoff");
+    assert_eq!(runs.load(SeqCst), 1);
+}
+
+/// The deadline that comes during the second attempt, made by the call that took over from the
+/// first, cuts that attempt off: the caller gets `TimedOut` at once and the attempt sees
+/// `is_cancelled()`.
+#[test]
+fn the_deadline_reaches_the_attempts_of_the_call_that_took_over() {
+    let pool = WorkerPool::new(1);
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = Arc::clone(&attempts);
+    let (saw_tx, saw_rx) = mpsc::channel();
+    let program = pool
+        .asyncify(move |_: ()| {
+            if a.fetch_add(1, SeqCst) == 0 {
+                return 503u16;
+            }
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < HANG {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            saw_tx.send(is_cancelled()).unwrap();
+            200
+        })
+        .timeout(Duration::from_millis(60))
+        .retry(
+            Retry::new(2)
+                .backoff(Duration::from_millis(5), Duration::from_millis(5))
+                .jitter(false)
+                .retry_if(|s: &u16| *s == 503),
+        );
+    let err = wait(program.call(())).unwrap_err();
+    assert!(err.is_timed_out(), "{err:?}");
+    assert!(
+        saw_rx.recv_timeout(HANG).unwrap(),
+        "the second attempt ran on"
+    );
+    let stats = program.stats();
+    assert_eq!((stats.attempts, stats.retries, stats.timed_out), (2, 1, 1));
+}
+
+/// A timed call whose first attempt finds a full bounded queue still gets `TimedOut` at its
+/// deadline, while waiting for room.
+#[test]
+fn a_timed_call_waiting_for_room_still_times_out() {
+    let pool = bounded_pool(1, 1);
+    let (gate, _held) = occupy(&pool, 1);
+    let _filler = pool.spawn(|| ()); // the queue's one place
+    let program = pool.asyncify(|x: u8| x).timeout(Duration::from_millis(40));
+    let err = wait(program.call(1)).unwrap_err();
+    assert!(err.is_timed_out(), "{err:?}");
+    gate.open();
+    assert_eq!(wait(program.call(2)), Ok(2));
+}
+
+/// Thousands of timed calls that finish in time leave no entries behind: the pool's timer
+/// thread stays asleep, and a later short deadline still fires on time.
+#[test]
+fn finished_timed_calls_leave_the_timer_clean() {
+    let pool = WorkerPool::new(2);
+    let program = pool.asyncify(|x: u32| x).timeout(Duration::from_secs(3600));
+    let handles: Vec<_> = (0..5_000).map(|i| program.call(i)).collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(wait(h), Ok(i as u32));
+    }
+    let short = pool
+        .asyncify(|_: ()| {
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < HANG {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .timeout(Duration::from_millis(30));
+    assert!(wait(short.call(())).unwrap_err().is_timed_out());
+    assert_eq!(program.stats().timed_out, 0);
+}
+
+/// A running attempt cut off by its deadline, then its handle detached: the call is counted
+/// timed out once.
+#[test]
+fn a_detach_after_the_deadline_counts_one_timeout() {
+    let pool = WorkerPool::new(1);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let program = pool
+        .asyncify(move |_: ()| {
+            started_tx.send(()).unwrap();
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < HANG {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20)); // still running after the cut
+            done_tx.send(()).unwrap();
+        })
+        .timeout(Duration::from_millis(20));
+    let handle = program.call(());
+    started_rx.recv_timeout(HANG).unwrap();
+    spin_until("the deadline cut the call off", || handle.is_finished());
+    handle.detach();
+    done_rx.recv_timeout(HANG).unwrap();
+    wait(pool.spawn(|| ())).unwrap();
+    assert_eq!(program.stats().timed_out, 1);
+}
+
+/// A handle detached while an `AbortHandle` keeps the call alive: the deadline rings once, and
+/// the call is counted timed out once.
+#[test]
+fn a_detach_with_an_abort_handle_held_counts_one_timeout() {
+    let pool = WorkerPool::new(1);
+    let (done_tx, done_rx) = mpsc::channel();
+    let program = pool
+        .asyncify(move |_: ()| {
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < HANG {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            done_tx.send(is_cancelled()).unwrap();
+        })
+        .timeout(Duration::from_millis(30));
+    let handle = program.call(());
+    let abort = handle.abort_handle();
+    handle.detach();
+    assert!(
+        done_rx.recv_timeout(HANG).unwrap(),
+        "the deadline never cut it off"
+    );
+    spin_until("the timed-out call counted", || {
+        program.stats().timed_out >= 1
+    });
+    std::thread::sleep(Duration::from_millis(50)); // a second ring would count by now
+    assert_eq!(program.stats().timed_out, 1);
+    drop(abort);
+}
+
+/// A handle dropped while the retry classifier runs on the worker: no attempt is made for
+/// nobody.
+#[test]
+fn a_handle_dropped_during_the_classifier_gets_no_retry() {
+    let pool = WorkerPool::new(2);
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&runs);
+    let (in_classifier_tx, in_classifier_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let in_classifier_tx = std::sync::Mutex::new(in_classifier_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let program = pool
+        .asyncify(move |_: u32| {
+            r.fetch_add(1, SeqCst);
+            0u32
+        })
+        .retry(
+            Retry::new(3)
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .retry_if(move |_: &u32| {
+                    let _ = in_classifier_tx.lock().unwrap().send(());
+                    let _ = go_rx.lock().unwrap().recv_timeout(HANG);
+                    true
+                }),
+        );
+    let handle = program.call(1);
+    in_classifier_rx.recv_timeout(HANG).unwrap();
+    drop(handle);
+    go_tx.send(()).unwrap();
+    wait(pool.spawn(|| ())).unwrap();
+    wait(pool.spawn(|| ())).unwrap();
+    let stats = program.stats();
+    assert_eq!(
+        (runs.load(SeqCst), stats.attempts, stats.retries),
+        (1, 1, 0)
+    );
+}
+
+/// A queued call whose deadline passes is counted timed out at once (by the timer, or by the
+/// worker that takes it late), though its caller never polls it in between.
+#[test]
+fn a_timed_out_queued_call_is_counted_without_a_poll() {
+    let pool = WorkerPool::new(1);
+    let (gate, _held) = occupy(&pool, 1);
+    let program = pool.asyncify(|x: u8| x).timeout(Duration::from_millis(5));
+    let mut handle = program.call(1);
+    // Late enough that a worker taking it finds the deadline passed: the timer revokes it
+    // first, unless the worker gets there in the same instant; either way one count.
+    std::thread::sleep(Duration::from_millis(30));
+    gate.open();
+    wait(pool.spawn(|| ())).unwrap();
+    assert!(handle.is_finished());
+    assert_eq!(program.stats().timed_out, 1);
+    assert!(handle
+        .wait_timeout(HANG)
+        .unwrap()
+        .unwrap_err()
+        .is_timed_out());
+}
+
+/// An overload classifier that blocks holds no slot: another call of a limit of one runs
+/// meanwhile.
+#[test]
+fn a_blocking_overload_classifier_holds_no_slot() {
+    let pool = WorkerPool::new(2);
+    let (in_classifier_tx, in_classifier_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let in_classifier_tx = std::sync::Mutex::new(in_classifier_tx);
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let program = pool.asyncify(|x: u32| x).adaptive_concurrency(
+        1,
+        1,
+        asyncify_pool::Overload::when(move |x: &u32| {
+            if *x == 1 {
+                let _ = in_classifier_tx.lock().unwrap().send(());
+                let _ = go_rx.lock().unwrap().recv_timeout(HANG);
+            }
+            false
+        }),
+    );
+    let first = program.call(1);
+    in_classifier_rx.recv_timeout(HANG).unwrap();
+    let mut second = program.call(2);
+    let got = second.wait_timeout(Duration::from_secs(10));
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        got,
+        Some(Ok(2)),
+        "the second call waited for the first's classifier"
+    );
+    assert_eq!(wait(first), Ok(1));
+}
