@@ -367,3 +367,120 @@ fn a_blocking_overload_classifier_holds_no_slot() {
     );
     assert_eq!(wait(first), Ok(1));
 }
+
+/// A program whose first output the retry classifier holds until the test lets go, counting
+/// the classifier's runs and the program's.
+struct HeldClassifier {
+    in_classifier: mpsc::Receiver<()>,
+    go: mpsc::Sender<()>,
+    classified: Arc<AtomicU32>,
+    runs: Arc<AtomicU32>,
+}
+
+fn held_classifier(
+    pool: &WorkerPool,
+    timeout: Duration,
+) -> (
+    asyncify_pool::AsyncProgram<impl asyncify_pool::Program<u32, Output = u32>>,
+    HeldClassifier,
+) {
+    let (in_tx, in_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (in_tx, go_rx) = (std::sync::Mutex::new(in_tx), std::sync::Mutex::new(go_rx));
+    let classified = Arc::new(AtomicU32::new(0));
+    let runs = Arc::new(AtomicU32::new(0));
+    let (c, r) = (Arc::clone(&classified), Arc::clone(&runs));
+    let program = pool
+        .asyncify(move |_: u32| {
+            if r.fetch_add(1, SeqCst) == 0 {
+                503u32
+            } else {
+                200
+            }
+        })
+        .timeout(timeout)
+        .retry(
+            Retry::new(2)
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .retry_if(move |out: &u32| {
+                    if c.fetch_add(1, SeqCst) == 0 {
+                        let _ = in_tx.lock().unwrap().send(());
+                        let _ = go_rx.lock().unwrap().recv_timeout(HANG);
+                    }
+                    *out == 503
+                }),
+        );
+    let held = HeldClassifier {
+        in_classifier: in_rx,
+        go: go_tx,
+        classified,
+        runs,
+    };
+    (program, held)
+}
+
+/// An abort while the worker classifies the first output: the handle resolves to `Cancelled`,
+/// and no second attempt is made.
+#[test]
+fn an_abort_while_the_first_output_is_classified() {
+    let pool = WorkerPool::new(2);
+    let (program, held) = held_classifier(&pool, Duration::from_secs(600));
+    let handle = program.call(0);
+    let abort = handle.abort_handle();
+    held.in_classifier.recv_timeout(HANG).unwrap();
+    abort.abort();
+    held.go.send(()).unwrap();
+    assert!(wait(handle).unwrap_err().is_cancelled());
+    spin_until("the attempt returned", || abort.is_finished());
+    wait(pool.spawn(|| ())).unwrap();
+    let stats = program.stats();
+    assert_eq!(
+        (held.runs.load(SeqCst), stats.attempts, stats.retries),
+        (1, 1, 0)
+    );
+}
+
+/// The deadline while the worker classifies the first output: `TimedOut` at the deadline,
+/// counted once, and no second attempt.
+#[test]
+fn a_deadline_while_the_first_output_is_classified() {
+    let pool = WorkerPool::new(2);
+    let (program, held) = held_classifier(&pool, Duration::from_millis(30));
+    let handle = program.call(0);
+    held.in_classifier.recv_timeout(HANG).unwrap();
+    assert!(wait(handle).unwrap_err().is_timed_out());
+    assert_eq!(program.stats().timed_out, 1, "the caller found its timeout uncounted");
+    held.go.send(()).unwrap();
+    wait(pool.spawn(|| ())).unwrap();
+    wait(pool.spawn(|| ())).unwrap();
+    let stats = program.stats();
+    assert_eq!(
+        (held.runs.load(SeqCst), stats.attempts, stats.timed_out),
+        (1, 1, 1)
+    );
+}
+
+/// A detach while the worker classifies the first output: the call that adopts the attempt
+/// makes the retry, and no output is classified twice.
+#[test]
+fn a_detach_while_the_first_output_is_classified() {
+    let pool = WorkerPool::new(2);
+    let (program, held) = held_classifier(&pool, Duration::from_secs(600));
+    let handle = program.call(0);
+    held.in_classifier.recv_timeout(HANG).unwrap();
+    handle.detach();
+    held.go.send(()).unwrap();
+    spin_until("the retry ran", || held.runs.load(SeqCst) == 2);
+    spin_until("its output classified", || {
+        held.classified.load(SeqCst) == 2
+    });
+    wait(pool.spawn(|| ())).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        held.classified.load(SeqCst),
+        2,
+        "an output was classified twice"
+    );
+    let stats = program.stats();
+    assert_eq!((stats.attempts, stats.retries), (2, 1));
+}

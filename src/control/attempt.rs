@@ -16,6 +16,10 @@ pub(super) enum Step<O> {
     Done(O),
     /// The deadline had passed when a worker took the attempt: it did not run the program.
     Expired,
+    /// The program returned this, and the retry policy's classifier said whether it wants
+    /// another attempt (a direct call's first attempt that could not hand over: a call that
+    /// adopted it decides, without classifying again).
+    Judged(O, bool),
     /// A direct call's first attempt, which its retry policy wants another for: a driven call
     /// took over from it, and the caller's answer comes from that call.
     HandedOver,
@@ -34,7 +38,8 @@ pub(super) struct Attempt {
 
 impl Attempt {
     /// The job: `then(output)`, or `expired()` if the deadline had passed when it started (it
-    /// did not run the program).
+    /// did not run the program; the slot is back, and `expired` takes the adaptive limit's
+    /// sample of the timeout if it is the one to).
     ///
     /// After the program returns, the slot goes back with (unless the caller has let go
     /// meanwhile: [`is_cancelled`](crate::is_cancelled)) the adaptive limit's sample of the
@@ -60,9 +65,8 @@ impl Attempt {
             // One clock read for the deadline and the timing.
             let started = (timed || deadline.is_some()).then(Instant::now);
             if deadline.zip(started).is_some_and(|(d, now)| now >= d) {
-                if let Some(slot) = slot {
-                    slot.release((!crate::is_cancelled()).then_some(Sample::TimedOut));
-                }
+                // The slot goes back; `expired` (whoever owns the deadline) samples it.
+                drop(slot);
                 return expired();
             }
             let input = input();

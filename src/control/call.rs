@@ -71,13 +71,10 @@ where
     JobHandle::new(call, id)
 }
 
-/// Takes over a call after its first attempt ended with `outcome`, which its retry policy
-/// wants another attempt for (`input`: the original, kept for it).
-pub(super) fn retry<I, O, R>(
-    parts: Parts<R>,
-    input: I,
-    outcome: Result<O, JobError>,
-) -> Arc<dyn Continued<O>>
+/// A call to take over after a first attempt that the retry policy wants another for
+/// (`input`: the original, kept for it), not started: [`Continued::begin`] starts it with that
+/// attempt's outcome.
+pub(super) fn prepare<I, O, R>(parts: Parts<R>, input: I) -> Arc<dyn Continued<O>>
 where
     I: Send + 'static,
     O: Send + 'static,
@@ -87,9 +84,7 @@ where
         kept: Some(input),
         handle: None,
     };
-    let call = Call::new(parts, stage, 1, |_| {});
-    call.decide(outcome, true);
-    call
+    Call::new(parts, stage, 1, |_| {})
 }
 
 /// Takes over a call whose first attempt, `attempt`, is under way, with nobody waiting for it
@@ -152,6 +147,9 @@ pub(super) trait Continued<O>: Completion<O> + Abort + Send + Sync {
     /// From now on it keeps its deadline on the timer itself (the first attempt's handle is
     /// going: detached).
     fn keep_own_deadline(self: Arc<Self>);
+    /// Starts a [`prepare`]d call after a first attempt that ended with `outcome` (a backoff,
+    /// then the next attempt). Nothing if it has ended meanwhile.
+    fn begin(self: Arc<Self>, outcome: Result<O, JobError>);
     /// The pool closed: see [`Alarm::close`].
     fn pool_closed(self: Arc<Self>) -> bool;
 }
@@ -168,6 +166,10 @@ where
 
     fn keep_own_deadline(self: Arc<Self>) {
         self.keep_deadline();
+    }
+
+    fn begin(self: Arc<Self>, outcome: Result<O, JobError>) {
+        self.decide(outcome, true);
     }
 
     fn pool_closed(self: Arc<Self>) -> bool {
@@ -580,8 +582,14 @@ where
     /// An attempt ended with `result` (its job has given the slot back and made its samples):
     /// done, or another attempt after a backoff.
     fn attempt_ended(self: &Arc<Self>, result: Result<Attempted<O>, JobError>) {
+        let expired = matches!(result, Ok(Step::Expired));
+        let mut judged = None;
         let outcome = match result {
             Ok(Step::Done(out)) => Ok(out),
+            Ok(Step::Judged(out, retry)) => {
+                judged = Some(retry);
+                Ok(out)
+            }
             Ok(Step::Expired) => Err(JobError::timed_out()),
             Ok(Step::HandedOver) => {
                 // Another call took over from this first attempt (this one was adopted by a
@@ -599,9 +607,13 @@ where
             guard::drop("a discarded output", outcome);
             return;
         }
-        // User code (the classifier), before any lock.
+        if let (true, Some(limit)) = (expired, &self.controls.limit) {
+            limit.sample(Sample::TimedOut); // (the job gave its slot back)
+        }
+        // User code (the classifier, unless the attempt's job ran it), before any lock.
         let policy = self.controls.retry.as_ref();
-        let wants_another = policy.is_some_and(|p| p.wants_another(&outcome));
+        let wants_another =
+            judged.unwrap_or_else(|| policy.is_some_and(|p| p.wants_another(&outcome)));
         self.decide(outcome, wants_another);
     }
 

@@ -11,12 +11,21 @@
 //!
 //! # Handing over
 //!
-//! The alarm, an [`AbortHandle`](crate::AbortHandle), a stopping batch or a detach may act
-//! while the worker hands over. Each marks what it did in `events` and the hand-over marks
-//! `HANDED_OVER` there, each with one read-modify-write: whichever comes second sees the
-//! other's mark and passes the event on to the new call. So an event is never lost between
-//! the two. (A detach that comes first makes a call adopt the attempt itself; then the two
-//! share the original input, and whichever takes it makes the next attempt.)
+//! Who may act on a direct call: its caller (poll, drop, detach), an
+//! [`AbortHandle`](crate::AbortHandle), a stopping batch, the deadline's alarm, and the first
+//! attempt's job on its worker (expired, or handing over to a retry). Each marks what it does
+//! in `events` with one read-modify-write and acts on what it saw there, so in every race one
+//! side comes second and sees the other:
+//!
+//! * The hand-over takes the original input (`TAKEN`) only if no call adopted the attempt
+//!   (`ADOPTED`, by a detach), and a detach adopts only if the input was not taken: never
+//!   both. It then makes the new call, unstarted, and publishes it (`HANDED_OVER`) only if
+//!   nothing ended the call first (a deadline, an abort, a drop, a stop); only then does the
+//!   new call start. Refused, it is dropped unstarted and the attempt's output is the answer.
+//! * After `HANDED_OVER`, every event goes to the new call.
+//! * `DEADLINE` has one owner, who counts the timeout: the alarm (which cuts the attempt
+//!   off), the worker that finds the deadline passed as it starts the attempt, or a call that
+//!   adopted the attempt (with its own entry on the timer).
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Weak};
@@ -46,8 +55,12 @@ const HANDED_OVER: u8 = 8;
 const DETACHED: u8 = 16;
 /// The handle was dropped.
 const CANCELLED: u8 = 32;
-/// What ends the call (or leaves it to another): no hand-over after it.
-const ENDING: u8 = DEADLINE | ABORTED | STOP_ASKED | DETACHED | CANCELLED;
+/// The worker took the original input, to hand over to a retry.
+const TAKEN: u8 = 64;
+/// A call adopted the attempt (a detach): it has the input, the deadline and the verdict.
+const ADOPTED: u8 = 128;
+/// What ends the call, or leaves it to a call that adopted it: no hand-over after it.
+const ENDING: u8 = DEADLINE | ABORTED | STOP_ASKED | CANCELLED | ADOPTED;
 
 /// `entry` when the deadline has no entry on the timer.
 const NO_ENTRY: u64 = u64::MAX;
@@ -65,7 +78,7 @@ pub(super) struct Direct<I, O, R> {
     again: Option<Again<I, R>>,
     called: Option<Instant>,
     /// [`DEADLINE`], [`ABORTED`], [`STOP_ASKED`], [`HANDED_OVER`], [`DETACHED`],
-    /// [`CANCELLED`].
+    /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`].
     events: AtomicU8,
     /// The call that took over (set before [`HANDED_OVER`], never changed after).
     next: Mutex<Option<Arc<dyn Continued<O>>>>,
@@ -131,7 +144,8 @@ where
             .map_or_else(Captured::default, |a| a.captured.clone())
     }
 
-    /// The original input, if nobody has taken it for another attempt.
+    /// The original input, for a call that adopts the attempt (with a bounded queue's or a
+    /// detach's claim: the worker's hand-over then never takes it).
     pub(super) fn take_input(&self) -> Option<I> {
         self.again.as_ref().and_then(|a| lock(&a.input).take())
     }
@@ -161,29 +175,60 @@ where
         let (Some(again), Some(policy)) = (&self.again, &self.controls.retry) else {
             return Step::Done(out);
         };
-        let ending = || {
-            self.events.load(SeqCst) & ENDING != 0
-                || crate::is_cancelled()
-                || self.registry.is_closed()
-        };
-        // Looked at again after the classifier, which may take long. (Detached, the call that
-        // adopted this attempt classifies its output.)
-        if ending() || !policy.retries_output(&out) || ending() {
+        let ending = self.events.load(SeqCst) & ENDING != 0;
+        if ending || crate::is_cancelled() || self.registry.is_closed() {
             return Step::Done(out);
         }
-        let Some(input) = self.take_input() else {
-            return Step::Done(out);
+        // The classifier may take long: the events are looked at again after it.
+        let retry = policy.retries_output(&out);
+        if !retry || !self.claim(0, TAKEN) {
+            return Step::Judged(out, retry);
+        }
+        let Some(input) = lock(&again.input).take() else {
+            return Step::Done(out); // (not reached: only the claim takes it)
         };
-        let next = call::retry(self.parts(again), input, Ok(out));
-        self.hand_over(next);
+        let next = call::prepare(self.parts(again), input);
+        *lock(&self.next) = Some(Arc::clone(&next));
+        let Some(seen) = self.claim_seen(ENDING & !ADOPTED, HANDED_OVER) else {
+            // Ended meanwhile: the new call goes unstarted, and the output is the answer (cut
+            // off by the deadline or an abort, it goes to nobody).
+            let next = lock(&self.next).take();
+            guard::drop("a retry not made", next);
+            return Step::Judged(out, true);
+        };
+        if seen & DETACHED != 0 {
+            Arc::clone(&next).keep_own_deadline();
+            next.detach();
+        }
+        next.begin(Ok(out));
         Step::HandedOver
     }
 
+    /// Sets `bit` unless one of `unless` (or [`ENDING`]'s, with `0`) is set; true if it did.
+    fn claim(&self, unless: u8, bit: u8) -> bool {
+        self.claim_seen(if unless == 0 { ENDING } else { unless }, bit)
+            .is_some()
+    }
+
+    /// Sets `bit` unless one of `unless` is set: what was there before, or `None` if refused.
+    fn claim_seen(&self, unless: u8, bit: u8) -> Option<u8> {
+        self.events
+            .fetch_update(SeqCst, SeqCst, |e| (e & unless == 0).then_some(e | bit))
+            .ok()
+    }
+
     /// The attempt expired (its deadline had passed when a worker took it): counted on that
-    /// worker, whether or not the caller polls.
+    /// worker, whether or not the caller polls, unless the alarm cut it off first or a call
+    /// that adopted it counts it.
     pub(super) fn expired(me: &Weak<Self>) -> Step<O> {
         if let Some(me) = me.upgrade() {
-            Counts::add(&me.controls.counts.timed_out);
+            let seen = me.events.fetch_or(DEADLINE, SeqCst);
+            if seen & (DEADLINE | ADOPTED | HANDED_OVER) == 0 {
+                Counts::add(&me.controls.counts.timed_out);
+                if let Some(limit) = &me.controls.limit {
+                    limit.sample(Sample::TimedOut);
+                }
+            }
             guard::drop("a call", me);
         }
         Step::Expired
@@ -205,24 +250,6 @@ where
         lock(&self.next).clone()
     }
 
-    /// Makes `next` the call, and passes it what happened meanwhile (from the attempt's job,
-    /// which still runs: a deadline or an abort that came meanwhile cut that attempt off and
-    /// resolved the handle, so `next` only goes).
-    fn hand_over(&self, next: Arc<dyn Continued<O>>) {
-        *lock(&self.next) = Some(Arc::clone(&next));
-        let seen = self.events.fetch_or(HANDED_OVER, SeqCst);
-        if seen & (DEADLINE | ABORTED | CANCELLED) != 0 {
-            return next.cancel();
-        }
-        if seen & STOP_ASKED != 0 {
-            next.ask_to_stop();
-        }
-        if seen & DETACHED != 0 {
-            Arc::clone(&next).keep_own_deadline();
-            next.detach();
-        }
-    }
-
     fn parts(&self, again: &Again<I, R>) -> Parts<R> {
         Parts {
             registry: Arc::clone(&self.registry),
@@ -240,8 +267,12 @@ where
         result: Result<Step<O>, JobError>,
         cx: Option<&mut Context<'_>>,
     ) -> Poll<Result<O, JobError>> {
+        if !matches!(result, Ok(Step::HandedOver)) {
+            // The answer is the attempt's: the deadline is of no more use.
+            self.cancel_entry();
+        }
         match result {
-            Ok(Step::Done(out)) => Poll::Ready(Ok(out)),
+            Ok(Step::Done(out) | Step::Judged(out, _)) => Poll::Ready(Ok(out)),
             // It never started: its deadline had passed when a worker took it (counted there).
             Ok(Step::Expired) => Poll::Ready(Err(JobError::timed_out())),
             Ok(Step::HandedOver) => match self.next() {
@@ -301,7 +332,10 @@ where
     fn cancel(&self) {
         match self.mark(CANCELLED) {
             Some(next) => next.cancel(),
-            None => self.attempt().cancel(),
+            None => {
+                self.cancel_entry();
+                self.attempt().cancel();
+            }
         }
     }
 
@@ -333,7 +367,16 @@ where
         // The deadline is the adopting call's from now on (an `AbortHandle` may keep this one
         // alive): it must not ring here too.
         self.cancel_entry();
-        let seen = self.events.fetch_or(DETACHED, SeqCst);
+        let done = self.attempt().is_done();
+        // Adopt unless the call ended, the worker hands over, or the attempt is over.
+        let adoptable =
+            |e: u8| !done && e & (DEADLINE | ABORTED | CANCELLED | TAKEN | HANDED_OVER) == 0;
+        let seen = self
+            .events
+            .fetch_update(SeqCst, SeqCst, |e| {
+                Some(e | DETACHED | if adoptable(e) { ADOPTED } else { 0 })
+            })
+            .unwrap_or_else(|e| e);
         if seen & HANDED_OVER != 0 {
             if let Some(next) = lock(&self.next).clone() {
                 Arc::clone(&next).keep_own_deadline();
@@ -341,8 +384,8 @@ where
             }
             return;
         }
-        if seen & (DEADLINE | ABORTED) != 0 || self.attempt().is_done() {
-            // Ended (by the deadline, an abort, or its program): nothing more to do for it.
+        if !adoptable(seen) {
+            // Ended, over, or being handed over (the hand-over passes the detach on).
             return self.attempt().detach();
         }
         let parts = Parts {
@@ -355,6 +398,9 @@ where
         };
         let attempt = JobHandle::new(Arc::clone(self.attempt()), self.registry.id);
         let adopted = call::adopt(parts, self.take_input(), attempt);
+        if seen & STOP_ASKED != 0 {
+            adopted.ask_to_stop();
+        }
         adopted.detach();
     }
 
@@ -409,17 +455,29 @@ where
     /// The deadline: a queued attempt never starts, a running one is cut off; either way the
     /// handle resolves to `TimedOut` now, and an adaptive limit takes it as an overload.
     fn ring(self: Arc<Self>) {
-        if let Some(next) = self.mark(DEADLINE) {
-            return next.deadline_came();
+        let seen = self.events.fetch_or(DEADLINE, SeqCst);
+        if seen & HANDED_OVER != 0 {
+            if let Some(next) = lock(&self.next).clone() {
+                next.deadline_came();
+            }
+            return;
         }
-        if Arc::clone(self.attempt())
+        if seen & (DEADLINE | ADOPTED) != 0 {
+            return; // the worker found it expired, or the adopting call keeps the deadline
+        }
+        // Counted before the cut wakes the caller, who then finds it counted; taken back if
+        // the attempt had ended first.
+        let timed_out = &self.controls.counts.timed_out;
+        Counts::add(timed_out);
+        if !Arc::clone(self.attempt())
             .abort_target()
             .abort(Cut::TimedOut)
         {
-            Counts::add(&self.controls.counts.timed_out);
-            if let Some(limit) = &self.controls.limit {
-                limit.sample(Sample::TimedOut);
-            }
+            timed_out.fetch_sub(1, Relaxed);
+            return;
+        }
+        if let Some(limit) = &self.controls.limit {
+            limit.sample(Sample::TimedOut);
         }
     }
 
