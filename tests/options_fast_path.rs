@@ -449,7 +449,11 @@ fn a_deadline_while_the_first_output_is_classified() {
     let handle = program.call(0);
     held.in_classifier.recv_timeout(HANG).unwrap();
     assert!(wait(handle).unwrap_err().is_timed_out());
-    assert_eq!(program.stats().timed_out, 1, "the caller found its timeout uncounted");
+    assert_eq!(
+        program.stats().timed_out,
+        1,
+        "the caller found its timeout uncounted"
+    );
     held.go.send(()).unwrap();
     wait(pool.spawn(|| ())).unwrap();
     wait(pool.spawn(|| ())).unwrap();
@@ -483,4 +487,46 @@ fn a_detach_while_the_first_output_is_classified() {
     );
     let stats = program.stats();
     assert_eq!((stats.attempts, stats.retries), (2, 1));
+}
+
+/// An `AbortHandle` taken before a detach reaches the call that adopted the attempt: an abort
+/// during that call's backoff makes no more attempts.
+#[test]
+fn an_abort_reaches_the_call_that_adopted_a_detached_attempt() {
+    let pool = WorkerPool::new(1);
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&runs);
+    let release = Gate::new();
+    let rel = Arc::clone(&release);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let program = pool
+        .asyncify(move |_: ()| {
+            if r.fetch_add(1, SeqCst) == 0 {
+                started_tx.send(()).unwrap();
+                rel.wait();
+                ended_tx.send(()).unwrap();
+            }
+            503u16
+        })
+        .retry(
+            Retry::new(3)
+                .backoff(Duration::from_millis(200), Duration::from_millis(200))
+                .jitter(false)
+                .retry_if(|s: &u16| *s == 503),
+        );
+    let handle = program.call(());
+    let abort = handle.abort_handle();
+    started_rx.recv_timeout(HANG).unwrap();
+    handle.detach(); // the first attempt still runs: a call adopts it
+    release.open();
+    ended_rx.recv_timeout(HANG).unwrap();
+    // Into the adopting call's backoff (200 ms): the first attempt's cell is done by now.
+    std::thread::sleep(Duration::from_millis(50));
+    abort.abort();
+    spin_until("the call ended", || abort.is_finished());
+    std::thread::sleep(Duration::from_millis(400)); // past the backoff
+    wait(pool.spawn(|| ())).unwrap();
+    assert_eq!(runs.load(SeqCst), 1, "the aborted call kept retrying");
+    assert_eq!(program.stats().attempts, 1);
 }

@@ -276,7 +276,13 @@ where
             // It never started: its deadline had passed when a worker took it (counted there).
             Ok(Step::Expired) => Poll::Ready(Err(JobError::timed_out())),
             Ok(Step::HandedOver) => match self.next() {
-                Some(next) => next.poll_done(cx),
+                Some(next) => {
+                    let answer = next.poll_done(cx);
+                    if answer.is_ready() {
+                        self.cancel_entry();
+                    }
+                    answer
+                }
                 None => unreachable!("a call takes over before the attempt says so"),
             },
             Err(e) => Poll::Ready(Err(e)),
@@ -310,7 +316,11 @@ where
 {
     fn poll_done(&self, mut cx: Option<&mut Context<'_>>) -> Poll<Result<O, JobError>> {
         if let Some(next) = self.next() {
-            return next.poll_done(cx);
+            let answer = next.poll_done(cx);
+            if answer.is_ready() {
+                self.cancel_entry();
+            }
+            return answer;
         }
         match self.attempt().poll_done(cx.as_deref_mut()) {
             Poll::Pending => Poll::Pending,
@@ -330,12 +340,10 @@ where
     }
 
     fn cancel(&self) {
+        self.cancel_entry();
         match self.mark(CANCELLED) {
             Some(next) => next.cancel(),
-            None => {
-                self.cancel_entry();
-                self.attempt().cancel();
-            }
+            None => self.attempt().cancel(),
         }
     }
 
@@ -378,7 +386,8 @@ where
             })
             .unwrap_or_else(|e| e);
         if seen & HANDED_OVER != 0 {
-            if let Some(next) = lock(&self.next).clone() {
+            let next = lock(&self.next).clone(); // (the lock is not held past this line)
+            if let Some(next) = next {
                 Arc::clone(&next).keep_own_deadline();
                 next.detach();
             }
@@ -398,6 +407,12 @@ where
         };
         let attempt = JobHandle::new(Arc::clone(self.attempt()), self.registry.id);
         let adopted = call::adopt(parts, self.take_input(), attempt);
+        // Published, so that an `AbortHandle` (or a stopping batch) reaches it from now on.
+        *lock(&self.next) = Some(Arc::clone(&adopted));
+        let seen = self.events.fetch_or(HANDED_OVER, SeqCst);
+        if seen & ABORTED != 0 {
+            adopted.abort(Cut::Cancelled);
+        }
         if seen & STOP_ASKED != 0 {
             adopted.ask_to_stop();
         }
@@ -457,13 +472,16 @@ where
     fn ring(self: Arc<Self>) {
         let seen = self.events.fetch_or(DEADLINE, SeqCst);
         if seen & HANDED_OVER != 0 {
-            if let Some(next) = lock(&self.next).clone() {
+            let next = lock(&self.next).clone(); // (the lock is not held past this line)
+            if let Some(next) = next {
                 next.deadline_came();
             }
             return;
         }
-        if seen & (DEADLINE | ADOPTED) != 0 {
-            return; // the worker found it expired, or the adopting call keeps the deadline
+        if seen & (DEADLINE | ADOPTED | CANCELLED) != 0 {
+            // The worker found it expired, the adopting call keeps the deadline, or nobody
+            // waits for the call any more.
+            return;
         }
         // Counted before the cut wakes the caller, who then finds it counted; taken back if
         // the attempt had ended first.
