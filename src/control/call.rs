@@ -101,6 +101,7 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
+    // Not polled yet: the caller publishes it first (see `Continued::start`).
     adopted(parts, input, attempt)
 }
 
@@ -116,7 +117,9 @@ where
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
     let id = parts.registry.id;
-    JobHandle::new(adopted(parts, input, attempt), id)
+    let call = adopted(parts, input, attempt);
+    call.poll_attempt();
+    JobHandle::new(call, id)
 }
 
 fn adopted<I, O, R>(
@@ -135,11 +138,10 @@ where
     };
     let call = Call::new(parts, stage, 1, |_| {});
     call.keep_deadline();
-    call.poll_attempt();
     call
 }
 
-/// A call taken over after its first attempt (see [`retry`], [`adopt`]): what the handle of
+/// A call taken over after its first attempt (see [`prepare`], [`adopt`]): what the handle of
 /// that attempt passes on to it.
 pub(super) trait Continued<O>: Completion<O> + Abort + Send + Sync {
     /// Its deadline came (the first attempt's handle keeps the entry on the timer).
@@ -150,6 +152,9 @@ pub(super) trait Continued<O>: Completion<O> + Abort + Send + Sync {
     /// Starts a [`prepare`]d call after a first attempt that ended with `outcome` (a backoff,
     /// then the next attempt). Nothing if it has ended meanwhile.
     fn begin(self: Arc<Self>, outcome: Result<O, JobError>);
+    /// Starts an [`adopt`]ed call: it becomes its attempt's waker (and decides when that
+    /// attempt ends).
+    fn start(self: Arc<Self>);
     /// The pool closed: see [`Alarm::close`].
     fn pool_closed(self: Arc<Self>) -> bool;
 }
@@ -170,6 +175,10 @@ where
 
     fn begin(self: Arc<Self>, outcome: Result<O, JobError>) {
         self.decide(outcome, true);
+    }
+
+    fn start(self: Arc<Self>) {
+        self.poll_attempt();
     }
 
     fn pool_closed(self: Arc<Self>) -> bool {

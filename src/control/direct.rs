@@ -7,7 +7,7 @@
 //! (a queued one never starts, a running one sees `is_cancelled()`; the handle resolves to
 //! `TimedOut` at once); the retry policy looks at the output on the worker, at the end of the
 //! attempt's job. Only if it wants another attempt, or if the handle is detached, does a
-//! [`call`](super::call) take over, for the attempts after the first.
+//! [`call`] take over, for the attempts after the first.
 //!
 //! # Handing over
 //!
@@ -417,6 +417,8 @@ where
             adopted.ask_to_stop();
         }
         adopted.detach();
+        // Only now may it decide (and retry): what came first has reached it.
+        adopted.start();
     }
 
     fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
@@ -456,6 +458,8 @@ where
     fn is_finished(&self) -> bool {
         match self.next() {
             Some(next) => next.is_finished(),
+            // Adopted, not yet published: the adopting call may still retry.
+            None if self.events.load(SeqCst) & ADOPTED != 0 => false,
             None => Arc::clone(self.attempt()).abort_target().is_finished(),
         }
     }

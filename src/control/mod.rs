@@ -3,23 +3,28 @@
 //!
 //! # How a controlled call moves
 //!
-//! A call of a program with options is a [`call::Call`]: the caller's handle, and the driver of
-//! the pool jobs it makes, one per attempt. It moves through gates, each of which it may have
-//! to wait at, holding no worker:
+//! A call of a program with options passes gates, each of which it may have to wait at,
+//! holding no worker:
 //!
 //! 1. a slot of the program's concurrency limit ([`limit`]), waiting in that limit's line;
 //! 2. a token of its rate limit ([`rate`]), waiting in that limiter's line;
-//! 3. an attempt: an ordinary job of the pool, under the caller's captured context, holding
-//!    the slot until it ends;
+//! 3. an attempt ([`attempt`]): an ordinary job of the pool, under the caller's captured
+//!    context, holding the slot until it ends;
 //! 4. after the attempt, a verdict: done, or (by the [`retry`] policy) a backoff on the pool's
 //!    timer and back to 1.
+//!
+//! [`start`] takes the shortest way that keeps the options: a call that passes its gates at
+//! once is its first attempt's own job (no deadline, no retry policy), or a thin handle over
+//! that job ([`direct`]) that keeps the deadline and hands over to a driven call if the policy
+//! wants another attempt. A call that must wait is driven from the start ([`call`]).
 //!
 //! The deadline, if any, is an entry on the pool's timer from the call on: when it rings the
 //! call ends with `TimedOut` wherever it is (a queued attempt never starts, a running one sees
 //! `is_cancelled()`). At the pool's close every wait outside the queue ends.
 //!
-//! Files: [`call`] (the driver of a call's attempts), [`limit`] and [`rate`] (the gates),
-//! [`line`] (how waiters leave a gate's line), [`retry`] (the policy and its backoff),
+//! Files: [`start`] (the way a call takes), [`attempt`] (an attempt's job), [`direct`] (the
+//! thin handle), [`call`] (the driver of a call's attempts), [`limit`] and [`rate`] (the
+//! gates), [`line`] (how waiters leave a gate's line), [`retry`] (the policy and its backoff),
 //! [`deadline`] (the deadline in force inside a call), [`stats`] (what a program counts).
 //!
 //! Locks: a call's own state, then a line's (a limit's or a limiter's), then the timer's, in

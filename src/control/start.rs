@@ -2,12 +2,12 @@
 //! that keeps its options.
 //!
 //! * It has to wait at a gate (no slot free, no token), its deadline has passed already, or
-//!   its first attempt waits for room in a bounded queue: a [`call`](super::call), the driver
+//!   its first attempt waits for room in a bounded queue: a [`call`], the driver
 //!   that waits holding no worker and makes every attempt.
 //! * Otherwise, with neither a deadline nor a retry policy: the caller's handle is the
 //!   attempt's own, a job like a plain call's (the attempt's job gives the slot back and makes
 //!   the samples).
-//! * Otherwise: a [`direct`](super::direct) handle on the first attempt, which keeps the
+//! * Otherwise: a [`direct`] handle on the first attempt, which keeps the
 //!   deadline and hands over to a call if the policy wants another attempt.
 
 use std::sync::Arc;
