@@ -601,8 +601,8 @@ where
             }
             Ok(Step::Expired) => Err(JobError::timed_out()),
             Ok(Step::HandedOver) => {
-                // Another call took over from this first attempt (this one was adopted by a
-                // detached handle meanwhile, and has nobody to answer).
+                // Not reached: an attempt a call adopted never hands over (`direct`'s claims
+                // exclude each other). Were it to, the other call would answer: this one ends.
                 let st = self.lock();
                 if matches!(st.stage, Stage::Attempt { .. }) {
                     self.end(st, Err(JobError::cancelled()));

@@ -511,3 +511,35 @@ where
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{Retry, WorkerPool};
+    use std::time::Duration;
+
+    /// Every way a direct call ends takes its deadline's entry off the timer: answered,
+    /// answered and retried, dropped before its answer, detached, aborted.
+    #[test]
+    fn no_entry_stays_behind_an_ended_call() {
+        let pool = WorkerPool::new(2);
+        let timer = &pool.registry().timer;
+        let timed = pool.asyncify(|x: u32| x).timeout(Duration::from_secs(3600));
+        let retried = timed.retry(Retry::new(2).retry_if(|x: &u32| *x == 7));
+        let handles: Vec<_> = (0..500).map(|i| timed.call(i)).collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.wait(), Ok(i as u32));
+        }
+        assert_eq!(retried.call(7).wait(), Ok(7));
+        drop(timed.call(1));
+        timed.call(2).detach();
+        let handle = timed.call(3);
+        handle.abort_handle().abort();
+        let _ = handle.wait();
+        // A detached call's entry goes once its attempt ends (it is another call's then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while timer.len() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(timer.len(), 0, "entries stayed on the timer");
+    }
+}

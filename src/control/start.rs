@@ -142,7 +142,10 @@ where
                 deadline,
                 called,
             };
-            call::adopt_handle(parts, direct.take_input(), waiting_for_room)
+            let handle = call::adopt_handle(parts, direct.take_input(), waiting_for_room);
+            // Its last owner, with the program and the context in it: through the guard.
+            guard::drop("a call", direct);
+            handle
         }
     }
 }

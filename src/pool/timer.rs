@@ -164,9 +164,9 @@ impl Timer {
         }
     }
 
-    /// The number of entries waiting (for tests).
+    /// The number of entries waiting (for tests: none may stay behind a call that ended).
     #[cfg(all(test, not(loom)))]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         lock(&self.shared.state).entries.len()
     }
 
