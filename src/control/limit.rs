@@ -11,6 +11,22 @@
 //! (one more per round trip's worth of successes, a cut on loss) with the 0.9 cut of Netflix's
 //! AIMD limit: the limit settles just above what the backend serves, and follows it down at
 //! once and up again within a few round trips.
+//!
+//! # Protocol
+//!
+//! A call takes a slot with one compare-and-swap of `in_flight` against `limit`, and gives it
+//! back with one decrement: neither takes a lock while nobody waits. The line is behind a lock,
+//! and `waiting` mirrors its length. A call that finds no slot joins the line, writes
+//! `waiting`, and then, if it is the first in the line, tries once more; a slot given back
+//! decrements `in_flight` and then reads `waiting`, and lets the line in (under its lock) if it
+//! is not 0. The two sides write one atomic and read the other with a `SeqCst` fence in
+//! between, the Dekker pattern: either the second try finds the slot or the releaser sees the
+//! waiter (the model below checks it). While the line is not empty, every slot given back
+//! looks at it, so a waiter behind the first is reached too. A call that finds the line not
+//! empty joins it, so waiters keep their order against later calls.
+//!
+//! The limit moves under the line's lock (a raise lets waiters in); good samples are counted
+//! without it, and only the one that completes a raise's count takes it.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -21,7 +37,9 @@ use std::time::Duration;
 use super::{erase, Classifier, Classify, Grant, Waiter};
 use crate::guard;
 use crate::limits::ADAPTIVE_BACKOFF_RATIO;
-use crate::sync::{lock, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
+
+use crate::sync::{fence, lock, AtomicUsize, Mutex};
 
 /// The overload signal of [`AsyncProgram::adaptive_concurrency`](crate::AsyncProgram::adaptive_concurrency):
 /// which ended attempts tell that the backend has more than it can take. A call that timed out
@@ -115,16 +133,17 @@ pub(crate) enum Sample<'a> {
 }
 
 pub(crate) struct Limit {
-    state: Mutex<State>,
-    adaptive: Option<(usize, usize, Signal)>,
-}
-
-struct State {
-    limit: usize,
-    in_flight: usize,
+    /// Slots taken: attempts queued or running.
+    in_flight: AtomicUsize,
+    /// The limit now (written under `line`'s lock, read anywhere).
+    limit: AtomicUsize,
     /// Good samples towards the next increase.
-    good: usize,
-    line: VecDeque<Weak<dyn Waiter>>,
+    good: AtomicUsize,
+    /// How many entries the line holds (some may have gone), written under its lock: a slot
+    /// given back looks at the line only when it is not 0.
+    waiting: AtomicUsize,
+    line: Mutex<VecDeque<Weak<dyn Waiter>>>,
+    adaptive: Option<(usize, usize, Signal)>,
 }
 
 /// What leaves a line at once: waiters let in with their slots, and waiters that had gone.
@@ -188,22 +207,21 @@ impl Limit {
 
     fn with(limit: usize, adaptive: Option<(usize, usize, Signal)>) -> Self {
         Limit {
-            state: Mutex::new(State {
-                limit,
-                in_flight: 0,
-                good: 0,
-                line: VecDeque::new(),
-            }),
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            good: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            line: Mutex::new(VecDeque::new()),
             adaptive,
         }
     }
 
     pub(crate) fn current(&self) -> usize {
-        lock(&self.state).limit
+        self.limit.load(SeqCst)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.state).in_flight
+        self.in_flight.load(SeqCst)
     }
 
     /// True for an adaptive limit whose signal looks at how long attempts ran.
@@ -213,49 +231,75 @@ impl Limit {
             .is_some_and(|(_, _, signal)| signal.slower_than.is_some())
     }
 
+    /// Takes a slot if one is free under the limit now.
+    fn claim(&self) -> bool {
+        self.in_flight
+            .fetch_update(SeqCst, SeqCst, |n| {
+                (n < self.limit.load(SeqCst)).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// A slot now, or `None`: `waiter` is in the line and will be admitted with one.
     pub(crate) fn acquire(self: &Arc<Self>, waiter: Weak<dyn Waiter>) -> Option<Slot> {
-        let mut state = lock(&self.state);
-        if state.line.is_empty() && state.in_flight < state.limit {
-            state.in_flight += 1;
+        let mut line = lock(&self.line);
+        if line.is_empty() && self.claim() {
             return Some(Slot::of(self));
         }
-        state.line.push_back(waiter);
+        line.push_back(waiter);
+        // ORDERING: the waiter's half of the Dekker pattern (see the module docs). A slot
+        // given back before the fence may not have seen the line: the first in it claims the
+        // slot now.
+        self.waiting.store(line.len(), SeqCst);
+        fence(SeqCst);
+        if line.len() == 1 && self.claim() {
+            // Only the `Weak` comes out: no user value is dropped under the lock.
+            line.pop_front();
+            self.waiting.store(0, SeqCst);
+            return Some(Slot::of(self));
+        }
         None
     }
 
     /// A slot now if one is free and nobody waits for it; `None` (joining no line) if not.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let mut state = lock(&self.state);
-        if state.line.is_empty() && state.in_flight < state.limit {
-            state.in_flight += 1;
-            return Some(Slot::of(self));
-        }
-        None
+        (self.waiting.load(SeqCst) == 0 && self.claim()).then(|| Slot::of(self))
     }
 
-    /// A slot came back: the next waiters are let in.
+    /// A slot came back: the next waiters are let in, if any wait.
     fn give_back(self: &Arc<Self>) {
-        self.settle(true, None);
+        // ORDERING: the releaser's half of the Dekker pattern (see the module docs).
+        self.in_flight.fetch_sub(1, SeqCst);
+        fence(SeqCst);
+        if self.waiting.load(SeqCst) > 0 {
+            let admitted = self.admit(&mut lock(&self.line));
+            Limit::hand_out(admitted);
+        }
     }
 
     /// Takes the live waiters the limit lets in now out of the line, each with its slot.
-    fn admit(self: &Arc<Self>, state: &mut State) -> Admitted {
+    fn admit(self: &Arc<Self>, line: &mut VecDeque<Weak<dyn Waiter>>) -> Admitted {
         let mut admitted = Admitted::default();
-        while state.in_flight < state.limit {
-            let Some(next) = state.line.pop_front() else {
-                break;
-            };
+        // The slot is claimed before a waiter is looked at: an upgraded waiter left in the
+        // line would drop under the lock, and it may be a call's last owner.
+        while !line.is_empty() && self.claim() {
+            let next = line.pop_front().expect("not empty");
             match next.upgrade() {
                 Some(waiter) if !waiter.is_gone() => {
-                    state.in_flight += 1;
                     admitted.next.push((waiter, Slot::of(self)));
                 }
-                // Possibly the call's last owner, holding user values: dropped after the lock.
-                Some(gone) => admitted.gone.push(gone),
-                None => {}
+                other => {
+                    // Nobody to let in: the slot goes back. Whoever gives back a slot now
+                    // sees the line (`waiting` is not 0 until the store below) and waits for
+                    // this lock.
+                    self.in_flight.fetch_sub(1, SeqCst);
+                    // Possibly the call's last owner, holding user values: dropped after the
+                    // lock.
+                    admitted.gone.extend(other);
+                }
             }
         }
+        self.waiting.store(line.len(), SeqCst);
         admitted
     }
 
@@ -268,9 +312,49 @@ impl Limit {
     /// An attempt ended: for an adaptive limit, move it. Classifies (user code) first, with no
     /// lock held.
     pub(crate) fn sample(self: &Arc<Self>, sample: Sample<'_>) {
-        if let Some(overloaded) = self.overloaded(sample) {
-            self.settle(false, Some(overloaded));
+        let Some((min, max, _)) = &self.adaptive else {
+            return;
+        };
+        let Some(overloaded) = self.overloaded(sample) else {
+            return;
+        };
+        if !overloaded {
+            // A good sample counts while the limit is in use; one in `limit` of them (the one
+            // that completes the count) raises it, under the line's lock.
+            let limit = self.limit.load(SeqCst);
+            let in_use = (self.in_flight.load(SeqCst) + 1).saturating_mul(2) >= limit;
+            if !in_use || self.good.fetch_add(1, SeqCst) + 1 < limit {
+                return;
+            }
         }
+        let (moved, admitted) = {
+            let mut line = lock(&self.line);
+            let before = self.limit.load(SeqCst);
+            let after = if overloaded {
+                let cut = (before as f64 * ADAPTIVE_BACKOFF_RATIO) as usize;
+                self.good.store(0, SeqCst);
+                cut.min(before.saturating_sub(1)).max(*min)
+            } else if self.good.load(SeqCst) >= before {
+                self.good.store(0, SeqCst);
+                before.saturating_add(1).min(*max)
+            } else {
+                // Another sample raised it meanwhile.
+                before
+            };
+            self.limit.store(after, SeqCst);
+            let admitted = if after > before {
+                self.admit(&mut line)
+            } else {
+                Admitted::default()
+            };
+            ((before != after).then_some(after), admitted)
+        };
+        if let Some(limit) = moved {
+            guard::quietly("a tracing subscriber", || {
+                tracing::debug!(target: "asyncify_pool::adaptive", limit, "adaptive concurrency limit moved");
+            });
+        }
+        Limit::hand_out(admitted);
     }
 
     /// What `sample` says of the backend: overloaded or not (`None` for a fixed limit). Runs
@@ -287,42 +371,6 @@ impl Limit {
                         .is_some_and(|c| guard::call(|| c(out)).unwrap_or(false))
             }
         })
-    }
-
-    /// Under one lock: a slot back (`give_back`), the limit moved by a verdict, the next
-    /// waiters let in.
-    fn settle(self: &Arc<Self>, give_back: bool, overloaded: Option<bool>) {
-        let (moved, admitted) = {
-            let mut state = lock(&self.state);
-            if give_back {
-                state.in_flight -= 1;
-            }
-            let moved = match (&self.adaptive, overloaded) {
-                (Some((min, max, _)), Some(overloaded)) => {
-                    let before = state.limit;
-                    if overloaded {
-                        let cut = (before as f64 * ADAPTIVE_BACKOFF_RATIO) as usize;
-                        state.limit = cut.min(before.saturating_sub(1)).max(*min);
-                        state.good = 0;
-                    } else if (state.in_flight + 1).saturating_mul(2) >= before {
-                        state.good += 1;
-                        if state.good >= before {
-                            state.good = 0;
-                            state.limit = before.saturating_add(1).min(*max);
-                        }
-                    }
-                    (before != state.limit).then_some(state.limit)
-                }
-                _ => None,
-            };
-            (moved, self.admit(&mut state))
-        };
-        if let Some(limit) = moved {
-            guard::quietly("a tracing subscriber", || {
-                tracing::debug!(target: "asyncify_pool::adaptive", limit, "adaptive concurrency limit moved");
-            });
-        }
-        Limit::hand_out(admitted);
     }
 }
 
@@ -394,5 +442,98 @@ mod tests {
         fn registry(&self) -> &Arc<crate::pool::Registry> {
             unreachable!("never in a line in these tests")
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The slot hand-off without a lock, checked over every interleaving (`.ci/loom`).
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::thread;
+
+    /// A waiter that keeps the slot it is admitted with.
+    struct Keeper {
+        admitted: AtomicBool,
+        slot: Mutex<Option<Slot>>,
+    }
+
+    impl Keeper {
+        fn new() -> Arc<Self> {
+            Arc::new(Keeper {
+                admitted: AtomicBool::new(false),
+                slot: Mutex::new(None),
+            })
+        }
+    }
+
+    impl Waiter for Keeper {
+        fn admit(self: Arc<Self>, grant: Grant) {
+            if let Grant::Slot(slot) = grant {
+                *lock(&self.slot) = Some(slot);
+            }
+            self.admitted.store(true, SeqCst);
+        }
+        fn is_gone(&self) -> bool {
+            false
+        }
+        fn registry(&self) -> &Arc<crate::pool::Registry> {
+            unreachable!("no pool in these models")
+        }
+    }
+
+    fn weak(keeper: &Arc<Keeper>) -> Weak<dyn Waiter> {
+        let waiter: Arc<dyn Waiter> = keeper.clone();
+        Arc::downgrade(&waiter)
+    }
+
+    /// The only slot is given back while a call that found none joins the line: either its
+    /// second try takes the slot or the releaser lets it in; never neither (it would wait
+    /// forever), never both, and the count stays within the limit.
+    #[test]
+    fn a_slot_given_back_reaches_a_call_joining_the_line() {
+        loom::model(|| {
+            let limit = Limit::fixed(1);
+            let held = limit.try_acquire().expect("a free slot");
+            let releaser = thread::spawn(move || drop(held));
+            let keeper = Keeper::new();
+            let now = limit.acquire(weak(&keeper));
+            releaser.join().unwrap();
+            let admitted = keeper.admitted.load(SeqCst);
+            assert!(
+                now.is_some() != admitted,
+                "now: {}, admitted: {admitted}",
+                now.is_some()
+            );
+            assert_eq!(limit.in_flight(), 1);
+            drop(now);
+            drop(lock(&keeper.slot).take());
+            assert_eq!(limit.in_flight(), 0);
+        });
+    }
+
+    /// Two calls wait behind a full limit of two while both slots are given back by two
+    /// threads: both calls get a slot (the second perhaps at once, if the line emptied before
+    /// it came), and exactly two are taken.
+    #[test]
+    fn every_waiter_behind_the_first_is_reached() {
+        loom::model(|| {
+            let limit = Limit::fixed(2);
+            let held = [(); 2].map(|_| limit.try_acquire().expect("a free slot"));
+            let first = Keeper::new();
+            let second = Keeper::new();
+            assert!(limit.acquire(weak(&first)).is_none());
+            let releasers = held.map(|slot| thread::spawn(move || drop(slot)));
+            let now = limit.acquire(weak(&second));
+            for r in releasers {
+                r.join().unwrap();
+            }
+            assert!(first.admitted.load(SeqCst), "the first waiter was missed");
+            assert!(
+                now.is_some() != second.admitted.load(SeqCst),
+                "the second waiter was missed, or served twice"
+            );
+            assert_eq!(limit.in_flight(), 2);
+        });
     }
 }
