@@ -77,7 +77,9 @@ pub type BoxProgramService<I, O> = ProgramService<dyn Program<I, Output = O>>;
 /// let pool = asyncify_pool::WorkerPool::builder().threads(1).queue_capacity(1).build().unwrap();
 /// let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
 /// let g = gate.clone();
-/// let _busy = pool.spawn(move || { g.wait(); });     // occupies the one worker
+/// let (started_tx, started) = std::sync::mpsc::channel();
+/// let _busy = pool.spawn(move || { started_tx.send(()).unwrap(); g.wait(); });
+/// started.recv().unwrap();                           // the one worker is busy
 /// let _queued = pool.spawn(|| ());                   // fills the one queue slot
 ///
 /// let mut service = pool.asyncify(|x: u8| x).service();
