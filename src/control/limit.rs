@@ -23,7 +23,9 @@
 //! between, the Dekker pattern: either the second try finds the slot or the releaser sees the
 //! waiter (the model below checks it). While the line is not empty, every slot given back
 //! looks at it, so a waiter behind the first is reached too. A call that finds the line not
-//! empty joins it, so waiters keep their order against later calls.
+//! empty joins it, and a call that takes a slot without joining (the short way) looks at the
+//! line after its claim and gives the slot back if anyone waits, so waiters keep their order
+//! against later calls.
 //!
 //! The limit moves under the line's lock (a raise lets waiters in); good samples are counted
 //! without it, and only the one that completes a raise's count takes it.
@@ -263,7 +265,18 @@ impl Limit {
 
     /// A slot now if one is free and nobody waits for it; `None` (joining no line) if not.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        (self.waiting.load(SeqCst) == 0 && self.claim()).then(|| Slot::of(self))
+        if !self.claim() {
+            return None;
+        }
+        // Claimed first, the line looked at after (with a fence, as a slot given back does):
+        // a call that joined the line before may be what this slot was given back for, and
+        // keeps its place ahead of this one.
+        fence(SeqCst);
+        if self.waiting.load(SeqCst) != 0 {
+            self.give_back();
+            return None;
+        }
+        Some(Slot::of(self))
     }
 
     /// A slot came back: the next waiters are let in, if any wait.
@@ -335,7 +348,10 @@ impl Limit {
                 self.good.store(0, SeqCst);
                 cut.min(before.saturating_sub(1)).max(*min)
             } else if self.good.load(SeqCst) >= before {
-                self.good.store(0, SeqCst);
+                // Samples counted while this one waited for the lock count towards the next.
+                let _ = self
+                    .good
+                    .fetch_update(SeqCst, SeqCst, |g| Some(g.saturating_sub(before)));
                 before.saturating_add(1).min(*max)
             } else {
                 // Another sample raised it meanwhile.
@@ -509,6 +525,35 @@ mod loom_tests {
             drop(now);
             drop(lock(&keeper.slot).take());
             assert_eq!(limit.in_flight(), 0);
+        });
+    }
+
+    /// A call on the short way (`try_acquire`) races a slot given back and a call joining the
+    /// line: whatever it gets, the call in the line is not left waiting behind a free slot.
+    #[test]
+    fn the_short_way_leaves_no_waiter_behind_a_free_slot() {
+        loom::model(|| {
+            let limit = Limit::fixed(1);
+            let held = limit.try_acquire().expect("a free slot");
+            let releaser = thread::spawn(move || drop(held));
+            let short = {
+                let limit = Arc::clone(&limit);
+                thread::spawn(move || limit.try_acquire())
+            };
+            let keeper = Keeper::new();
+            let now = limit.acquire(weak(&keeper));
+            releaser.join().unwrap();
+            if let Some(slot) = short.join().unwrap() {
+                // It took the slot: the waiter has none yet, and gets it when this goes back.
+                assert!(now.is_none() && !keeper.admitted.load(SeqCst));
+                assert_eq!(limit.in_flight(), 1);
+                drop(slot);
+            }
+            assert!(
+                now.is_some() != keeper.admitted.load(SeqCst),
+                "the waiter was missed, or served twice"
+            );
+            assert_eq!(limit.in_flight(), 1);
         });
     }
 
