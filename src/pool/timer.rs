@@ -4,11 +4,19 @@
 //!
 //! # Protocol
 //!
-//! Entries sit in a map ordered by time, each a `Weak` alarm (a wait whose owner is gone rings
-//! nothing) with a key to take it out again. The timer thread rings what is due, outside the
-//! lock, then sleeps on a condition variable until the earliest entry (or, with none, until
-//! told). The thread is started on the pool's first entry, so a pool that never waits for time
-//! has none.
+//! An entry is a `Weak` alarm (a wait whose owner is gone rings nothing) in a slot of a slab,
+//! and its key names the slot and the slot's generation, so that a key whose entry has rung or
+//! been cancelled takes out nothing (not the entry that reuses the slot). A min-heap orders the
+//! entries by time (then by when they were made). Cancelling empties the slot at once and leaves
+//! the heap alone; the stale heap entry is dropped when it comes to the top, or when stale ones
+//! outnumber the live and the heap is rebuilt. So neither making an entry nor cancelling one
+//! allocates once the slab and the heap have grown to the pool's load: a call with a deadline
+//! that ends in time costs a heap push (at the bottom, for deadlines that come in order) and a
+//! slot emptied.
+//!
+//! The timer thread rings what is due, outside the lock, then sleeps on a condition variable
+//! until the earliest entry (or, with none, until told). The thread is started on the pool's
+//! first entry, so a pool that never waits for time has none.
 //!
 //! A new entry wakes the thread only if it is due before the thread would look anyway
 //! (`wake_at`). A cancelled entry wakes nothing: the thread finds it gone when it looks. So a
@@ -20,7 +28,8 @@
 //! keeps its entry, as a running call's deadline does); the thread serves the entries kept
 //! until none is left, and leaves.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -41,7 +50,7 @@ pub(crate) trait Alarm: Send + Sync + 'static {
 }
 
 /// Names an entry, to cancel it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TimerKey(Instant, u64);
 
 impl TimerKey {
@@ -50,8 +59,8 @@ impl TimerKey {
         self.0
     }
 
-    /// What tells it from other entries for the same time (with [`when`](Self::when), all of
-    /// the key: an owner may keep just this, in an atomic).
+    /// What tells it from other entries (with [`when`](Self::when), all of the key: an owner
+    /// may keep just this, in an atomic). Never `u64::MAX`.
     pub(crate) fn seq(&self) -> u64 {
         self.1
     }
@@ -59,6 +68,18 @@ impl TimerKey {
     /// The key of the entry for `when` with sequence number `seq`.
     pub(crate) fn from_parts(when: Instant, seq: u64) -> Self {
         TimerKey(when, seq)
+    }
+
+    fn new(when: Instant, index: u32, generation: u32) -> Self {
+        TimerKey(when, u64::from(generation) << 32 | u64::from(index))
+    }
+
+    /// The slot and its generation.
+    fn slot(&self) -> (usize, u32) {
+        (
+            (self.1 & u64::from(u32::MAX)) as usize,
+            (self.1 >> 32) as u32,
+        )
     }
 }
 
@@ -77,13 +98,114 @@ struct Shared {
     cv: Condvar,
 }
 
+/// A slot of the slab: its entry's alarm while it waits.
+struct Slot {
+    generation: u32,
+    alarm: Option<Weak<dyn Alarm>>,
+}
+
+/// A place in the heap: the entry in slot `index` of generation `generation`, due at `when`,
+/// made `order`th (so that entries for the same time ring in the order they were made).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    when: Instant,
+    order: u64,
+    index: u32,
+    generation: u32,
+}
+
 struct State {
-    entries: BTreeMap<TimerKey, Weak<dyn Alarm>>,
-    next_seq: u64,
+    slots: Vec<Slot>,
+    /// Empty slots, to reuse.
+    free: Vec<u32>,
+    /// Earliest first; some are stale (their slot emptied or reused).
+    heap: BinaryHeap<Reverse<Due>>,
+    /// Entries waiting.
+    live: usize,
+    next_order: u64,
     /// The thread looks at the entries again by then; `None`: only when notified.
     wake_at: Option<Instant>,
     started: bool,
     closed: bool,
+}
+
+impl State {
+    /// True if `due` names an entry still waiting.
+    fn is_live(&self, due: &Due) -> bool {
+        let slot = &self.slots[due.index as usize];
+        slot.generation == due.generation && slot.alarm.is_some()
+    }
+
+    /// Empties the slot of the entry named by `(index, generation)` if that entry waits
+    /// there: its alarm.
+    fn take(&mut self, index: usize, generation: u32) -> Option<Weak<dyn Alarm>> {
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let alarm = slot.alarm.take()?;
+        if slot.generation < u32::MAX {
+            self.free.push(index as u32);
+        }
+        // (Else the slot is retired: its generations are used up, and a key kept from one of
+        // them must never name another entry. 24 bytes per four billion entries.)
+        self.live -= 1;
+        Some(alarm)
+    }
+
+    /// After a burst: the heap's and the free list's room beyond four times what they hold
+    /// goes back to the allocator. (The slab keeps its slots, each with its generation: a key
+    /// kept from an old entry must not name a new one.)
+    fn give_back_memory(&mut self) {
+        if self.heap.capacity() > 4 * self.heap.len() + 64 {
+            self.heap.shrink_to(2 * self.heap.len() + 64);
+        }
+        if self.free.capacity() > 4 * self.free.len() + 64 {
+            self.free.shrink_to(2 * self.free.len() + 64);
+        }
+    }
+
+    /// The earliest entry waiting: its time (stale heap entries on top are dropped).
+    fn earliest(&mut self) -> Option<Instant> {
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if self.is_live(top) {
+                return Some(top.when);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Takes the alarms due by `now` out.
+    fn take_due(&mut self, now: Instant) -> Vec<Weak<dyn Alarm>> {
+        let mut due = Vec::new();
+        while self.earliest().is_some_and(|when| when <= now) {
+            let Reverse(top) = self.heap.pop().expect("earliest() saw it");
+            due.extend(self.take(top.index as usize, top.generation));
+        }
+        if !due.is_empty() {
+            self.give_back_memory();
+        }
+        due
+    }
+
+    /// Every entry waiting, with its key, earliest first.
+    fn all(&self) -> Vec<(TimerKey, Weak<dyn Alarm>)> {
+        let mut live: Vec<&Due> = self
+            .heap
+            .iter()
+            .map(|Reverse(d)| d)
+            .filter(|d| self.is_live(d))
+            .collect();
+        live.sort_unstable();
+        live.into_iter()
+            .map(|d| {
+                let alarm = self.slots[d.index as usize].alarm.clone();
+                let key = TimerKey::new(d.when, d.index, d.generation);
+                (key, alarm.expect("live"))
+            })
+            .collect()
+    }
 }
 
 impl Timer {
@@ -91,8 +213,11 @@ impl Timer {
         Timer {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    entries: BTreeMap::new(),
-                    next_seq: 0,
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    heap: BinaryHeap::new(),
+                    live: 0,
+                    next_order: 0,
                     wake_at: None,
                     started: false,
                     closed: false,
@@ -114,9 +239,35 @@ impl Timer {
         if state.closed {
             return Err(Closed);
         }
-        let key = TimerKey(when, state.next_seq);
-        state.next_seq += 1;
-        state.entries.insert(key, alarm);
+        let index = match state.free.pop() {
+            Some(index) => index,
+            None => {
+                // (More than four billion entries at once would not fit in memory first.)
+                let index = u32::try_from(state.slots.len())
+                    .ok()
+                    .filter(|&i| i < u32::MAX)
+                    .expect("fewer than 2^32 - 1 timer entries");
+                state.slots.push(Slot {
+                    generation: 0,
+                    alarm: None,
+                });
+                index
+            }
+        };
+        let slot = &mut state.slots[index as usize];
+        // (A slot whose generations ran out is never free: see `State::take`.)
+        slot.generation += 1;
+        slot.alarm = Some(alarm);
+        let generation = slot.generation;
+        let order = state.next_order;
+        state.next_order += 1;
+        state.live += 1;
+        state.heap.push(Reverse(Due {
+            when,
+            order,
+            index,
+            generation,
+        }));
         if !state.started {
             state.started = self.start();
         }
@@ -124,16 +275,27 @@ impl Timer {
             state.wake_at = Some(when);
             self.shared.cv.notify_one();
         }
-        Ok(key)
+        Ok(TimerKey::new(when, index, generation))
     }
 
     /// Takes the entry out, if it has not rung. Wakes nobody.
     pub(crate) fn cancel(&self, key: TimerKey) {
         let mut state = lock(&self.shared.state);
+        let (index, generation) = key.slot();
         // The entry is a `Weak`: dropping it under the lock frees at most an emptied
         // allocation and runs no user code.
-        state.entries.remove(&key);
-        if state.closed && state.entries.is_empty() {
+        if state.take(index, generation).is_none() {
+            return;
+        }
+        if state.heap.len() > 2 * state.live + 64 {
+            // Stale places outnumber the live: rebuilt, so the heap stays within twice the
+            // entries waiting.
+            let mut heap = std::mem::take(&mut state.heap);
+            heap.retain(|Reverse(d)| state.is_live(d));
+            state.heap = heap;
+            state.give_back_memory();
+        }
+        if state.closed && state.live == 0 {
             // The last entry kept at the close is gone: the thread may leave now rather than
             // at that entry's time.
             self.shared.cv.notify_one();
@@ -151,23 +313,30 @@ impl Timer {
             state.closed = true;
             if state.started {
                 self.shared.cv.notify_one();
-                BTreeMap::new()
+                Vec::new()
             } else {
-                std::mem::take(&mut state.entries)
+                let all = state.all();
+                for (key, _) in &all {
+                    let (index, generation) = key.slot();
+                    state.take(index, generation);
+                }
+                all
             }
         };
         // No thread (the OS refused one): nothing could serve an entry kept, so each ends now.
-        for alarm in orphans.into_values().filter_map(|a| a.upgrade()) {
-            guard::quietly("a timer's alarm", || {
-                let _ = alarm.close();
-            });
+        for (_, alarm) in orphans {
+            if let Some(alarm) = alarm.upgrade() {
+                guard::quietly("a timer's alarm", || {
+                    let _ = alarm.close();
+                });
+            }
         }
     }
 
     /// The number of entries waiting (for tests: none may stay behind a call that ended).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.shared.state).entries.len()
+        lock(&self.shared.state).live
     }
 
     /// Starts the thread (under the state's lock, which it takes only once started); false if
@@ -204,40 +373,39 @@ fn serve(shared: &Shared) {
     loop {
         if state.closed && !told {
             told = true;
-            let entries = std::mem::take(&mut state.entries);
+            // Each is told outside the lock; those not kept are taken out after (a cancel in
+            // between finds them gone, and their keys stay good meanwhile).
+            let all = state.all();
             drop(state);
-            let kept: Vec<_> = entries
+            let ended: Vec<TimerKey> = all
                 .into_iter()
                 .filter(|(_, alarm)| {
-                    alarm.upgrade().is_some_and(|alarm| {
+                    alarm.upgrade().is_none_or(|alarm| {
                         let mut keep = false;
                         guard::quietly("a timer's alarm", || keep = alarm.close());
-                        keep
+                        !keep
                     })
                 })
+                .map(|(key, _)| key)
                 .collect();
             state = lock(&shared.state);
-            state.entries.extend(kept);
+            for key in ended {
+                let (index, generation) = key.slot();
+                state.take(index, generation);
+            }
             continue;
         }
-        let now = Instant::now();
-        let mut due = Vec::new();
-        while let Some(entry) = state.entries.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            due.push(entry.remove());
-        }
+        let due = state.take_due(Instant::now());
         if !due.is_empty() {
             drop(state);
             ring_all(due);
             state = lock(&shared.state);
             continue;
         }
-        if state.closed && state.entries.is_empty() {
+        if state.closed && state.live == 0 {
             return;
         }
-        let wake_at = state.entries.first_key_value().map(|(key, _)| key.0);
+        let wake_at = state.earliest();
         state.wake_at = wake_at;
         state = wait(&shared.cv, state, wake_at);
     }
@@ -350,6 +518,109 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "rang");
         assert!(Instant::now() >= due, "it rang before its time");
         assert!(timer.at(Instant::now(), Arc::downgrade(&keep)).is_err());
+    }
+
+    /// A key names one entry: after its entry rang or was cancelled, it takes out nothing,
+    /// not even the entry that now has its slot.
+    #[test]
+    fn an_old_key_does_not_cancel_the_entry_in_its_slot() {
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, rx) = mpsc::channel();
+        let first = alarm(&tx, 1);
+        let later = Instant::now() + Duration::from_millis(30);
+        let old = timer.at(later, Arc::downgrade(&first)).unwrap();
+        timer.cancel(old);
+        let second = alarm(&tx, 2);
+        let new = timer.at(later, Arc::downgrade(&second)).unwrap();
+        assert_eq!(new.slot().0, old.slot().0, "the slot is reused");
+        timer.cancel(old);
+        timer.cancel(old);
+        assert_eq!(timer.len(), 1);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap().0, 2);
+        // And after it rang, its own key takes out nothing either.
+        timer.cancel(new);
+        let third = alarm(&tx, 3);
+        timer.at(Instant::now(), Arc::downgrade(&third)).unwrap();
+        timer.cancel(new);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap().0, 3);
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+    }
+
+    /// Entries cancelled long before their time do not pile up: the heap stays within twice
+    /// the entries waiting (plus a little), and the slab within the most that waited at once.
+    #[test]
+    fn cancelled_entries_do_not_pile_up() {
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, _rx) = mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let keep = alarm(&tx, 0);
+        timer.at(far, Arc::downgrade(&keep)).unwrap();
+        let each = alarm(&tx, 1);
+        for i in 0..100_000u32 {
+            let key = timer
+                .at(
+                    far + Duration::from_nanos(u64::from(i)),
+                    Arc::downgrade(&each),
+                )
+                .unwrap();
+            timer.cancel(key);
+        }
+        assert_eq!(timer.len(), 1);
+        let state = lock(&timer.shared.state);
+        assert!(
+            state.heap.len() <= 2 + 64,
+            "{} places in the heap",
+            state.heap.len()
+        );
+        assert!(state.slots.len() <= 2, "{} slots", state.slots.len());
+    }
+
+    /// A slot whose generations ran out is retired, not reused: a key kept from its last
+    /// entry can never name another (with generations that wrapped, it named the next entry
+    /// in the slot, which then lost its deadline).
+    #[test]
+    fn a_slot_with_its_generations_used_up_is_retired() {
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, rx) = mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let first = alarm(&tx, 1);
+        let key = timer.at(far, Arc::downgrade(&first)).unwrap();
+        timer.cancel(key);
+        // As if four billion entries had used the slot since.
+        lock(&timer.shared.state).slots[key.slot().0].generation = u32::MAX - 1;
+        let last = timer.at(far, Arc::downgrade(&first)).unwrap();
+        assert_eq!(last.slot(), (key.slot().0, u32::MAX));
+        timer.cancel(last);
+        let next = alarm(&tx, 2);
+        let new = timer.at(Instant::now(), Arc::downgrade(&next)).unwrap();
+        assert_ne!(new.slot().0, last.slot().0, "the retired slot came back");
+        timer.cancel(last);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap().0, 2);
+    }
+
+    /// What a burst of entries took is given back once they are gone (but for the slots).
+    #[test]
+    fn a_burst_gives_its_heap_back() {
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, _rx) = mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let each = alarm(&tx, 1);
+        let keys: Vec<_> = (0..100_000u32)
+            .map(|i| {
+                let when = far + Duration::from_nanos(u64::from(i));
+                timer.at(when, Arc::downgrade(&each)).unwrap()
+            })
+            .collect();
+        for key in keys {
+            timer.cancel(key);
+        }
+        assert_eq!(timer.len(), 0);
+        let state = lock(&timer.shared.state);
+        assert!(
+            state.heap.capacity() <= 4 * 64 + 64,
+            "{}",
+            state.heap.capacity()
+        );
     }
 
     /// An alarm that panics costs the timer nothing: the next one still rings.
