@@ -14,6 +14,10 @@
 //! * `adaptive`: `.adaptive_concurrency(4096, 4096, Overload::when(|_| false))`: a slot per
 //!   call, never short.
 //! * `all`: every option above at once.
+//! * `paced`: `plain` with an `Instant::now()` on the caller's thread before each call, what a
+//!   rate limit's token adds to submission without the token: it shows how much of a burst's
+//!   ratio comes from the pace at which calls are submitted (the caller parks less often when
+//!   the workers keep ahead).
 //!
 //! Groups, in ns per call: `round_trip` (sequential calls, each awaited before the next, from a
 //! tokio current-thread runtime) and `burst64` (64 calls in flight, then all awaited). Each
@@ -28,8 +32,9 @@
 //! ```
 //!
 //! Environment: `ASYNCIFY_BENCH_INTERLEAVED` (default 15), `ASYNCIFY_BENCH_ROUND_TRIPS`
-//! (default 2000), `ASYNCIFY_BENCH_THREADS` (default: the cores, and 8). Under `cargo test` it
-//! runs one tiny round, as a smoke test.
+//! (default 2000), `ASYNCIFY_BENCH_THREADS` (default: the cores, and 8),
+//! `ASYNCIFY_BENCH_ONLY` (a contender's name: that one alone, as under a profiler; no ratios).
+//! Under `cargo test` it runs one tiny round, as a smoke test.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -79,6 +84,7 @@ fn contenders(pool: &WorkerPool) -> Vec<(&'static str, AsyncProgram<Echo>)> {
         ("rate_limit", rate(&plain)),
         ("adaptive", adaptive(&plain)),
         ("all", all),
+        ("paced", plain.clone()),
         ("plain", plain),
     ]
 }
@@ -86,22 +92,29 @@ fn contenders(pool: &WorkerPool) -> Vec<(&'static str, AsyncProgram<Echo>)> {
 /// One chunk of `group` through `program`: ns per call.
 fn measure(
     rt: &tokio::runtime::Runtime,
-    program: &AsyncProgram<Echo>,
+    (name, program): &(&str, AsyncProgram<Echo>),
     group: Group,
     calls: usize,
 ) -> f64 {
+    let paced = *name == "paced";
+    let call = |i: u64| {
+        if paced {
+            black_box(Instant::now());
+        }
+        program.call(i)
+    };
     rt.block_on(async {
         let start = Instant::now();
         match group {
             Group::RoundTrip => {
                 for i in 0..calls as u64 {
-                    black_box(program.call(i).await.expect("a call"));
+                    black_box(call(i).await.expect("a call"));
                 }
             }
             Group::Burst(b) => {
                 let mut in_flight = Vec::with_capacity(b);
                 for _ in 0..(calls / b).max(1) {
-                    in_flight.extend((0..b as u64).map(|i| program.call(i)));
+                    in_flight.extend((0..b as u64).map(call));
                     for h in in_flight.drain(..) {
                         black_box(h.await.expect("a call"));
                     }
@@ -146,13 +159,17 @@ fn main() {
         .expect("a current-thread runtime");
     for n in threads {
         let pool = WorkerPool::new(n);
-        let entries = contenders(&pool);
+        let mut entries = contenders(&pool);
+        if let Ok(only) = std::env::var("ASYNCIFY_BENCH_ONLY") {
+            entries.retain(|(name, _)| *name == only);
+            assert!(!entries.is_empty(), "no contender named {only}");
+        }
         for group in [Group::RoundTrip, Group::Burst(64)] {
             let mut times = vec![Vec::with_capacity(rounds); entries.len()];
             for round in 0..=rounds {
                 for k in 0..entries.len() {
                     let at = (k + round) % entries.len();
-                    let t = measure(&rt, &entries[at].1, group, calls);
+                    let t = measure(&rt, &entries[at], group, calls);
                     if round > 0 {
                         times[at].push(t);
                     }
