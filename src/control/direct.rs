@@ -74,9 +74,9 @@ pub(super) struct Direct<I, O, R> {
     deadline: Option<Instant>,
     /// The sequence number of the deadline's entry on the timer, or [`NO_ENTRY`].
     entry: AtomicU64,
-    /// What the attempts after the first need, if the retry policy may want one (boxed: a
-    /// call with only a deadline keeps its handle small).
-    again: Option<Box<Again<I, R>>>,
+    /// What the attempts after the first need, if the retry policy may want one.
+    again: Option<Again<I, R>>,
+    called: Option<Instant>,
     /// [`DEADLINE`], [`ABORTED`], [`STOP_ASKED`], [`HANDED_OVER`], [`DETACHED`],
     /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`].
     events: AtomicU8,
@@ -89,8 +89,6 @@ pub(super) struct Again<I, R> {
     pub(super) run: R,
     pub(super) captured: Captured,
     pub(super) input: Mutex<Option<I>>,
-    /// When the call was made, if it is in the program's timing sample.
-    pub(super) called: Option<Instant>,
 }
 
 /// A direct call, before its first attempt is queued (see [`Direct::queued`]).
@@ -98,6 +96,7 @@ pub(super) fn new<I, O, R>(
     registry: &Arc<Registry>,
     controls: &Arc<Controls>,
     deadline: Option<Instant>,
+    called: Option<Instant>,
     again: Option<Again<I, R>>,
 ) -> Arc<Direct<I, O, R>> {
     Arc::new(Direct {
@@ -106,7 +105,8 @@ pub(super) fn new<I, O, R>(
         attempt: OnceLock::new(),
         deadline,
         entry: AtomicU64::new(NO_ENTRY),
-        again: again.map(Box::new),
+        again,
+        called,
         events: AtomicU8::new(0),
         next: Mutex::new(None),
     })
@@ -257,7 +257,7 @@ where
             run: Some(again.run.clone()),
             captured: again.captured.clone(),
             deadline: self.deadline,
-            called: again.called,
+            called: self.called,
         }
     }
 
@@ -403,8 +403,7 @@ where
             run: self.again_run(),
             captured: self.again_captured(),
             deadline: self.deadline,
-            // (Only further attempts need it, and only a call with `again` makes them.)
-            called: self.again.as_ref().and_then(|a| a.called),
+            called: self.called,
         };
         let attempt = JobHandle::new(Arc::clone(self.attempt()), self.registry.id);
         let adopted = call::adopt(parts, self.take_input(), attempt);

@@ -111,9 +111,8 @@ where
         run: run.clone(),
         captured: captured.clone(),
         input: Mutex::new(Some(kept)),
-        called,
     });
-    let direct = direct::new(registry, controls, deadline, again);
+    let direct = direct::new(registry, controls, deadline, called, again);
     let me = retries.then(|| Arc::downgrade(&direct));
     let then = move |out| match &me {
         Some(me) => Direct::after_first(me, out),
