@@ -118,7 +118,8 @@ fn an_awaited_handle_waits_for_room_without_blocking_its_runtime_thread() {
     });
     assert_eq!(out, Ok("third".len()));
     assert_eq!(*order.lock().unwrap(), ["q1", "q2", "third"]);
-    assert!(polls.load(SeqCst) <= 5, "{} polls", polls.load(SeqCst));
+    // A few wake-ups, and the 16 re-polls a queued handle asks for before it waits.
+    assert!(polls.load(SeqCst) <= 5 + 16, "{} polls", polls.load(SeqCst));
     assert_eq!(wait(blocker.handle), Ok("blocker"));
     assert_eq!((wait(q1), wait(q2)), (Ok(2), Ok(2)));
 }

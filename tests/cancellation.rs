@@ -213,7 +213,9 @@ fn dropping_a_polled_handle_while_its_job_completes_is_memory_safe() {
         ran,
         "each output dropped once"
     );
-    assert!(wakes.count() <= pending_first_polls);
+    // Each pending first poll wakes the waker once itself (the handle's yield before it
+    // waits), and the worker at most once more.
+    assert!(wakes.count() <= 2 * pending_first_polls);
 }
 
 /// The same race through a real executor: many `select`-style abandonments of calls whose jobs

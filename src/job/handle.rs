@@ -19,6 +19,10 @@ use crate::error::JobError;
 /// * Dropping it before the job starts means the job never runs; dropping it while the job runs
 ///   lets the job finish, discards the result, and makes [`is_cancelled`](crate::is_cancelled)
 ///   true inside the job. So `tokio::time::timeout(d, handle)` abandons a call cleanly.
+/// * Polled before its job is done, it asks to be polled again at once (it wakes its own
+///   waker) on its first 16 such polls, and only then waits for the worker's wake-up: a short
+///   job's answer is found on a re-poll, without the executor's thread parking and being woken
+///   for it. Other tasks of the executor run in between, as after any yield.
 ///
 /// # Examples
 ///
@@ -39,7 +43,17 @@ pub struct JobHandle<T> {
     /// The id of the pool the job runs on (0: none), so that a worker of that pool waiting on
     /// this handle may start the job itself.
     pool: u64,
+    /// Polls left that, finding the job not done, ask to be polled again at once (see the
+    /// `Future` impl).
+    yields: u8,
 }
+
+/// How many times a handle polled before its job is done asks its executor to poll it again
+/// at once, before it waits for the worker's wake-up. A short job is then found done on a
+/// re-poll, and the executor's thread neither parks nor is woken for it: on the 2-core
+/// machine a round trip went from about 4.4 µs to 0.6–0.8 µs (BENCHMARKS.md). A long job
+/// costs 16 extra polls, once.
+const YIELDS_BEFORE_WAITING: u8 = 16;
 
 /// A job that still has to be put into a full bounded queue; polled by its handle.
 pub(crate) trait Submit: Send {
@@ -59,6 +73,7 @@ impl<T> JobHandle<T> {
             inner: Some(inner),
             pending: None,
             pool,
+            yields: YIELDS_BEFORE_WAITING,
         }
     }
 
@@ -274,7 +289,15 @@ impl<T> Future for JobHandle<T> {
     type Output = Result<T, JobError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().poll_with(Some(cx))
+        let this = self.get_mut();
+        let out = this.poll_with(Some(cx));
+        // Queued or running (not waiting for room in a bounded queue, which takes a worker's
+        // whole job): yield rather than wait, a few times. The waker is registered anyway.
+        if out.is_pending() && this.pending.is_none() && this.yields > 0 {
+            this.yields -= 1;
+            crate::guard::quietly("a waker", || cx.waker().wake_by_ref());
+        }
+        out
     }
 }
 
