@@ -557,6 +557,28 @@ mod loom_tests {
         });
     }
 
+    /// A call already waits in the line when the slot is given back and a call on the short
+    /// way tries at that moment: the short way never gets it (the waiter was first), and the
+    /// waiter is let in.
+    #[test]
+    fn the_short_way_does_not_overtake_a_waiter() {
+        loom::model(|| {
+            let limit = Limit::fixed(1);
+            let held = limit.try_acquire().expect("a free slot");
+            let keeper = Keeper::new();
+            assert!(limit.acquire(weak(&keeper)).is_none());
+            let releaser = thread::spawn(move || drop(held));
+            let short = {
+                let limit = Arc::clone(&limit);
+                thread::spawn(move || limit.try_acquire())
+            };
+            releaser.join().unwrap();
+            assert!(short.join().unwrap().is_none(), "it overtook the waiter");
+            assert!(keeper.admitted.load(SeqCst), "the waiter was missed");
+            assert_eq!(limit.in_flight(), 1);
+        });
+    }
+
     /// Two calls wait behind a full limit of two while both slots are given back by two
     /// threads: both calls get a slot (the second perhaps at once, if the line emptied before
     /// it came), and exactly two are taken.

@@ -10,7 +10,7 @@
 //! entries by time (then by when they were made). Cancelling empties the slot at once and leaves
 //! the heap alone; the stale heap entry is dropped when it comes to the top, or when stale ones
 //! outnumber the live and the heap is rebuilt. So neither making an entry nor cancelling one
-//! allocates once the slab and the heap have grown to the pool's load: a call with a deadline
+//! needs new memory once the slab and the heap have grown to the pool's load: a call with a deadline
 //! that ends in time costs a heap push (at the bottom, for deadlines that come in order) and a
 //! slot emptied.
 //!
@@ -621,6 +621,37 @@ mod tests {
             "{}",
             state.heap.capacity()
         );
+    }
+
+    /// At the close, the entries waiting are told earliest first, whatever order they were
+    /// made in.
+    #[test]
+    fn the_close_tells_entries_earliest_first() {
+        struct Told(Mutex<mpsc::Sender<usize>>, usize);
+        impl Alarm for Told {
+            fn ring(self: Arc<Self>) {}
+            fn close(self: Arc<Self>) -> bool {
+                let _ = lock(&self.0).send(self.1);
+                false
+            }
+        }
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, rx) = mpsc::channel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let told: Vec<Arc<dyn Alarm>> = [3usize, 1, 2]
+            .into_iter()
+            .map(|n| Arc::new(Told(Mutex::new(tx.clone()), n)) as Arc<dyn Alarm>)
+            .collect();
+        for (alarm, n) in told.iter().zip([3u64, 1, 2]) {
+            timer
+                .at(far + Duration::from_secs(n), Arc::downgrade(alarm))
+                .unwrap();
+        }
+        timer.close();
+        let order: Vec<usize> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(60)).unwrap())
+            .collect();
+        assert_eq!(order, [1, 2, 3]);
     }
 
     /// An alarm that panics costs the timer nothing: the next one still rings.
