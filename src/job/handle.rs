@@ -51,8 +51,8 @@ pub struct JobHandle<T> {
 /// How many times a handle polled before its job is done asks its executor to poll it again
 /// at once, before it waits for the worker's wake-up. A short job is then found done on a
 /// re-poll, and the executor's thread neither parks nor is woken for it: on the 2-core
-/// machine a round trip went from about 4.4 µs to 0.6–0.8 µs (BENCHMARKS.md). A long job
-/// costs 16 extra polls, once.
+/// machine a `program.call` round trip went from about 4.5 µs to 0.6–0.7 µs (BENCHMARKS.md,
+/// "A handle yields before it waits"). A long job costs 16 extra polls, once.
 const YIELDS_BEFORE_WAITING: u8 = 16;
 
 /// A job that still has to be put into a full bounded queue; polled by its handle.
