@@ -33,14 +33,13 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{erase, Classifier, Classify, Grant, Waiter};
 use crate::guard;
 use crate::limits::ADAPTIVE_BACKOFF_RATIO;
-use std::sync::atomic::Ordering::SeqCst;
-
 use crate::sync::{fence, lock, AtomicUsize, Mutex};
 
 /// The overload signal of [`AsyncProgram::adaptive_concurrency`](crate::AsyncProgram::adaptive_concurrency):
