@@ -145,10 +145,13 @@ fn a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound() {
         }
         let mut child = pool.spawn(|| {
             CHILD_RUNNING.store(1, SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(400));
             CHILD_RUNNING.store(0, SeqCst);
         });
-        child.wait_timeout(std::time::Duration::from_millis(1))
+        // Long enough that the waiter hands the child on before it runs out even on a loaded
+        // machine (a timeout that passes before the hand-over rightly gives up), and well
+        // short of the child's run, so that giving up after the hand-over would show.
+        child.wait_timeout(std::time::Duration::from_millis(50))
     }
     in_child(
         "a_wait_timeout_handed_to_a_spare_keeps_the_concurrency_bound",

@@ -6,9 +6,11 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use asyncify_pool::WorkerPool;
+use asyncify_pool::{Retry, WorkerPool};
 use common::{panicking_waker, quiet_planned_panics, spin_until, CountingWaker, Gate};
 
 /// Not ready, a handle wakes its task by itself on its first 16 polls, and then only the
@@ -61,4 +63,82 @@ fn a_waker_that_panics_on_the_yield_costs_nothing() {
         out.is_ready()
     });
     assert_eq!(out, Poll::Ready(Ok("answer")));
+}
+
+/// While a handle yields it leaves nothing in the job: no clone of its waker is held, and a
+/// job that ends meanwhile is found on the next poll with no wake-up from the worker (the
+/// worker and the polling caller do not meet on the job's lock for it). The same for a call
+/// with a deadline and a retry policy that do not trigger.
+#[test]
+fn a_job_that_ends_while_its_handle_yields_costs_no_wake_up() {
+    let pool = WorkerPool::new(1);
+    let plain = pool.asyncify(|gate: Arc<Gate>| {
+        gate.wait();
+        11
+    });
+    let timed = plain.timeout(Duration::from_secs(3600));
+    let retried = timed.retry(Retry::new(3).retry_if(|_: &i32| false));
+    for (name, program) in [("plain", plain), ("timed", timed), ("retried", retried)] {
+        let gate = Gate::new();
+        let mut handle = program.call(Arc::clone(&gate));
+        let (count, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        assert_eq!(count.count(), 1, "{name}: the yield's own wake");
+        assert_eq!(
+            Arc::strong_count(&count),
+            2,
+            "{name}: no clone of the waker is left with the job"
+        );
+        gate.open();
+        spin_until("the job's end", || handle.is_finished());
+        assert_eq!(
+            count.count(),
+            1,
+            "{name}: the worker woke a yielding handle"
+        );
+        assert_eq!(
+            Pin::new(&mut handle).poll(&mut cx),
+            Poll::Ready(Ok(11)),
+            "{name}"
+        );
+    }
+}
+
+/// An abort while the handle yields is found on its next poll, at once, as is a deadline's
+/// cut: the yields skip no news.
+#[test]
+fn an_abort_or_a_deadline_while_the_handle_yields_is_found_on_the_next_poll() {
+    let pool = WorkerPool::new(1);
+    let plain = pool.asyncify(|gate: Arc<Gate>| gate.wait());
+    let timed = plain.timeout(Duration::from_secs(3600));
+    for (name, program) in [("plain", &plain), ("timed", &timed)] {
+        let gate = Gate::new();
+        let mut handle = program.call(Arc::clone(&gate));
+        let (_count, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        spin_until("the job's start", || pool.stats().running == 1);
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        handle.abort_handle().abort();
+        match Pin::new(&mut handle).poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is_cancelled(), "{name}: {e:?}"),
+            other => panic!("{name}: an aborted handle polled: {other:?}"),
+        }
+        gate.open();
+        spin_until("the job's end", || pool.stats().running == 0);
+    }
+    let gate = Gate::new();
+    let mut handle = plain
+        .timeout(Duration::from_millis(20))
+        .call(Arc::clone(&gate));
+    let (_count, waker) = CountingWaker::new();
+    let mut cx = Context::from_waker(&waker);
+    spin_until("the job's start", || pool.stats().running == 1);
+    assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+    spin_until("the deadline's cut", || handle.is_finished());
+    match Pin::new(&mut handle).poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert!(e.is_timed_out(), "{e:?}"),
+        other => panic!("a handle cut off by its deadline polled: {other:?}"),
+    }
+    gate.open();
 }

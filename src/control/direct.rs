@@ -328,6 +328,12 @@ where
         }
     }
 
+    fn may_be_ready(&self) -> bool {
+        // Until a call takes over, the attempt's cell holds the answer, and every way the
+        // call ends early (the deadline's cut, an abort) marks that cell too.
+        self.events.load(SeqCst) & HANDED_OVER != 0 || self.attempt().may_be_ready()
+    }
+
     fn is_done(&self) -> bool {
         match self.next() {
             Some(next) => next.is_done(),

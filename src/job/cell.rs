@@ -133,12 +133,20 @@ impl<F, T> Cell<F, T> {
     /// A cell whose caller's waker is known already (a controlled call's attempt: the call is
     /// its own attempt's waker), so that nobody has to poll it before it runs.
     pub(super) fn waking(stage: Stage<F, T>, timed: bool, waker: Option<Waker>) -> Self {
+        // A cell made with its result (a refused call's) says so in its flags, as one that
+        // got it later does.
+        let done = if matches!(stage, Stage::Done(_)) {
+            DONE
+        } else {
+            0
+        };
+        let timed = if timed { TIMED } else { 0 };
         Cell {
             slot: Mutex::new(Slot {
                 stage,
                 side: waker.map_or_else(Side::empty, Side::Waker),
             }),
-            flags: AtomicU16::new(if timed { TIMED } else { 0 }),
+            flags: AtomicU16::new(timed | done),
         }
     }
 
@@ -347,6 +355,13 @@ where
         drop(slot);
         guard::drop("a waker", (replaced, spare));
         Poll::Pending
+    }
+
+    fn may_be_ready(&self) -> bool {
+        // ORDERING: a hint. `DONE` and `ABORTED` are set under the lock with what they mean; a
+        // stale read only makes the handle yield once more, and a real poll takes the lock.
+        // (An aborted job on a spare thread is pending though `ABORTED`: a real poll says so.)
+        self.flag(DONE | ABORTED)
     }
 
     fn is_done(&self) -> bool {

@@ -290,6 +290,17 @@ impl<T> Future for JobHandle<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.yields > 0 && this.pending.is_none() {
+            if let Some(inner) = &this.inner {
+                if !inner.may_be_ready() {
+                    // Surely pending: yield without a look inside (no lock, no waker left
+                    // with the job, so its worker has nobody to wake if it ends meanwhile).
+                    this.yields -= 1;
+                    crate::guard::quietly("a waker", || cx.waker().wake_by_ref());
+                    return Poll::Pending;
+                }
+            }
+        }
         let out = this.poll_with(Some(cx));
         // Queued or running (not waiting for room in a bounded queue, which takes a worker's
         // whole job): yield rather than wait, a few times. The waker is registered anyway.

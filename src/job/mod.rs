@@ -134,6 +134,12 @@ pub(crate) trait Abort: Send + Sync {
 /// pool), or a controlled call (`control`) that drives attempts of its own.
 pub(crate) trait Completion<T>: Send + Sync {
     fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<T, JobError>>;
+    /// False only if a poll now would surely be pending, read without a lock: a yielding
+    /// handle then polls no further (it takes no lock the worker may want, and leaves no waker
+    /// for the worker to wake). True when in doubt.
+    fn may_be_ready(&self) -> bool {
+        true
+    }
     fn is_done(&self) -> bool;
     /// True while no runner has started the job.
     fn is_queued(&self) -> bool;
