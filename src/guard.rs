@@ -46,8 +46,17 @@ pub(crate) fn resume(message: String) -> ! {
 
 /// Runs `f`, whose panic has nowhere to go: it is reported (as from `what`) and dropped.
 pub(crate) fn quietly(what: &'static str, f: impl FnOnce()) {
-    if let Err(message) = call(f) {
-        report(what, &message);
+    let _ = returned(what, f);
+}
+
+/// [`quietly`], saying whether `f` returned (false: it panicked, and that was reported).
+pub(crate) fn returned(what: &'static str, f: impl FnOnce()) -> bool {
+    match call(f) {
+        Ok(()) => true,
+        Err(message) => {
+            report(what, &message);
+            false
+        }
     }
 }
 

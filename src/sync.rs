@@ -15,10 +15,6 @@ pub(crate) use std::sync::{
     Condvar, Mutex, MutexGuard, RwLock,
 };
 
-/// Set-once cells, std's under loom too: a controlled call's first attempt is set in one
-/// before the handle exists, and read only after (no model involves it).
-pub(crate) use std::sync::OnceLock;
-
 /// For process-wide statics (pool ids, the address of tracing's static dispatcher): loom's
 /// atomics cannot be statics, and no model involves these two.
 pub(crate) use std::sync::atomic::{

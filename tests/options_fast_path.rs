@@ -196,6 +196,33 @@ fn a_timed_call_waiting_for_room_still_times_out() {
     assert_eq!(wait(program.call(2)), Ok(2));
 }
 
+/// A call with a retry policy and a deadline whose first attempt finds a full bounded queue
+/// waits for room, then makes its attempts: the input reaches both, and the retry is counted.
+#[test]
+fn a_retried_call_waiting_for_room_makes_its_attempts() {
+    let pool = bounded_pool(1, 1);
+    let (gate, held) = occupy(&pool, 1);
+    let filler = pool.spawn(|| ()); // the queue's one place
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    let program = pool
+        .asyncify(move |x: u32| x + counted.fetch_add(1, SeqCst))
+        .timeout(HANG)
+        .retry(Retry::new(3).retry_if(|out: &u32| *out == 10));
+    let handle = program.call(10);
+    assert_eq!(
+        runs.load(SeqCst),
+        0,
+        "an attempt ran with no room in the queue"
+    );
+    gate.open();
+    assert_eq!(wait(handle), Ok(11), "the second attempt's output");
+    assert_eq!(runs.load(SeqCst), 2);
+    let stats = program.stats();
+    assert_eq!((stats.attempts, stats.retries), (2, 1));
+    drop((held, filler));
+}
+
 /// Thousands of timed calls that finish in time are none of them timed out, and a later short
 /// deadline on the same pool still fires (that no entry stays behind on the timer is checked
 /// inside the crate, in `control::direct`'s tests).
@@ -530,4 +557,82 @@ fn an_abort_reaches_the_call_that_adopted_a_detached_attempt() {
     wait(pool.spawn(|| ())).unwrap();
     assert_eq!(runs.load(SeqCst), 1, "the aborted call kept retrying");
     assert_eq!(program.stats().attempts, 1);
+}
+
+/// An input whose `Clone` closes the pool (the retry policy copies it on the caller's thread).
+struct Closing(WorkerPool);
+
+impl Clone for Closing {
+    fn clone(&self) -> Self {
+        drop(self.0.shutdown_async());
+        Closing(self.0.clone())
+    }
+}
+
+/// A call during which the pool closes is refused, or keeps its deadline: its attempt never
+/// runs past the deadline uncut (it ran for the program's whole 2 s with a 50 ms deadline when
+/// the close came between the queue's check and the deadline's entry).
+#[test]
+fn a_call_during_which_the_pool_closes_keeps_its_deadline() {
+    let pool = WorkerPool::new(1);
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    let busy = pool.spawn(move || g.wait());
+    let program = pool
+        .asyncify(|_: Closing| {
+            let start = Instant::now();
+            while !is_cancelled() && start.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if is_cancelled() {
+                "cut off"
+            } else {
+                "ran past its deadline"
+            }
+        })
+        .timeout(Duration::from_millis(50))
+        .retry(Retry::new(2).retry_if(|_: &&str| false));
+    let handle = program.call(Closing(pool.clone()));
+    gate.open();
+    let out = wait(handle);
+    assert!(
+        matches!(&out, Err(e) if e.is_shut_down() || e.is_timed_out()),
+        "{out:?}"
+    );
+    assert_eq!(wait(busy), Ok(()));
+}
+
+/// A running call whose handle is detached after its pool closed keeps its deadline: the
+/// call that adopts the attempt puts the deadline on the timer again after the handle took
+/// its own entry off, when the timer's thread may have left for lack of entries (it ran
+/// uncut in some rounds: the timer refused deadlines once its thread had left).
+#[test]
+fn a_call_detached_after_the_close_keeps_its_deadline() {
+    for round in 0..5 {
+        let pool = WorkerPool::new(1);
+        let (started_tx, started) = mpsc::channel();
+        let started_tx = std::sync::Mutex::new(started_tx);
+        let (cut_tx, cut) = mpsc::channel();
+        let cut_tx = std::sync::Mutex::new(cut_tx);
+        let program = pool
+            .asyncify(move |_: u32| {
+                let _ = started_tx.lock().unwrap().send(());
+                let start = Instant::now();
+                while !is_cancelled() && start.elapsed() < Duration::from_millis(1500) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let _ = cut_tx.lock().unwrap().send(is_cancelled());
+            })
+            .timeout(Duration::from_millis(300))
+            .retry(Retry::new(2).retry_if(|_: &()| false));
+        let handle = program.call(1);
+        started.recv_timeout(HANG).expect("the attempt started");
+        drop(pool.shutdown_async());
+        std::thread::sleep(Duration::from_millis(30)); // the timer has told its entry
+        handle.detach();
+        assert!(
+            cut.recv_timeout(HANG).expect("the attempt ended"),
+            "round {round}: the detached attempt ran past its deadline uncut"
+        );
+    }
 }

@@ -236,3 +236,129 @@ fn a_long_limit_line_is_let_go_at_the_close_without_growing_the_stack() {
         },
     );
 }
+
+/// An input whose `Clone` makes a call on the same pool and waits for it.
+struct ReentrantClone(WorkerPool);
+
+impl Clone for ReentrantClone {
+    fn clone(&self) -> Self {
+        assert_eq!(self.0.spawn(|| 1).wait(), Ok(1));
+        ReentrantClone(self.0.clone())
+    }
+}
+
+/// The retry policy's copy of the input (user code) runs while the call holds no place in a
+/// bounded queue: an input whose `Clone` waits for a job on the same pool does not wait for
+/// the place its own call took (it hung, with a queue of one place).
+#[test]
+fn a_reentrant_clone_of_the_input_does_not_deadlock_a_bounded_queue() {
+    let pool = common::bounded_pool(1, 1);
+    let program = pool
+        .asyncify(|_: ReentrantClone| 7u32)
+        .timeout(Duration::from_secs(3600))
+        .retry(Retry::new(2).retry_if(|_: &u32| false));
+    let (tx, rx) = mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(program.call(ReentrantClone(p)).wait());
+    });
+    match rx.recv_timeout(common::HANG) {
+        Ok(out) => assert_eq!(out, Ok(7)),
+        Err(_) => panic!("the call hung: its input's Clone waited for the place the call held"),
+    }
+}
+
+/// An input whose `Clone` panics and whose `Drop` makes a call on the same pool and waits
+/// for it.
+struct CloneFailsDropWaits(Option<WorkerPool>);
+
+impl Clone for CloneFailsDropWaits {
+    fn clone(&self) -> Self {
+        panic!("planned: the input's Clone panics")
+    }
+}
+
+impl Drop for CloneFailsDropWaits {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            assert_eq!(pool.spawn(|| 1).wait(), Ok(1));
+        }
+    }
+}
+
+/// An input that could not be copied for the retries is dropped (user code) while the call
+/// holds no place in a bounded queue: the call ends `Panicked`, and the `Drop`'s own call runs.
+#[test]
+fn a_reentrant_drop_of_an_input_that_could_not_be_copied_does_not_deadlock() {
+    common::quiet_planned_panics();
+    let pool = common::bounded_pool(1, 1);
+    let program = pool
+        .asyncify(|_: CloneFailsDropWaits| 7u32)
+        .retry(Retry::new(2).retry_if(|_: &u32| false));
+    let (tx, rx) = mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(program.call(CloneFailsDropWaits(Some(p))).wait());
+    });
+    match rx.recv_timeout(common::HANG) {
+        Ok(out) => assert!(out.unwrap_err().is_panic()),
+        Err(_) => panic!("the call hung: its input's Drop waited for the place the call held"),
+    }
+}
+
+/// An input whose `Drop` asks about, or aborts, the call it was given to (through a slot the
+/// test fills with the call's `AbortHandle`).
+#[derive(Clone)]
+struct AbortsItsCallOnDrop(Arc<Mutex<Option<asyncify_pool::AbortHandle>>>);
+
+impl Drop for AbortsItsCallOnDrop {
+    fn drop(&mut self) {
+        let handle = self.0.lock().unwrap().clone();
+        if let Some(handle) = handle {
+            let _ = handle.is_finished();
+            handle.abort();
+        }
+    }
+}
+
+/// The input a call keeps for its retries is dropped (user code) outside the call's lock: an
+/// input whose `Drop` reaches its own call does not deadlock on it, whether the call ends with
+/// the attempt's output or after an abort.
+#[test]
+fn a_kept_input_whose_drop_reaches_its_own_call_does_not_deadlock() {
+    for abort_first in [false, true] {
+        let pool = WorkerPool::new(1);
+        let gate = common::Gate::new();
+        let g = Arc::clone(&gate);
+        // `retry_panics` makes it a driven call, which keeps the input for the next attempt.
+        let program = pool
+            .asyncify(move |copy: AbortsItsCallOnDrop| {
+                // Only the input the call keeps reaches the call from its `Drop`.
+                std::mem::forget(copy);
+                g.wait();
+                7u32
+            })
+            .retry(Retry::new(3).retry_panics(true).retry_if(|_: &u32| false));
+        let slot = Arc::new(Mutex::new(None));
+        let handle = program.call(AbortsItsCallOnDrop(Arc::clone(&slot)));
+        *slot.lock().unwrap() = Some(handle.abort_handle());
+        if abort_first {
+            handle.abort_handle().abort();
+        }
+        gate.open();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(handle.wait());
+        });
+        let out = rx
+            .recv_timeout(common::HANG)
+            .unwrap_or_else(|_| panic!("abort_first {abort_first}: the call hung"));
+        if abort_first {
+            assert!(matches!(&out, Err(e) if e.is_cancelled()), "{out:?}");
+        } else {
+            // The abort in the `Drop` comes after the answer: it changes nothing.
+            assert_eq!(out, Ok(7));
+        }
+        slot.lock().unwrap().take();
+    }
+}

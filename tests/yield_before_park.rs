@@ -6,8 +6,9 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use asyncify_pool::{Retry, WorkerPool};
@@ -141,4 +142,95 @@ fn an_abort_or_a_deadline_while_the_handle_yields_is_found_on_the_next_poll() {
         other => panic!("a handle cut off by its deadline polled: {other:?}"),
     }
     gate.open();
+}
+
+/// A waker that panics once, on the handle's first yield: the job's end still wakes the task
+/// (nobody else would: a task whose wake-up panicked is not scheduled again). The same for a
+/// call with a deadline.
+#[test]
+fn a_waker_that_panics_once_on_the_yield_is_still_woken_by_the_job() {
+    quiet_planned_panics();
+    let pool = WorkerPool::new(1);
+    let plain = pool.asyncify(|gate: Arc<Gate>| {
+        gate.wait();
+        5
+    });
+    let timed = plain.timeout(Duration::from_secs(3600));
+    for (name, program) in [("plain", plain), ("timed", timed)] {
+        let gate = Gate::new();
+        let mut handle = program.call(Arc::clone(&gate));
+        let flaky = Arc::new(FlakyWaker::default());
+        let waker = Waker::from(Arc::clone(&flaky));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        gate.open();
+        spin_until(&format!("{name}: the job's end to wake the task"), || {
+            flaky.woken.load(SeqCst) == 1
+        });
+        assert_eq!(Pin::new(&mut handle).poll(&mut cx), Poll::Ready(Ok(5)));
+    }
+}
+
+/// A waker whose `wake_by_ref` always panics but whose `wake` works: the job's end wakes it.
+#[test]
+fn a_waker_whose_wake_by_ref_panics_is_woken_by_the_job() {
+    quiet_planned_panics();
+    let pool = WorkerPool::new(1);
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    let mut handle = pool.spawn(move || {
+        g.wait();
+        3
+    });
+    let by_ref_panics = Arc::new(ByRefPanics::default());
+    let waker = Waker::from(Arc::clone(&by_ref_panics));
+    let mut cx = Context::from_waker(&waker);
+    assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+    gate.open();
+    spin_until("the job's end to wake the task", || {
+        by_ref_panics.woken.load(SeqCst) == 1
+    });
+    assert_eq!(Pin::new(&mut handle).poll(&mut cx), Poll::Ready(Ok(3)));
+}
+
+/// Panics on its first wake-up, by value or by reference, and counts the later ones.
+#[derive(Default)]
+struct FlakyWaker {
+    calls: AtomicUsize,
+    woken: AtomicUsize,
+}
+
+impl FlakyWaker {
+    fn hit(&self) {
+        if self.calls.fetch_add(1, SeqCst) == 0 {
+            panic!("planned: a waker that panics once");
+        }
+        self.woken.fetch_add(1, SeqCst);
+    }
+}
+
+impl Wake for FlakyWaker {
+    fn wake(self: Arc<Self>) {
+        self.hit();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.hit();
+    }
+}
+
+/// Counts wake-ups by value; panics on every wake-up by reference.
+#[derive(Default)]
+struct ByRefPanics {
+    woken: AtomicUsize,
+}
+
+impl Wake for ByRefPanics {
+    fn wake(self: Arc<Self>) {
+        self.woken.fetch_add(1, SeqCst);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        panic!("planned: wake_by_ref panics");
+    }
 }

@@ -105,23 +105,6 @@ where
     adopted(parts, input, attempt)
 }
 
-/// [`adopt`], as the caller's handle.
-pub(super) fn adopt_handle<I, O, R>(
-    parts: Parts<R>,
-    input: Option<I>,
-    attempt: JobHandle<Attempted<O>>,
-) -> JobHandle<O>
-where
-    I: Send + 'static,
-    O: Send + 'static,
-    R: Fn(I) -> O + Clone + Send + Sync + 'static,
-{
-    let id = parts.registry.id;
-    let call = adopted(parts, input, attempt);
-    call.poll_attempt();
-    JobHandle::new(call, id)
-}
-
 fn adopted<I, O, R>(
     parts: Parts<R>,
     input: Option<I>,
@@ -368,7 +351,7 @@ where
             return;
         }
         let alarm: Weak<dyn Alarm> = Arc::downgrade(self) as Weak<dyn Alarm>;
-        if let Ok(key) = self.registry.timer.at(deadline, alarm) {
+        if let Ok(key) = self.registry.timer.deadline(deadline, alarm) {
             let old = self.lock().deadline_key.replace(key);
             if let Some(old) = old {
                 self.registry.timer.cancel(old); // (kept twice at once: one is enough)
@@ -642,15 +625,16 @@ where
         };
         if let Some(verdict) = st.verdict.take() {
             st.last = Some(outcome);
-            drop(kept);
-            return self.end(st, Err(verdict));
+            return self.end_with(st, Err(verdict), kept);
         }
         let retry = wants_another
             && !st.stop_asked
             && !self.registry.is_closed()
             && policy.is_some_and(|p| st.attempts < p.attempts());
-        let (Some(input), true) = (kept, retry) else {
-            return self.end(st, outcome);
+        let input = match kept {
+            Some(input) if retry => input,
+            // The kept input (user code in its `Drop`) goes after the lock, with the rest.
+            kept => return self.end_with(st, outcome, kept),
         };
         let wait = policy.map_or(Duration::ZERO, |p| p.backoff(st.attempts));
         let until = Instant::now().checked_add(wait);
@@ -681,7 +665,17 @@ where
 
     /// Ends the call with `result` (for the handle, unless detached) and lets go of everything
     /// else, after the lock.
-    fn end(&self, mut st: MutexGuard<'_, State<I, O>>, result: Result<O, JobError>) {
+    fn end(&self, st: MutexGuard<'_, State<I, O>>, result: Result<O, JobError>) {
+        self.end_with(st, result, None);
+    }
+
+    /// [`end`](Self::end), dropping `kept` (an input taken out of the state) with the rest.
+    fn end_with(
+        &self,
+        mut st: MutexGuard<'_, State<I, O>>,
+        result: Result<O, JobError>,
+        kept: Option<I>,
+    ) {
         if result.as_ref().is_err_and(JobError::is_timed_out) {
             Counts::add(&self.controls.counts.timed_out);
         }
@@ -699,6 +693,7 @@ where
                 st.slot.take(),
                 st.last.take(),
                 st.detached_self.take(),
+                kept,
             ),
             keys: [
                 st.deadline_key.take(),

@@ -41,7 +41,7 @@ use crate::error::JobError;
 use crate::guard;
 use crate::job::{Abort, Completion, Cut, Job, JobHandle, Runnable};
 use crate::pool::{Alarm, Registry, TimerKey};
-use crate::sync::{lock, AtomicU64, AtomicU8, Mutex, OnceLock};
+use crate::sync::{lock, AtomicU64, AtomicU8, Mutex};
 
 /// The deadline came (whether or not it cut the attempt off).
 const DEADLINE: u8 = 1;
@@ -68,9 +68,9 @@ const NO_ENTRY: u64 = u64::MAX;
 pub(super) struct Direct<I, O, R> {
     registry: Arc<Registry>,
     controls: Arc<Controls>,
-    /// The first attempt, as its handle would see it (set once it is queued, before the
-    /// caller has the handle; it is never waiting for room).
-    attempt: OnceLock<Arc<dyn Completion<Step<O>>>>,
+    /// The first attempt, as its handle would see it (made with the call, queued right after
+    /// it; it never waits for room).
+    attempt: Arc<dyn Completion<Step<O>>>,
     deadline: Option<Instant>,
     /// The sequence number of the deadline's entry on the timer, or [`NO_ENTRY`].
     entry: AtomicU64,
@@ -91,18 +91,21 @@ pub(super) struct Again<I, R> {
     pub(super) input: Mutex<Option<I>>,
 }
 
-/// A direct call, before its first attempt is queued (see [`Direct::queued`]).
+/// A direct call, before its first attempt is queued (see [`Direct::queued`]):
+/// `attempt(me)` makes that attempt, not yet queued, whose job may reach the call through
+/// `me` (which upgrades once the attempt is queued: the call is whole by then).
 pub(super) fn new<I, O, R>(
     registry: &Arc<Registry>,
     controls: &Arc<Controls>,
     deadline: Option<Instant>,
     called: Option<Instant>,
     again: Option<Again<I, R>>,
+    attempt: impl FnOnce(&Weak<Direct<I, O, R>>) -> Arc<dyn Completion<Step<O>>>,
 ) -> Arc<Direct<I, O, R>> {
-    Arc::new(Direct {
+    Arc::new_cyclic(|me| Direct {
         registry: Arc::clone(registry),
         controls: Arc::clone(controls),
-        attempt: OnceLock::new(),
+        attempt: attempt(me),
         deadline,
         entry: AtomicU64::new(NO_ENTRY),
         again,
@@ -119,13 +122,17 @@ where
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
     /// The first attempt is queued: the caller's handle, with the deadline on the timer.
-    pub(super) fn queued(self: Arc<Self>, attempt: Arc<dyn Completion<Step<O>>>) -> JobHandle<O> {
-        let _ = self.attempt.set(attempt); // (only here)
+    pub(super) fn queued(self: Arc<Self>) -> JobHandle<O> {
         if let Some(deadline) = self.deadline {
             let alarm: Weak<dyn Alarm> = Arc::downgrade(&self) as Weak<dyn Alarm>;
-            if let Ok(key) = self.registry.timer.at(deadline, alarm) {
+            match self.registry.timer.deadline(deadline, alarm) {
                 // Nobody reads it before the handle exists: only its owner cancels the entry.
-                self.entry.store(key.seq(), Relaxed);
+                Ok(key) => self.entry.store(key.seq(), Relaxed),
+                // The pool closed meanwhile and the OS refused the timer a thread: refused,
+                // unless the attempt has started already.
+                Err(_closed) => {
+                    let _ = self.attempt.revoke(JobError::shut_down());
+                }
             }
         }
         let id = self.registry.id;
@@ -144,16 +151,14 @@ where
             .map_or_else(Captured::default, |a| a.captured.clone())
     }
 
-    /// The original input, for a call that adopts the attempt (with a bounded queue's or a
-    /// detach's claim: the worker's hand-over then never takes it).
+    /// The original input, for a call that adopts the attempt (with a detach's claim: the
+    /// worker's hand-over then never takes it).
     pub(super) fn take_input(&self) -> Option<I> {
         self.again.as_ref().and_then(|a| lock(&a.input).take())
     }
 
     fn attempt(&self) -> &Arc<dyn Completion<Step<O>>> {
-        self.attempt
-            .get()
-            .expect("the first attempt is set before anyone has the handle")
+        &self.attempt
     }
 
     /// The end of the first attempt's job, on its worker, for a call with a retry policy

@@ -10,7 +10,7 @@
 //! * Otherwise: a [`direct`] handle on the first attempt, which keeps the
 //!   deadline and hands over to a call if the policy wants another attempt.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use super::attempt::{Attempt, Step};
@@ -18,9 +18,9 @@ use super::call::{self, Parts};
 use super::direct::{self, Again, Direct};
 use super::{Controls, Counts, Policy};
 use crate::capture::Captured;
-use crate::error::JobError;
+use crate::error::{JobError, Refusal};
 use crate::guard;
-use crate::job::JobHandle;
+use crate::job::{new_job, JobHandle};
 use crate::pool::Registry;
 use crate::sync::Mutex;
 
@@ -106,46 +106,65 @@ where
         }
         Some(None) | None => (input, None),
     };
+    // The first attempt's place in the queue, taken after the copy: no user code runs while the
+    // call holds it (a `Clone` that waits for a call on this pool would wait for this place).
+    let reserved = match registry.reserve() {
+        Ok(reserved) => reserved,
+        Err(Refusal::Full) => {
+            // A bounded queue with no room: a driven call waits for it, with the original
+            // input (it makes its own copy when it needs one).
+            let input = match kept {
+                Some(original) => {
+                    guard::drop("an input", input);
+                    original
+                }
+                None => input,
+            };
+            return call::start(parts(run, captured), input, slot, token, now);
+        }
+        Err(Refusal::ShutDown) => {
+            // Counted, as a plain call's attempt is when the pool closes as it is queued.
+            Counts::add(&controls.counts.attempts);
+            guard::drop(
+                "the work of a refused call",
+                (input, kept, slot, captured, run),
+            );
+            return JobHandle::ready(Err(JobError::shut_down()));
+        }
+    };
     let retries = kept.is_some();
     let again = kept.map(|kept| Again {
         run: run.clone(),
         captured: captured.clone(),
         input: Mutex::new(Some(kept)),
     });
-    let direct = direct::new(registry, controls, deadline, called, again);
-    let me = retries.then(|| Arc::downgrade(&direct));
-    let then = move |out| match &me {
-        Some(me) => Direct::after_first(me, out),
-        None => Step::Done(out),
-    };
-    let me_too = deadline.map(|_| Arc::downgrade(&direct));
-    let expired = move || match &me_too {
-        Some(me) => Direct::expired(me),
-        None => Step::Expired,
-    };
+    let mut queued = None;
+    let direct = direct::new(registry, controls, deadline, called, again, |me| {
+        let me_for_then = retries.then(|| Weak::clone(me));
+        let then = move |out| match &me_for_then {
+            Some(me) => Direct::after_first(me, out),
+            None => Step::Done(out),
+        };
+        let me_for_expired = deadline.map(|_| Weak::clone(me));
+        let expired = move || match &me_for_expired {
+            Some(me) => Direct::expired(me),
+            None => Step::Expired,
+        };
+        let plan = Attempt {
+            slot,
+            deadline,
+            sampled,
+        };
+        let job = plan.job(run, move || input, then, expired);
+        let (job, handle) = new_job(job, captured, registry.id);
+        queued = Some(job);
+        handle
+            .into_completion()
+            .unwrap_or_else(|_| unreachable!("a job made here is not waiting for room"))
+    });
     Counts::add(&controls.counts.attempts);
-    let plan = Attempt {
-        slot,
-        deadline,
-        sampled,
-    };
-    let job = plan.job(run, move || input, then, expired);
-    match registry.submit(job, captured).into_completion() {
-        Ok(attempt) => direct.queued(attempt),
-        Err(waiting_for_room) => {
-            // A bounded queue with no room: a driven call polls the attempt into it.
-            let parts = Parts {
-                registry: Arc::clone(registry),
-                controls: Arc::clone(controls),
-                run: direct.again_run(),
-                captured: direct.again_captured(),
-                deadline,
-                called,
-            };
-            let handle = call::adopt_handle(parts, direct.take_input(), waiting_for_room);
-            // Its last owner, with the program and the context in it: through the guard.
-            guard::drop("a call", direct);
-            handle
-        }
+    if let Some(job) = queued {
+        reserved.fill(job);
     }
+    direct.queued()
 }

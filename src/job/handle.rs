@@ -296,8 +296,12 @@ impl<T> Future for JobHandle<T> {
                     // Surely pending: yield without a look inside (no lock, no waker left
                     // with the job, so its worker has nobody to wake if it ends meanwhile).
                     this.yields -= 1;
-                    crate::guard::quietly("a waker", || cx.waker().wake_by_ref());
-                    return Poll::Pending;
+                    if crate::guard::returned("a waker", || cx.waker().wake_by_ref()) {
+                        return Poll::Pending;
+                    }
+                    // The wake-up panicked, so nothing polls the task again: the job must hold
+                    // its waker, as if there were no yields left.
+                    this.yields = 0;
                 }
             }
         }

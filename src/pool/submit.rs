@@ -222,7 +222,8 @@ pub(crate) struct Reserved {
 }
 
 impl Reserved {
-    fn fill(mut self, job: Job) {
+    /// Queues `job` in this slot.
+    pub(crate) fn fill(mut self, job: Job) {
         if let Some(registry) = self.registry.take() {
             registry.push(job);
         }

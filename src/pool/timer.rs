@@ -126,6 +126,8 @@ struct State {
     /// The thread looks at the entries again by then; `None`: only when notified.
     wake_at: Option<Instant>,
     started: bool,
+    /// The thread has left (after the close, once no entry waited).
+    left: bool,
     closed: bool,
 }
 
@@ -220,6 +222,7 @@ impl Timer {
                     next_order: 0,
                     wake_at: None,
                     started: false,
+                    left: false,
                     closed: false,
                 }),
                 cv: Condvar::new(),
@@ -235,9 +238,44 @@ impl Timer {
     ///
     /// [`Closed`] once the pool is closed: the caller ends its wait itself.
     pub(crate) fn at(&self, when: Instant, alarm: Weak<dyn Alarm>) -> Result<TimerKey, Closed> {
+        self.insert(when, alarm, false)
+    }
+
+    /// Rings `alarm` at `when`, for a call's deadline: like [`at`](Self::at), but taken after
+    /// the close too (a call accepted as the pool closed may still run, and its deadline
+    /// matters as those kept at the close do), starting a thread again if the last one left.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] after the close if no thread serves the entries and the OS refuses one.
+    pub(crate) fn deadline(
+        &self,
+        when: Instant,
+        alarm: Weak<dyn Alarm>,
+    ) -> Result<TimerKey, Closed> {
+        self.insert(when, alarm, true)
+    }
+
+    fn insert(
+        &self,
+        when: Instant,
+        alarm: Weak<dyn Alarm>,
+        after_close: bool,
+    ) -> Result<TimerKey, Closed> {
         let mut state = lock(&self.shared.state);
         if state.closed {
-            return Err(Closed);
+            if !after_close {
+                return Err(Closed);
+            }
+            if !state.started || state.left {
+                // Nothing serves entries any more: a deadline after the close gets a thread
+                // of its own, which has no close to tell (its entries all came after it).
+                if !self.start(true) {
+                    return Err(Closed);
+                }
+                state.started = true;
+                state.left = false;
+            }
         }
         let index = match state.free.pop() {
             Some(index) => index,
@@ -269,7 +307,7 @@ impl Timer {
             generation,
         }));
         if !state.started {
-            state.started = self.start();
+            state.started = self.start(false);
         }
         if state.wake_at.is_none_or(|at| when < at) {
             state.wake_at = Some(when);
@@ -340,13 +378,14 @@ impl Timer {
     }
 
     /// Starts the thread (under the state's lock, which it takes only once started); false if
-    /// the OS refused one: the entries wait for the next try, or ring at the close.
-    fn start(&self) -> bool {
+    /// the OS refused one: the entries wait for the next try, or ring at the close. `told`:
+    /// started after the close, with nothing to tell of it.
+    fn start(&self, told: bool) -> bool {
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name(format!("{}-timer", self.name))
             .stack_size(self.stack_size)
-            .spawn(move || serve(&shared));
+            .spawn(move || serve(&shared, told));
         match spawned {
             Ok(_) => true,
             Err(e) => {
@@ -366,10 +405,9 @@ impl Drop for Timer {
 }
 
 /// The timer thread: ring what is due, sleep until the next entry; at the close, tell every
-/// entry, and leave once those kept have rung.
-fn serve(shared: &Shared) {
+/// entry (unless `told` already), and leave once those kept have rung.
+fn serve(shared: &Shared, mut told: bool) {
     let mut state = lock(&shared.state);
-    let mut told = false;
     loop {
         if state.closed && !told {
             told = true;
@@ -403,6 +441,7 @@ fn serve(shared: &Shared) {
             continue;
         }
         if state.closed && state.live == 0 {
+            state.left = true;
             return;
         }
         let wake_at = state.earliest();
@@ -518,6 +557,77 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "rang");
         assert!(Instant::now() >= due, "it rang before its time");
         assert!(timer.at(Instant::now(), Arc::downgrade(&keep)).is_err());
+    }
+
+    /// After the close, while the thread serves an entry kept at the close, a deadline is
+    /// still taken and rings at its time (a call accepted as the pool closed keeps its
+    /// deadline); other waits are refused. Once the thread has left, a deadline starts another.
+    #[test]
+    fn a_deadline_is_taken_after_the_close_while_the_thread_serves() {
+        struct Keep(Mutex<mpsc::Sender<&'static str>>, &'static str);
+        impl Alarm for Keep {
+            fn ring(self: Arc<Self>) {
+                let _ = lock(&self.0).send(self.1);
+            }
+            fn close(self: Arc<Self>) -> bool {
+                let _ = lock(&self.0).send("told");
+                true
+            }
+        }
+        let timer = Timer::new("t".into(), 1 << 20);
+        let (tx, rx) = mpsc::channel();
+        let kept: Arc<dyn Alarm> = Arc::new(Keep(Mutex::new(tx.clone()), "kept rang"));
+        let late: Arc<dyn Alarm> = Arc::new(Keep(Mutex::new(tx), "late rang"));
+        timer
+            .at(
+                Instant::now() + Duration::from_millis(300),
+                Arc::downgrade(&kept),
+            )
+            .unwrap();
+        timer.close();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), "told");
+        assert!(timer.at(Instant::now(), Arc::downgrade(&late)).is_err());
+        let due = Instant::now() + Duration::from_millis(20);
+        timer.deadline(due, Arc::downgrade(&late)).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+            "late rang"
+        );
+        assert!(Instant::now() >= due, "it rang before its time");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+            "kept rang"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !lock(&timer.shared.state).left {
+            assert!(Instant::now() < deadline, "the thread did not leave");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Once the thread has left, a deadline starts another.
+        timer
+            .deadline(Instant::now(), Arc::downgrade(&late))
+            .unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+            "late rang"
+        );
+        assert!(timer.at(Instant::now(), Arc::downgrade(&late)).is_err());
+    }
+
+    /// A pool closed before any wait for time has no timer thread: a deadline after the close
+    /// (a call accepted as it closed) starts one and rings at its time (it was refused, and
+    /// the call ran past its deadline uncut).
+    #[test]
+    fn a_deadline_after_a_close_with_no_thread_rings() {
+        let timer = Timer::new("t".into(), 1 << 20);
+        timer.close();
+        let (tx, rx) = mpsc::channel();
+        let late = alarm(&tx, 5);
+        let due = Instant::now() + Duration::from_millis(20);
+        timer.deadline(due, Arc::downgrade(&late)).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap().0, 5);
+        assert!(Instant::now() >= due, "it rang before its time");
+        assert!(timer.at(Instant::now(), Arc::downgrade(&late)).is_err());
     }
 
     /// A key names one entry: after its entry rang or was cancelled, it takes out nothing,
