@@ -8,7 +8,8 @@
 # ${TMPDIR:-/tmp}/asyncify-ab) as a plain library renamed asyncify-pool-before / -after;
 # a harness crate there (source: benches/ab_harness/harness.rs) depends on both, is built with
 # --release under its own CARGO_TARGET_DIR, and run. AB_ROUNDS (default 15) and
-# ASYNCIFY_BENCH_CALLS (default 100000) pass through. Nothing in this repository is changed.
+# ASYNCIFY_BENCH_CALLS (default 100000) pass through; AB_OPTIONS=1 adds the groups through a
+# program with options (both revisions must have them). Nothing in this repository is changed.
 set -euo pipefail
 
 BASE_REV=${1:-04c4150}
@@ -98,6 +99,9 @@ tokio = { version = "1.40", features = ["rt", "rt-multi-thread"] }
 crossbeam-channel = "0.5.15"
 oneshot = { version = "0.2.1", default-features = false, features = ["std", "async"] }
 
+[features]
+options = []
+
 [profile.release]
 debug = "line-tables-only"
 
@@ -109,7 +113,9 @@ EOF
 
 export CARGO_TARGET_DIR="$AB_DIR/target"
 echo "ab.sh: before=$(label "$BASE_REV") after=$(label "$NEW_REV"); building in $AB_DIR" >&2
-cargo build --release --quiet --manifest-path "$HARNESS/Cargo.toml"
+FEATURES=()
+[[ ${AB_OPTIONS:-0} == 1 ]] && FEATURES=(--features options)
+cargo build --release --quiet --manifest-path "$HARNESS/Cargo.toml" "${FEATURES[@]}"
 
 AB_BASE_LABEL=$(label "$BASE_REV") AB_NEW_LABEL=$(label "$NEW_REV") \
     AB_ROUNDS=${AB_ROUNDS:-15} ASYNCIFY_BENCH_CALLS=${ASYNCIFY_BENCH_CALLS:-100000} \

@@ -24,8 +24,12 @@
 //! over the counted rounds, p10 and p90, the median of the per-round ratios to the floor of the
 //! same round, and for `after` the median (p10–p90) of the per-round ratios after/before.
 //!
-//! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15, and
-//! `ASYNCIFY_BENCH_CALLS` pass through). The output is a Markdown table.
+//! With `AB_OPTIONS=1` (both revisions must have the program options), each `call` group runs
+//! twice more: through `.timeout(60 s)` (`timeout`), and through that with a retry policy, a
+//! rate limit and an adaptive limit that never trigger (`all`), as in `benches/options.rs`.
+//!
+//! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15,
+//! `ASYNCIFY_BENCH_CALLS` and `AB_OPTIONS` pass through). The output is a Markdown table.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -43,6 +47,68 @@ const THREAD_COUNTS: [usize; 2] = [2, 8];
 
 
 fn noop() {}
+
+/// The `[floor, before, after]` contenders of a `call` group: `program.call(i)` on the two
+/// programs, `move || i` on the floor.
+macro_rules! calls {
+    ($rt:expr, $shape:expr, $calls:expr, $floor:expr, $bprog:expr, $aprog:expr) => {{
+        let (rt, shape, calls, floor, bprog, aprog) = ($rt, $shape, $calls, $floor, $bprog, $aprog);
+        let entries: [(&str, Measure<'_>); 3] = [
+            (
+                "floor",
+                Box::new(move || {
+                    chunk(rt, shape, calls, |i| {
+                        let rx = floor.call(move || black_box(i));
+                        async move {
+                            black_box(rx.await.expect("floor job"));
+                        }
+                    })
+                }),
+            ),
+            (
+                "before",
+                Box::new(move || {
+                    chunk(rt, shape, calls, |i| {
+                        let h = bprog.call(i);
+                        async move {
+                            black_box(h.await.expect("before call"));
+                        }
+                    })
+                }),
+            ),
+            (
+                "after",
+                Box::new(move || {
+                    chunk(rt, shape, calls, |i| {
+                        let h = aprog.call(i);
+                        async move {
+                            black_box(h.await.expect("after call"));
+                        }
+                    })
+                }),
+            ),
+        ];
+        entries
+    }};
+}
+
+/// `$program` (of the library `$lib`) with a deadline, a retry policy, a rate limit and an
+/// adaptive limit, none of which triggers (`AB_OPTIONS=1`).
+#[cfg(feature = "options")]
+macro_rules! with_all_options {
+    ($lib:ident, $program:expr) => {{
+        let unlimited = $lib::RateLimiter::with_burst(u32::MAX, NEVER, u32::MAX);
+        $program
+            .timeout(NEVER)
+            .retry($lib::Retry::new(3).retry_if(|_: &u64| false))
+            .with_rate_limiter(&unlimited)
+            .adaptive_concurrency(4096, 4096, $lib::Overload::when(|_: &u64| false))
+    }};
+}
+
+/// A deadline that never comes, and the rate limit's period.
+#[cfg(feature = "options")]
+const NEVER: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {
@@ -154,6 +220,11 @@ fn main() {
         let after_prog = after_pool.asyncify(|x: u64| x);
         let (floor, bp, ap, bprog, aprog) =
             (&floor, &before_pool, &after_pool, &before_prog, &after_prog);
+        #[cfg(feature = "options")]
+        let (timed, all) = (
+            (bprog.timeout(NEVER), aprog.timeout(NEVER)),
+            (with_all_options!(before, bprog), with_all_options!(after, aprog)),
+        );
 
         for (shape, shape_name) in [
             (Shape::RoundTrip, "round_trip"),
@@ -190,42 +261,13 @@ fn main() {
             ];
             interleave(rounds, threads, &format!("{shape_name}/spawn"), &spawn);
 
-            let call: [(&str, Measure<'_>); 3] = [
-                (
-                    "floor",
-                    Box::new(move || {
-                        chunk(rt, shape, calls, |i| {
-                            let rx = floor.call(move || black_box(i));
-                            async move {
-                                black_box(rx.await.expect("floor job"));
-                            }
-                        })
-                    }),
-                ),
-                (
-                    "before",
-                    Box::new(move || {
-                        chunk(rt, shape, calls, |i| {
-                            let h = bprog.call(i);
-                            async move {
-                                black_box(h.await.expect("before call"));
-                            }
-                        })
-                    }),
-                ),
-                (
-                    "after",
-                    Box::new(move || {
-                        chunk(rt, shape, calls, |i| {
-                            let h = aprog.call(i);
-                            async move {
-                                black_box(h.await.expect("after call"));
-                            }
-                        })
-                    }),
-                ),
-            ];
+            let call = calls!(rt, shape, calls, floor, bprog, aprog);
             interleave(rounds, threads, &format!("{shape_name}/call"), &call);
+            #[cfg(feature = "options")]
+            for (name, (b, a)) in [("timeout", &timed), ("all", &all)] {
+                let call = calls!(rt, shape, calls, floor, b, a);
+                interleave(rounds, threads, &format!("{shape_name}/{name}"), &call);
+            }
         }
 
         drop((before_prog, after_prog));
