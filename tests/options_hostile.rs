@@ -249,7 +249,7 @@ impl Clone for ReentrantClone {
 
 /// The retry policy's copy of the input (user code) runs while the call holds no place in a
 /// bounded queue: an input whose `Clone` waits for a job on the same pool does not wait for
-/// the place its own call took (it hung, with a queue of one place).
+/// the place its own call would hold (a queue of one place).
 #[test]
 fn a_reentrant_clone_of_the_input_does_not_deadlock_a_bounded_queue() {
     let pool = common::bounded_pool(1, 1);

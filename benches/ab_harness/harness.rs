@@ -97,7 +97,8 @@ macro_rules! calls {
 #[cfg(feature = "options")]
 macro_rules! with_all_options {
     ($lib:ident, $program:expr) => {{
-        let unlimited = $lib::RateLimiter::with_burst(u32::MAX, NEVER, u32::MAX);
+        let unlimited =
+            $lib::RateLimiter::with_burst(u32::MAX, std::time::Duration::from_secs(1), u32::MAX);
         $program
             .timeout(NEVER)
             .retry($lib::Retry::new(3).retry_if(|_: &u64| false))
@@ -106,7 +107,7 @@ macro_rules! with_all_options {
     }};
 }
 
-/// A deadline that never comes, and the rate limit's period.
+/// A deadline that never comes.
 #[cfg(feature = "options")]
 const NEVER: std::time::Duration = std::time::Duration::from_secs(60);
 

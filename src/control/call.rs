@@ -88,9 +88,8 @@ where
 }
 
 /// Takes over a call whose first attempt, `attempt`, is under way, with nobody waiting for it
-/// (a detached handle) or still waiting for room in a bounded queue: the call is the attempt's
-/// waker (and polls it into the queue), and keeps the deadline itself. `input`: the original,
-/// if the retry policy may want another attempt.
+/// (a detached handle): the call is the attempt's waker and keeps the deadline itself.
+/// `input`: the original, if the retry policy may want another attempt.
 pub(super) fn adopt<I, O, R>(
     parts: Parts<R>,
     input: Option<I>,

@@ -163,8 +163,6 @@ where
             .unwrap_or_else(|_| unreachable!("a job made here is not waiting for room"))
     });
     Counts::add(&controls.counts.attempts);
-    if let Some(job) = queued {
-        reserved.fill(job);
-    }
+    reserved.fill(queued.expect("the attempt is made with the call"));
     direct.queued()
 }

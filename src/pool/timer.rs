@@ -26,7 +26,9 @@
 //!
 //! At the pool's close every entry is told at once ([`Alarm::close`]: each ends its wait, or
 //! keeps its entry, as a running call's deadline does); the thread serves the entries kept
-//! until none is left, and leaves.
+//! until none is left, and leaves. After the close only deadlines are taken ([`Timer::deadline`]:
+//! a call accepted as the pool closed may still run), and one that finds the thread gone starts
+//! it again.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -83,7 +85,8 @@ impl TimerKey {
     }
 }
 
-/// The pool is closed: no new entry is taken.
+/// The pool is closed: no new entry but a deadline is taken (and a deadline neither, if no
+/// thread serves them and the OS refuses one).
 #[derive(Debug)]
 pub(crate) struct Closed;
 
@@ -341,7 +344,7 @@ impl Timer {
     }
 
     /// Tells every entry that the pool closed (on the timer thread), which then serves those
-    /// kept and leaves; later entries are refused.
+    /// kept and leaves; later entries but deadlines are refused.
     pub(crate) fn close(&self) {
         let orphans = {
             let mut state = lock(&self.shared.state);
@@ -507,7 +510,7 @@ mod tests {
     }
 
     /// An alarm whose owner is gone rings nothing; the close rings the rest at once and
-    /// refuses new entries.
+    /// refuses new entries but deadlines.
     #[test]
     fn close_rings_everything_at_once() {
         let timer = Timer::new("t".into(), 1 << 20);
@@ -580,7 +583,7 @@ mod tests {
         let late: Arc<dyn Alarm> = Arc::new(Keep(Mutex::new(tx), "late rang"));
         timer
             .at(
-                Instant::now() + Duration::from_millis(300),
+                Instant::now() + Duration::from_millis(1500),
                 Arc::downgrade(&kept),
             )
             .unwrap();
