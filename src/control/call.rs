@@ -100,26 +100,13 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    // Not polled yet: the caller publishes it first (see `Continued::start`).
-    adopted(parts, input, attempt)
-}
-
-fn adopted<I, O, R>(
-    parts: Parts<R>,
-    input: Option<I>,
-    attempt: JobHandle<Attempted<O>>,
-) -> Arc<Call<I, O, R>>
-where
-    I: Send + 'static,
-    O: Send + 'static,
-    R: Fn(I) -> O + Clone + Send + Sync + 'static,
-{
     let stage = Stage::Attempt {
         kept: input,
         handle: Some(attempt),
     };
     let call = Call::new(parts, stage, 1, |_| {});
     call.keep_deadline();
+    // Not polled yet: the caller publishes it first (see `Continued::start`).
     call
 }
 
