@@ -128,9 +128,8 @@ struct State {
     next_order: u64,
     /// The thread looks at the entries again by then; `None`: only when notified.
     wake_at: Option<Instant>,
+    /// A thread serves the entries (false again once it has left, after the close).
     started: bool,
-    /// The thread has left (after the close, once no entry waited).
-    left: bool,
     closed: bool,
 }
 
@@ -225,7 +224,6 @@ impl Timer {
                     next_order: 0,
                     wake_at: None,
                     started: false,
-                    left: false,
                     closed: false,
                 }),
                 cv: Condvar::new(),
@@ -270,14 +268,13 @@ impl Timer {
             if !after_close {
                 return Err(Closed);
             }
-            if !state.started || state.left {
+            if !state.started {
                 // Nothing serves entries any more: a deadline after the close gets a thread
                 // of its own, which has no close to tell (its entries all came after it).
                 if !self.start(true) {
                     return Err(Closed);
                 }
                 state.started = true;
-                state.left = false;
             }
         }
         let index = match state.free.pop() {
@@ -444,7 +441,7 @@ fn serve(shared: &Shared, mut told: bool) {
             continue;
         }
         if state.closed && state.live == 0 {
-            state.left = true;
+            state.started = false;
             return;
         }
         let wake_at = state.earliest();
@@ -602,7 +599,7 @@ mod tests {
             "kept rang"
         );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !lock(&timer.shared.state).left {
+        while lock(&timer.shared.state).started {
             assert!(Instant::now() < deadline, "the thread did not leave");
             std::thread::sleep(Duration::from_millis(1));
         }
