@@ -362,3 +362,94 @@ fn a_kept_input_whose_drop_reaches_its_own_call_does_not_deadlock() {
         slot.lock().unwrap().take();
     }
 }
+
+/// An input whose `Drop` blocks until a gate opens (the gate is shared by its clones).
+struct SlowDrop {
+    slow: bool,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        if self.slow {
+            let (open, cv) = &*self.gate;
+            let open = open.lock().unwrap();
+            let _ = cv.wait_timeout_while(open, Duration::from_secs(20), |open| !*open);
+        }
+    }
+}
+
+fn open(gate: &(Mutex<bool>, std::sync::Condvar)) {
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+}
+
+/// A call that runs until its deadline cuts it off, after `timeout`.
+fn until_cut_off(pool: &WorkerPool, timeout: Duration) -> asyncify_pool::JobHandle<()> {
+    let program = pool.asyncify(|_: ()| {
+        while !is_cancelled() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    program.timeout(timeout).call(())
+}
+
+/// A call that times out in a rate limiter's line has its input dropped; that `Drop` blocks,
+/// and no other deadline of the pool waits for it.
+#[test]
+fn a_blocking_drop_of_a_timed_out_input_stalls_no_other_deadline() {
+    let pool = WorkerPool::new(2);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let limited = pool
+        .asyncify(|_: SlowDrop| ())
+        .rate_limit(1, Duration::from_secs(3600))
+        .timeout(Duration::from_millis(20));
+    let token = limited.call(SlowDrop {
+        slow: false,
+        gate: Arc::clone(&gate),
+    });
+    assert_eq!(common::wait(token), Ok(()));
+    // No token for an hour: it times out in the line, and its input is dropped.
+    let waiting = limited.call(SlowDrop {
+        slow: true,
+        gate: Arc::clone(&gate),
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut other = until_cut_off(&pool, Duration::from_millis(100));
+    let got = other.wait_timeout(BOUND);
+    open(&gate);
+    drop(waiting);
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_timed_out()),
+        "a 100 ms deadline gave {got:?}: the timer was stuck in a user Drop"
+    );
+}
+
+/// A queued attempt cut off by its deadline has its input dropped; that `Drop` blocks, and
+/// no other deadline of the pool waits for it.
+#[test]
+fn a_blocking_drop_of_a_queued_attempts_input_stalls_no_other_deadline() {
+    let pool = WorkerPool::new(2);
+    let (gate_open, busy) = common::occupy(&pool, 1);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let one = pool
+        .asyncify(|_: SlowDrop| ())
+        .timeout(Duration::from_millis(20));
+    // The pool's second worker runs a call cut off later; the input below waits in the queue.
+    let mut other = until_cut_off(&pool, Duration::from_millis(300));
+    let queued = one.call(SlowDrop {
+        slow: true,
+        gate: Arc::clone(&gate),
+    });
+    let got = other.wait_timeout(BOUND);
+    open(&gate);
+    drop(queued);
+    gate_open.open();
+    for b in busy {
+        common::wait(b).unwrap();
+    }
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_timed_out()),
+        "a 300 ms deadline gave {got:?}: the timer was stuck in a user Drop"
+    );
+}
