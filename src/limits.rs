@@ -6,6 +6,17 @@ use std::time::Duration;
 /// The most worker threads a pool may have: [`WorkerPool::MAX_THREADS`](crate::WorkerPool::MAX_THREADS).
 pub(crate) const MAX_THREADS: usize = 1024;
 
+/// The smallest stack a thread of a pool is started with: a smaller
+/// [`Builder::stack_size`](crate::Builder::stack_size) is raised to it. A waiter deep in its
+/// stack hands the awaited job to a spare thread once half of the stack is used (see
+/// `pool::worker`), so the other half must hold one more level of nesting and the hand-off
+/// itself (starting a thread). In a debug build 2,000 nested waits on one thread ran with
+/// 32 KiB and overflowed with 24 KiB; for a size below the OS's minimum, which the OS raises,
+/// the half-stack check meant nothing at all (every nested wait went to a spare). Twice the
+/// size that ran leaves room for the part of the stack the OS keeps (thread-local storage)
+/// and for the library's frames growing.
+pub(crate) const MIN_STACK_SIZE: usize = 64 << 10;
+
 /// The default of the `async_max_workers` setting: the default pool's thread count.
 pub(crate) const DEFAULT_ASYNC_MAX_WORKERS: usize = 8;
 

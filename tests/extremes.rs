@@ -136,6 +136,32 @@ fn thread_counts_above_max_threads_are_refused() {
     );
 }
 
+/// A stack size below the pool's minimum (0, 1 byte, a page) is raised to it: the pool builds,
+/// and nested waits on it, however deep, neither overflow nor abort. Below the OS's own
+/// minimum the size the half-stack check used was not the stack the thread had, every nested
+/// wait went to a spare thread on a stack too small for the hand-off, and one aborted.
+#[test]
+fn a_stack_size_of_zero_is_raised_to_the_minimum_and_survives_nested_waits() {
+    in_child(
+        "a_stack_size_of_zero_is_raised_to_the_minimum_and_survives_nested_waits",
+        || {
+            for stack in [0, 1, 4096] {
+                let pool = WorkerPool::builder()
+                    .threads(1)
+                    .stack_size(stack)
+                    .build()
+                    .expect("a tiny stack size is raised, not refused");
+                assert_eq!(wait(pool.spawn(|| 1)), Ok(1), "a plain job, stack {stack}");
+                let inner = pool.clone();
+                let nested = pool.spawn(move || inner.spawn(|| 2).wait());
+                assert_eq!(wait(nested), Ok(Ok(2)), "one nested wait, stack {stack}");
+                assert_eq!(common::depth(pool.clone(), 500), 500, "stack {stack}");
+                pool.shutdown();
+            }
+        },
+    );
+}
+
 #[test]
 fn a_thread_name_with_a_nul_is_an_error() {
     let built = catch_unwind(|| WorkerPool::builder().threads(1).thread_name("a\0b").build());

@@ -93,6 +93,26 @@ fn depth_1_000_nested_waits_on_one_thread_with_a_1m_stack() {
     );
 }
 
+/// Deep nesting on a small stack: past half of it, each level goes to a spare thread, and the
+/// hand-off must fit in the half that is left. It once built the new thread's counters there
+/// (10 KB of histograms, copied a few times over in a debug build), and 2,000 nested waits on
+/// one thread with a 96 KiB stack overflowed it and aborted; 120 KiB was enough.
+#[test]
+fn depth_2_000_nested_waits_on_one_thread_with_a_96k_stack() {
+    in_child(
+        "depth_2_000_nested_waits_on_one_thread_with_a_96k_stack",
+        || {
+            let pool = WorkerPool::builder()
+                .threads(1)
+                .stack_size(96 << 10)
+                .build()
+                .expect("the OS takes a 96 KiB stack");
+            assert_eq!(depth(pool.clone(), 2000), 2000);
+            assert_eq!(pool.stats().live_threads, 1, "spare threads are no workers");
+        },
+    );
+}
+
 #[test]
 fn wait_timeout_inside_a_job_helps_like_wait() {
     // The only worker waits, with a bound, on a trivial job queued behind its own. `wait` runs

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::registry::Registry;
 use super::WorkerPool;
 use crate::error::PoolError;
-use crate::limits::MAX_THREADS;
+use crate::limits::{MAX_THREADS, MIN_STACK_SIZE};
 
 /// A thread start or stop hook.
 pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
@@ -19,7 +19,7 @@ pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 /// |---|---|
 /// | [`threads`](Self::threads) | `num_cpus::get()` (also for 0), at most [`WorkerPool::MAX_THREADS`] |
 /// | [`thread_name`](Self::thread_name) | `"asyncify"`, threads are named `asyncify-0`, `asyncify-1`, … |
-/// | [`stack_size`](Self::stack_size) | the standard library's default (`RUST_MIN_STACK`, else 2 MiB) |
+/// | [`stack_size`](Self::stack_size) | the standard library's default (`RUST_MIN_STACK`, else 2 MiB), at least 64 KiB |
 /// | [`on_thread_start`](Self::on_thread_start) / [`on_thread_stop`](Self::on_thread_stop) | none |
 /// | [`queue_capacity`](Self::queue_capacity) | unbounded |
 /// | [`keep_alive`](Self::keep_alive) | `Duration::ZERO`: surplus threads leave at their next job boundary |
@@ -107,9 +107,16 @@ impl Builder {
     /// The stack size of each worker thread, in bytes. A size the operating system refuses is
     /// an error at [`build`](Self::build) ([`PoolError::Spawn`]).
     ///
+    /// Sizes below 64 KiB (0 included) are raised to 64 KiB, and so is a smaller
+    /// `RUST_MIN_STACK` when this is not set: the pool's nested waits need that much (below).
+    /// The operating system may round the size up further (to whole pages, or to its own
+    /// minimum); the pool counts only on the size asked for.
+    ///
     /// A job that waits on another job of its pool may run that job on its own stack (see
     /// [`JobHandle::wait`](crate::JobHandle::wait)), but only while less than half of the stack
-    /// is in use; deeper, the awaited job runs on a spare thread with a stack of this size.
+    /// is in use; deeper, the awaited job runs on a spare thread with a stack of this size. So
+    /// nested waits of any depth fit any stack size, as long as one level of the program's own
+    /// nesting (its frames between one wait and the next) fits in half of it.
     ///
     /// # Examples
     ///
@@ -281,7 +288,10 @@ impl Builder {
         }
         let config = ThreadConfig {
             name: self.name,
-            stack_size: self.stack_size.unwrap_or_else(default_stack_size),
+            stack_size: self
+                .stack_size
+                .unwrap_or_else(default_stack_size)
+                .max(MIN_STACK_SIZE),
             on_start: self.on_start,
             on_stop: self.on_stop,
             keep_alive: self.keep_alive,
@@ -292,7 +302,7 @@ impl Builder {
 }
 
 /// The standard library's default stack size for new threads, which the pool passes on
-/// explicitly so that it knows how deep its own threads may go.
+/// explicitly (raised to `MIN_STACK_SIZE`) so that it knows how deep its own threads may go.
 fn default_stack_size() -> usize {
     std::env::var("RUST_MIN_STACK")
         .ok()

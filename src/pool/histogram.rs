@@ -194,14 +194,21 @@ impl Histogram {
 
 /// The live form of a [`Histogram`]: written by one thread, read by any.
 pub(crate) struct AtomicHistogram {
-    counts: [AtomicU64; BUCKETS],
+    /// On the heap, and made there: a thread's counters (four of these, 10 KB inline) are made
+    /// by the thread that starts it, and a waiter deep in its stack starts a spare thread (see
+    /// `worker`). An inline array was built on that stack and copied a few times over (in a
+    /// debug build), which overflowed a small stack that still had room for the hand-off.
+    counts: Box<[AtomicU64; BUCKETS]>,
     max: AtomicU64,
 }
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
+        let counts: Box<[AtomicU64]> = (0..BUCKETS).map(|_| AtomicU64::new(0)).collect();
         AtomicHistogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            counts: counts
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("BUCKETS counters were made")),
             max: AtomicU64::new(0),
         }
     }
@@ -224,7 +231,7 @@ impl AtomicHistogram {
     /// Adds what this histogram holds now to `into` (each bucket recent, not one atomic picture
     /// while it is written).
     pub(crate) fn add_to(&self, into: &mut Histogram) {
-        for (sum, counter) in into.counts.iter_mut().zip(&self.counts) {
+        for (sum, counter) in into.counts.iter_mut().zip(self.counts.iter()) {
             *sum = sum.saturating_add(counter.load(Relaxed));
         }
         into.max = into.max.max(self.max.load(Relaxed));
@@ -244,7 +251,7 @@ impl AtomicHistogram {
 
     /// Forgets every duration (by this histogram's one writer).
     pub(crate) fn clear(&self) {
-        for counter in &self.counts {
+        for counter in self.counts.iter() {
             counter.store(0, Relaxed);
         }
         self.max.store(0, Relaxed);

@@ -112,7 +112,8 @@ struct Worker {
     counters: Arc<Counters>,
     /// The queue, for a worker; a spare takes nothing from it.
     rx: Option<Receiver<Job>>,
-    /// Where this thread's stack began (its size is the pool's).
+    /// Where this thread's stack began (its size is at least the pool's `stack_size`: the OS
+    /// only rounds it up, and the pool raises a size too small for its nested waits).
     stack_base: usize,
     /// Where this worker sleeps when idle.
     sleeper: Arc<Sleeper>,
