@@ -563,6 +563,110 @@ fn a_result_is_not_lost_to_a_settings_value_dropped_with_it() {
     whole_after_attack(&pool, 1);
 }
 
+// --- j. user code after a job, on its worker, that waits on the pool --------------------------
+
+/// An output whose `Drop` waits on another job of its pool, and sends what it got.
+struct WaitsOnDrop(WorkerPool, mpsc::Sender<Result<u32, JobError>>);
+
+impl Drop for WaitsOnDrop {
+    fn drop(&mut self) {
+        let out = self.0.spawn(|| 7u32).wait();
+        let _ = self.1.send(out);
+    }
+}
+
+/// The worker drops a detached job's output after the job, still in the job's place in the
+/// pool; a `Drop` that waits on a job of the one-thread pool gets its answer (the worker runs
+/// that job under the same place). It once parked for good: the worker was no longer "in a
+/// job", so the wait asked for a place of its own, and the only one was its own.
+#[test]
+fn a_detached_outputs_drop_that_waits_on_its_pool_does_not_deadlock() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel();
+    let inner = pool.clone();
+    pool.spawn(move || WaitsOnDrop(inner, tx)).detach();
+    let out = rx.recv_timeout(HANG);
+    assert_eq!(
+        out,
+        Ok(Ok(7)),
+        "the output's Drop on the worker never got its answer"
+    );
+    whole_after_attack(&pool, 1);
+}
+
+/// The same for the job's captured overrides, released on the worker because the caller
+/// dropped the handle while the job ran: a value whose `Drop` waits on the pool gets its
+/// answer.
+#[test]
+fn an_override_whose_drop_waits_on_its_pool_released_on_the_worker_does_not_deadlock() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
+    let go = Gate::new();
+    let g = go.clone();
+    let value = Arc::new(WaitsOnDrop(pool.clone(), tx));
+    let handle = settings::context(Overrides::new().with("hostile", value), || {
+        pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            g.wait();
+        })
+    });
+    started_rx.recv_timeout(HANG).unwrap();
+    drop(handle); // the job's captured overrides are now released on the worker
+    go.open();
+    let out = rx.recv_timeout(HANG);
+    assert_eq!(
+        out,
+        Ok(Ok(7)),
+        "the override's Drop on the worker never got its answer"
+    );
+    whole_after_attack(&pool, 1);
+}
+
+/// A waker that, woken on a worker, waits on a job of its pool and sends what it got (the
+/// handle's own yields, on the test's thread, it lets pass).
+struct WaitingWaker(
+    WorkerPool,
+    std::sync::Mutex<Option<mpsc::Sender<Result<u32, JobError>>>>,
+);
+
+impl std::task::Wake for WaitingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if asyncify_pool::worker_index().is_none() {
+            return;
+        }
+        if let Some(tx) = self.1.lock().unwrap().take() {
+            let _ = tx.send(self.0.spawn(|| 9u32).wait());
+        }
+    }
+}
+
+/// The worker wakes the caller after the job, still in its place: a waker that waits on a job
+/// of the one-thread pool there gets its answer.
+#[test]
+fn a_waker_that_waits_on_the_pool_when_its_job_completes_does_not_deadlock() {
+    let pool = WorkerPool::new(1);
+    let (tx, rx) = mpsc::channel();
+    let go = Gate::new();
+    let g = go.clone();
+    let mut handle = pool.spawn(move || g.wait());
+    let waiting = Arc::new(WaitingWaker(pool.clone(), std::sync::Mutex::new(Some(tx))));
+    let waker = std::task::Waker::from(waiting);
+    let mut cx = Context::from_waker(&waker);
+    // Past the handle's yields, so that the job holds this waker and its worker wakes it.
+    for _ in 0..20 {
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+    }
+    go.open();
+    let out = rx.recv_timeout(HANG);
+    assert_eq!(out, Ok(Ok(9)), "the waker's wait never got its answer");
+    assert_eq!(wait(handle), Ok(()));
+    whole_after_attack(&pool, 1);
+}
+
 /// Hooks may use their pool: an `on_thread_start` hook that waits on a job of its one-thread
 /// pool (the only thread that could run it is the hook's), and an `on_thread_stop` hook that
 /// shuts the pool down; neither hangs.

@@ -314,12 +314,6 @@ fn sampled() -> bool {
     })
 }
 
-/// True while a job runs on this thread (its worker's place in the pool covers a job it waits
-/// on and runs itself).
-pub(crate) fn running_a_job() -> bool {
-    CURRENT.with(|c| c.borrow().is_some())
-}
-
 /// True inside a running job once its caller has dropped the [`JobHandle`] (a timeout, a
 /// `select!` that went the other way, a cancelled task): the result will be thrown away, so a
 /// long program may stop early. False outside jobs.

@@ -32,6 +32,15 @@
 //! the waiter's permit, so the pool's concurrency does not change). Threads then grow with
 //! nesting depth divided by what half a stack holds, a handful for a thousand levels.
 //!
+//! A wait made from what follows a job on its worker (the drop of its discarded output or of
+//! its captured context, its caller's waker, a waker of the bounded queue woken as the job
+//! leaves it) is nested too: the thread still holds the job's place in the pool there, and
+//! runs the awaited job under it, as inside the job. The place is kept to the end of that code
+//! rather than given back before it: given back, the worker would run user code beside as many
+//! jobs as the pool has places, and the awaited job would need a place of its own, which a
+//! full pool may not have until one of its jobs ends; with one thread that was a deadlock (the
+//! thread waited for the place it held).
+//!
 //! Deadlock freedom: the awaited job is queued (the waiter runs it), waiting for room in a
 //! bounded queue (the waiter owns its handle, so it runs it without queueing it), or running
 //! on some thread, which by the same argument is making progress. Only a cycle of jobs waiting
@@ -66,7 +75,7 @@ use super::sleep::{pause, Sleeper, SPINS_BEFORE_SLEEP};
 use super::stats::Counters;
 use crate::error::JobError;
 use crate::guard;
-use crate::job::{running_a_job, thread_waker, Job, JobHandle, Outcome, Runnable, Start};
+use crate::job::{thread_waker, Job, JobHandle, Outcome, Runnable, Start};
 use crate::local_state;
 use crate::sync::{deadline_after, lock, Mutex};
 
@@ -81,11 +90,25 @@ pub(super) enum Role {
 
 /// A piece of work a loop may run.
 enum Work<'w> {
-    /// A job taken off the queue, with the permit taken for it first.
-    Queued(Job, Permit<'w>),
-    /// An awaited job, run by (or for) the thread waiting on it, under the waiter's permit (or,
-    /// for a hook, under a permit taken for it).
-    Nested(Nested, Option<Permit<'w>>),
+    /// A job taken off the queue, with the place taken for it first.
+    Queued(Job, Place<'w>),
+    /// An awaited job, run by (or for) the thread waiting on it, under the waiter's place (or,
+    /// for a hook, under a place taken for it).
+    Nested(Nested, Option<Place<'w>>),
+}
+
+/// A permit this thread holds, marked on its worker while it is held (see
+/// [`Worker::holds_place`]).
+struct Place<'w> {
+    worker: &'w Worker,
+    _permit: Permit<'w>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        // Only a thread that holds no place takes one, so it holds none again.
+        self.worker.holds_place.set(false);
+    }
 }
 
 /// Where a piece of work ran.
@@ -118,6 +141,10 @@ struct Worker {
     /// Where this worker sleeps when idle.
     sleeper: Arc<Sleeper>,
     shutdown: shutdown::Sender,
+    /// True while this thread holds a place in the pool (a [`Place`], or for a spare its
+    /// waiter's): from a job's start to the end of the user code that follows it (see the
+    /// module docs), so that a wait there runs the awaited job under that place.
+    holds_place: Cell<bool>,
 }
 
 thread_local! {
@@ -192,6 +219,7 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
         stack_base: stack_address(),
         sleeper: Arc::default(),
         shutdown,
+        holds_place: Cell::new(false),
     });
     WORKER.with(|w| *w.borrow_mut() = Some(Rc::clone(&worker)));
     // Per-worker programs' states are kept on this thread until it leaves (below).
@@ -201,7 +229,10 @@ pub(super) fn main(registry: Arc<Registry>, ticket: Ticket, role: Role) {
     }
     let last_worker = match (spare, &worker.rx) {
         (Some(nested), _) => {
+            // Under the waiter's place, which it keeps until this job has ended.
+            worker.holds_place.set(true);
             worker.run(Work::Nested(nested, None));
+            worker.holds_place.set(false);
             false
         }
         (None, None) => false, // a spare whose waiter took the job back
@@ -264,17 +295,17 @@ impl Worker {
     /// thread's stack is more than half used.
     fn run(&self, work: Work<'_>) -> Ran {
         match work {
-            Work::Queued(job, permit) => {
+            Work::Queued(job, place) => {
                 job.run(&|o| self.record(o));
-                drop(permit);
+                drop(place);
                 // States of per-worker programs that are gone go at the next job boundary (one
                 // relaxed load when none is), so a busy worker lets them go too.
                 local_state::sweep();
             }
-            Work::Nested(nested, permit) => {
-                // A spare runs under its waiter's place in a job; a permit taken for a hook
+            Work::Nested(nested, place) => {
+                // A spare runs under its waiter's place in a job; a place taken for a hook
                 // stays here, so the job runs here with it (a hook runs near its stack's top).
-                if permit.is_none() && self.stack_is_half_used() {
+                if place.is_none() && self.stack_is_half_used() {
                     match self.run_on_spare(nested) {
                         Ok(()) => return Ran::OnSpare,
                         Err(nested) => self.run_nested(nested),
@@ -282,7 +313,7 @@ impl Worker {
                 } else {
                     self.run_nested(nested);
                 }
-                drop(permit);
+                drop(place);
             }
         }
         Ran::Here
@@ -310,6 +341,15 @@ impl Worker {
             self.registry.husks.fetch_sub(1, Relaxed);
         }
         self.counters.record(outcome);
+    }
+
+    /// Marks `permit` as this thread's place in the pool until it is dropped.
+    fn take_place<'w>(&'w self, permit: Permit<'w>) -> Place<'w> {
+        self.holds_place.set(true);
+        Place {
+            worker: self,
+            _permit: permit,
+        }
     }
 
     fn stack_is_half_used(&self) -> bool {
@@ -358,12 +398,14 @@ impl Goal for Serve {
             return None; // idle: no permit taken and given back for nothing
         }
         // The permit first: a job never leaves the queue into a thread that cannot run it.
-        let permit = registry.permits.try_acquire()?;
+        let place = worker.take_place(registry.permits.try_acquire()?);
         let job = worker.rx.as_ref()?.try_recv().ok()?;
+        // Under the place: this wakes handles waiting for room (user wakers), and a waker that
+        // waits on a job of the pool runs it under this place.
         registry.room.release();
         self.rounds = 0;
         self.idle_since = None;
-        Some(Work::Queued(job, permit))
+        Some(Work::Queued(job, place))
     }
 
     fn wait(&mut self, worker: Option<&Worker>) {
@@ -422,18 +464,19 @@ impl<T> Goal for Await<'_, T> {
         if worker.registry.id != self.handle.pool() || std::mem::replace(&mut self.offered, true) {
             return None;
         }
-        // Inside a job the waiter's own place covers the awaited job; a thread of the pool not
-        // running a job (a hook) needs a place of its own.
-        let permit = if running_a_job() {
+        // Inside a job, or in the user code that follows one, the waiter's own place covers
+        // the awaited job; a thread of the pool that holds none (a hook, a per-worker state
+        // dropped between jobs) needs a place of its own.
+        let place = if worker.holds_place.get() {
             None
         } else {
-            Some(worker.registry.permits.try_acquire()?)
+            Some(worker.take_place(worker.registry.permits.try_acquire()?))
         };
         let nested = match self.handle.take_pending() {
             Some(job) => Nested::Held(job),
             None => Nested::OutOfLine(self.handle.out_of_line()?),
         };
-        Some(Work::Nested(nested, permit))
+        Some(Work::Nested(nested, place))
     }
 
     fn handed_to_spare(&mut self) {
@@ -466,7 +509,9 @@ impl<T> JobHandle<T> {
     /// job of the same pool never deadlocks, even with one thread. It runs only that job, never
     /// other queued work, so nested waits use stack in proportion to their nesting and not to
     /// the queue; past half of the stack, the awaited job runs on a short-lived spare thread
-    /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)).
+    /// instead (see [`Builder::stack_size`](crate::Builder::stack_size)). The same holds for
+    /// user code that a worker runs just after a job, still in the job's place: the drop of
+    /// the job's discarded output or of its captured overrides, the caller's waker.
     ///
     /// A call of a program with options ([`timeout`](crate::AsyncProgram::timeout),
     /// [`retry`](crate::AsyncProgram::retry), the limits) is run by its waiter the same way,
