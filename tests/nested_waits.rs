@@ -128,6 +128,34 @@ fn wait_timeout_inside_a_job_helps_like_wait() {
     );
 }
 
+/// A wait with any timeout inside a job first runs the awaited job if no worker has started
+/// it, as `wait` does, and only then honours the timeout. A deadline that had passed once
+/// ended the wait before that, so a job polling its child with `wait_timeout(ZERO)` on a
+/// one-thread pool never got the child run.
+#[test]
+fn polling_a_child_with_zero_timeouts_inside_a_job_of_a_one_thread_pool_finishes() {
+    let pool = WorkerPool::new(1);
+    let inner = pool.clone();
+    let outer = pool.spawn(move || {
+        let mut child = inner.spawn(|| 5u32);
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            if let Some(out) = child.wait_timeout(std::time::Duration::ZERO) {
+                return Some(out);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::yield_now(); // other work of the job would go here
+        }
+    });
+    assert_eq!(
+        wait(outer),
+        Ok(Some(Ok(5))),
+        "wait_timeout(ZERO) inside a job never ran the child"
+    );
+}
+
 /// A job waiting on a job of another pool keeps its stack to itself: it runs nothing else
 /// meanwhile. A worker that ran its own pool's queued jobs while waiting (as a version of the
 /// rebuild did, to break cycles between pools) ran the second job here on top of the first,

@@ -445,25 +445,40 @@ struct Await<'h, T> {
     deadline: Option<Instant>,
     waker: Waker,
     result: Option<Result<T, JobError>>,
-    /// The awaited job was offered to run here once already.
+    /// The awaited job was offered to run here once already (since the last wake-up).
     offered: bool,
+    /// The awaited job was offered to run here at least once in this wait: only then may a
+    /// deadline end it.
+    offered_once: bool,
+}
+
+impl<T> Await<'_, T> {
+    /// True on a thread of the job's own pool, which may run it (see `next`).
+    fn may_run_on(&self, worker: Option<&Worker>) -> bool {
+        worker.is_some_and(|w| w.registry.id == self.handle.pool())
+    }
 }
 
 impl<T> Goal for Await<'_, T> {
-    fn reached(&mut self, _: Option<&Worker>) -> bool {
+    fn reached(&mut self, worker: Option<&Worker>) -> bool {
         let mut cx = Context::from_waker(&self.waker);
         if let Poll::Ready(result) = self.handle.poll_with(Some(&mut cx)) {
             self.result = Some(result);
             return true;
         }
+        // A deadline ends the wait only once the awaited job was offered to run here: a job
+        // polling its child with short (or zero) timeouts on a busy pool would otherwise give
+        // up every time before it started the child, and with one thread never get it run.
         self.deadline.is_some_and(|d| Instant::now() >= d)
+            && (self.offered_once || !self.may_run_on(worker))
     }
 
     fn next<'w>(&mut self, worker: &'w Worker) -> Option<Work<'w>> {
         // Only a thread of the job's own pool runs it: another pool's limit is not ours.
-        if worker.registry.id != self.handle.pool() || std::mem::replace(&mut self.offered, true) {
+        if !self.may_run_on(Some(worker)) || std::mem::replace(&mut self.offered, true) {
             return None;
         }
+        self.offered_once = true;
         // Inside a job, or in the user code that follows one, the waiter's own place covers
         // the awaited job; a thread of the pool that holds none (a hook, a per-worker state
         // dropped between jobs) needs a place of its own.
@@ -543,8 +558,10 @@ impl<T> JobHandle<T> {
     /// handle (and so the job) alive. `Duration::MAX` (or any timeout past what an `Instant`
     /// holds) waits without a limit.
     ///
-    /// Inside a job it helps as `wait` does: if it runs the awaited job (on this thread or on a
-    /// spare thread), it returns when that job is done, even if that is after `timeout`.
+    /// Inside a job it helps as `wait` does, whatever the timeout (`Duration::ZERO` too): if no
+    /// worker has started the awaited job, it runs it first (on this thread or on a spare
+    /// thread), and returns when that job is done, even if that is after `timeout`. So a job
+    /// that polls its child with short timeouts gets it run, even on one thread.
     ///
     /// # Examples
     ///
@@ -569,6 +586,7 @@ impl<T> JobHandle<T> {
             waker: thread_waker(),
             result: None,
             offered: false,
+            offered_once: false,
         };
         work_until(worker.as_deref(), &mut goal);
         goal.result
