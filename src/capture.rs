@@ -173,7 +173,11 @@ impl Captured {
             // A live `Ctx` holds its overrides and its span, so no other overrides can have
             // their address and no other span their id meanwhile: an equal key is the same
             // context (for the dispatcher, see the module docs).
-            let last = MEMORY.with(|m| m.borrow().last.as_ref().and_then(Weak::upgrade));
+            // `try_with`: a call from a thread-local's destructor shares nothing.
+            let last = MEMORY
+                .try_with(|m| m.borrow().last.as_ref().and_then(Weak::upgrade))
+                .ok()
+                .flatten();
             if let Some(last) = last {
                 if last.key() == key {
                     return Captured(Some(last));
@@ -196,7 +200,10 @@ impl Captured {
             span,
         });
         if shareable {
-            let previous = MEMORY.with(|m| m.borrow_mut().last.replace(Arc::downgrade(&ctx)));
+            let previous = MEMORY
+                .try_with(|m| m.borrow_mut().last.replace(Arc::downgrade(&ctx)))
+                .ok()
+                .flatten();
             drop(previous); // a `Weak`: frees at most an emptied allocation, runs no user code
         }
         Captured(Some(ctx))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use asyncify_pool::settings::{self, Overrides, SettingsError};
 use asyncify_pool::{JobError, PoolError, WorkerPool};
-use common::{quiet_planned_panics, wait, PoisonPayload, HANG};
+use common::{in_child, quiet_planned_panics, wait, PoisonPayload, HANG};
 
 #[test]
 #[should_panic(expected = "WorkerPool::new(0): a pool needs at least one thread")]
@@ -354,4 +354,117 @@ fn polling_a_handle_after_its_result_panics_clearly() {
     assert_eq!(handle.wait_timeout(HANG), Some(Ok(1)));
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let _ = std::pin::Pin::new(&mut handle).poll(&mut cx);
+}
+
+// --- calls from a thread-local's destructor ----------------------------------------------------
+
+/// Makes a call and waits on it when dropped, and sends what it got.
+struct CallsOnExit(mpsc::Sender<Result<u32, JobError>>, WorkerPool);
+
+impl Drop for CallsOnExit {
+    fn drop(&mut self) {
+        let out = self.1.spawn(|| 3u32).wait();
+        let _ = self.0.send(out);
+    }
+}
+
+/// What a thread-local's destructor read of the library, and a handle it polled.
+type ReadOnExit = (
+    Option<usize>,
+    bool,
+    bool,
+    Option<usize>,
+    Option<Result<u32, JobError>>,
+);
+
+/// Reads a setting, the overrides in force, `is_cancelled` and `worker_index` when dropped, and
+/// polls a handle by hand, as an executor would (futures' `block_on` keeps a thread-local of
+/// its own, which a destructor cannot use).
+struct ReadsOnExit(mpsc::Sender<ReadOnExit>, WorkerPool);
+
+impl Drop for ReadsOnExit {
+    fn drop(&mut self) {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        let setting = settings::get::<usize>("async_max_workers");
+        let nothing_in_force = settings::current().is_empty();
+        let cancelled = asyncify_pool::is_cancelled();
+        let index = asyncify_pool::worker_index();
+        let mut handle = self.1.spawn(|| 4u32);
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let deadline = std::time::Instant::now() + HANG;
+        let polled = loop {
+            if let Poll::Ready(out) = std::pin::Pin::new(&mut handle).poll(&mut cx) {
+                break Some(out);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let _ = self
+            .0
+            .send((setting, nothing_in_force, cancelled, index, polled));
+    }
+}
+
+thread_local! {
+    static CALLS_ON_EXIT: std::cell::RefCell<Option<CallsOnExit>> =
+        const { std::cell::RefCell::new(None) };
+    static READS_ON_EXIT: std::cell::RefCell<Option<ReadsOnExit>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A call and its wait made from a thread-local's destructor, after the library's own
+/// thread-locals on that thread are gone, get their answer. Reading them with `with` there
+/// aborted the process ("cannot access a Thread Local Storage value during or after
+/// destruction"); now that is nothing in force, not a worker, and a fresh waker.
+#[test]
+fn a_call_from_a_thread_local_destructor_gets_its_answer() {
+    in_child(
+        "a_call_from_a_thread_local_destructor_gets_its_answer",
+        || {
+            let pool = WorkerPool::new(1);
+            let (tx, rx) = mpsc::channel();
+            let p = pool.clone();
+            std::thread::spawn(move || {
+                // The user's thread-local first, then a first call, which sets up the
+                // library's: those are destroyed first, as the thread exits.
+                CALLS_ON_EXIT.with(|e| *e.borrow_mut() = Some(CallsOnExit(tx, p.clone())));
+                assert_eq!(p.spawn(|| 1u32).wait(), Ok(1));
+            })
+            .join()
+            .unwrap();
+            assert_eq!(rx.recv_timeout(HANG), Ok(Ok(3)));
+        },
+    );
+}
+
+/// The same for a settings read and an async poll of a handle from a thread-local's
+/// destructor: the global value (nothing is in force there), no job, no worker, and the
+/// handle's answer.
+#[test]
+fn settings_reads_and_a_poll_from_a_thread_local_destructor_get_their_answers() {
+    in_child(
+        "settings_reads_and_a_poll_from_a_thread_local_destructor_get_their_answers",
+        || {
+            let pool = WorkerPool::new(1);
+            let (tx, rx) = mpsc::channel();
+            let p = pool.clone();
+            std::thread::spawn(move || {
+                READS_ON_EXIT.with(|e| *e.borrow_mut() = Some(ReadsOnExit(tx, p.clone())));
+                // Sets up the library's thread-locals on this thread after the user's.
+                settings::context(Overrides::new().with("misuse.tls", 1u8), || {
+                    assert_eq!(settings::get::<u8>("misuse.tls"), Some(1));
+                    assert_eq!(p.spawn(|| 1u32).wait(), Ok(1));
+                });
+            })
+            .join()
+            .unwrap();
+            let read = rx
+                .recv_timeout(HANG)
+                .expect("the destructor sent what it read");
+            assert_eq!(read, (Some(8), true, false, None, Some(Ok(4))));
+        },
+    );
 }

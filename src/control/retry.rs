@@ -278,14 +278,22 @@ fn seed() -> u64 {
 
 /// A uniformly distributed number in [0, 1).
 fn random_fraction() -> f64 {
-    RANDOM.with(|r| {
-        let mut x = r.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        r.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
+    // `try_with`: in a thread-local's destructor, a fresh seed's first step.
+    let x = RANDOM
+        .try_with(|r| {
+            let x = xorshift(r.get());
+            r.set(x);
+            x
+        })
+        .unwrap_or_else(|_| xorshift(seed()));
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
 }
 
 #[cfg(all(test, not(loom)))]

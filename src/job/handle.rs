@@ -428,7 +428,10 @@ thread_local! {
     static THREAD_WAKER: Waker = Waker::from(Arc::new(Unparker(thread::current())));
 }
 
-/// The waker that unparks this thread.
+/// The waker that unparks this thread: a new one in a thread-local's destructor, once this
+/// thread's is gone.
 pub(crate) fn thread_waker() -> Waker {
-    THREAD_WAKER.with(Waker::clone)
+    THREAD_WAKER
+        .try_with(Waker::clone)
+        .unwrap_or_else(|_| Waker::from(Arc::new(Unparker(thread::current()))))
 }

@@ -307,11 +307,14 @@ thread_local! {
 /// sample that tests can count exactly.)
 fn sampled() -> bool {
     const { assert!(TIMING_SAMPLE > 0, "TIMING_SAMPLE is at least 1") };
-    SINCE_SAMPLED.with(|since| {
-        let n = since.get();
-        since.set(if n + 1 >= TIMING_SAMPLE { 0 } else { n + 1 });
-        n == 0
-    })
+    // `try_with`: a call from a thread-local's destructor is not timed.
+    SINCE_SAMPLED
+        .try_with(|since| {
+            let n = since.get();
+            since.set(if n + 1 >= TIMING_SAMPLE { 0 } else { n + 1 });
+            n == 0
+        })
+        .unwrap_or(false)
 }
 
 /// True inside a running job once its caller has dropped the [`JobHandle`] (a timeout, a
@@ -340,7 +343,10 @@ fn sampled() -> bool {
 /// assert!(!is_cancelled()); // not in a job here
 /// ```
 pub fn is_cancelled() -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|job| job.is_cancelled()))
+    // `try_with`: no job runs in a thread-local's destructor, which may ask.
+    CURRENT
+        .try_with(|c| c.borrow().as_ref().is_some_and(|job| job.is_cancelled()))
+        .unwrap_or(false)
 }
 
 #[cfg(all(test, loom))]

@@ -152,9 +152,10 @@ thread_local! {
     static WORKER: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
 }
 
-/// This thread's place in its pool, if it is a thread of one.
+/// This thread's place in its pool, if it is a thread of one (none in a thread-local's
+/// destructor: a pool's thread has left its pool by then).
 fn this_worker() -> Option<Rc<Worker>> {
-    WORKER.with(|w| w.borrow().clone())
+    WORKER.try_with(|w| w.borrow().clone()).ok().flatten()
 }
 
 /// True on a thread of the pool with id `pool` (a job of it runs here).

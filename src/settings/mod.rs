@@ -323,7 +323,7 @@ static GLOBAL_WORKERS: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_ASYNC_
 /// The `async_max_workers` in force here, checked: the thread count the default pool follows.
 pub(crate) fn async_max_workers() -> Result<usize, SettingsError> {
     let name = ASYNC_MAX_WORKERS.name();
-    let local = IN_FORCE.with(|f| value_of(f.borrow().effective().map.as_deref(), name));
+    let local = in_force(|f| value_of(f.effective().map.as_deref(), name)).flatten();
     match local {
         Some(value) => check_workers(downcast(ASYNC_MAX_WORKERS.name(), &value)?),
         None => Ok(GLOBAL_WORKERS.load(Ordering::Relaxed)),
@@ -428,8 +428,8 @@ pub fn get<T: Any + Clone>(key: impl SettingKey<T>) -> Option<T> {
 /// ```
 pub fn try_get<T: Any + Clone>(key: impl SettingKey<T>) -> Result<Option<T>, SettingsError> {
     let key = key.name();
-    let found = IN_FORCE
-        .with(|f| value_of(f.borrow().effective().map.as_deref(), key))
+    let found = in_force(|f| value_of(f.effective().map.as_deref(), key))
+        .flatten()
         .or_else(|| global_value(key));
     found.map(|v| downcast(key, &v)).transpose()
 }
@@ -476,15 +476,22 @@ thread_local! {
     static IN_FORCE: RefCell<InForce> = const { RefCell::new(InForce::empty()) };
 }
 
+/// Reads what is in force on this thread; `None` once its slot is gone (user code run from
+/// another thread-local's destructor, as the thread exits), where nothing is in force and no
+/// job runs. A read never aborts the process there, as `with` would.
+fn in_force<R>(read: impl FnOnce(&InForce) -> R) -> Option<R> {
+    IN_FORCE.try_with(|f| read(&f.borrow())).ok()
+}
+
 /// True while a pool job runs on this thread (`configure` refuses there).
 pub(crate) fn in_job() -> bool {
-    IN_FORCE.with(|f| f.borrow().in_job)
+    in_force(|f| f.in_job).unwrap_or(false)
 }
 
 /// The address of the overrides in force here, 0 for none: equal addresses while a capture
 /// holds them mean the same overrides.
 pub(crate) fn current_address() -> usize {
-    IN_FORCE.with(|f| f.borrow().effective().address())
+    in_force(|f| f.effective().address()).unwrap_or(0)
 }
 
 /// A snapshot of the overrides in force here (not the global configuration, which every thread
@@ -501,7 +508,7 @@ pub(crate) fn current_address() -> usize {
 /// });
 /// ```
 pub fn current() -> Overrides {
-    IN_FORCE.with(|f| f.borrow().effective().clone())
+    in_force(|f| f.effective().clone()).unwrap_or_default()
 }
 
 /// Puts overrides in force on this thread until dropped (also during a panic), then restores
