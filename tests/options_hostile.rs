@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asyncify_pool::{is_cancelled, Overload, RateLimiter, Retry, WorkerPool};
+use asyncify_pool::{
+    is_cancelled, AsyncProgram, JobHandle, Overload, RateLimiter, Retry, WorkerPool,
+};
 
 const BOUND: Duration = Duration::from_secs(5);
 
@@ -360,6 +362,164 @@ fn a_kept_input_whose_drop_reaches_its_own_call_does_not_deadlock() {
             assert_eq!(out, Ok(7));
         }
         slot.lock().unwrap().take();
+    }
+}
+
+/// An input that says (with its number) when it is dropped, if it has somewhere to say it.
+struct Told(u32, Option<mpsc::Sender<u32>>);
+
+impl Drop for Told {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.1 {
+            let _ = tx.send(self.0);
+        }
+    }
+}
+
+/// A program with a concurrency limit of one, and a call of it (input 0) that holds the slot,
+/// running, until the gate opens; it runs when this returns. Other inputs return their number.
+fn a_held_slot(
+    pool: &WorkerPool,
+) -> (
+    AsyncProgram<impl Fn(Told) -> u32 + Send + Sync + 'static>,
+    JobHandle<u32>,
+    Arc<common::Gate>,
+) {
+    let gate = common::Gate::new();
+    let (started_tx, started) = mpsc::channel();
+    let (g, started_tx) = (Arc::clone(&gate), Mutex::new(started_tx));
+    let p = pool
+        .asyncify(move |t: Told| {
+            if t.0 == 0 {
+                started_tx.lock().unwrap().send(()).unwrap();
+                g.wait();
+            }
+            t.0
+        })
+        .concurrency_limit(1);
+    let holder = p.call(Told(0, None));
+    started.recv_timeout(BOUND).expect("the holder runs");
+    (p, holder, gate)
+}
+
+/// a call waiting in a concurrency limit's line (no deadline) is "a wait outside the queue":
+/// at the pool's close it ends at once with `ShutDown`, while the slot's holder still runs
+/// (it waited for that slot, which may never come back).
+#[test]
+fn a_call_in_a_limit_line_ends_at_the_close_while_the_slot_holder_runs() {
+    let pool = WorkerPool::new(2);
+    let (p, holder, gate) = a_held_slot(&pool);
+    let mut second = p.call(Told(1, None));
+    assert!(
+        pool.shutdown_timeout(Duration::from_millis(10)).is_err(),
+        "the holder still runs"
+    );
+    let got = second.wait_timeout(BOUND);
+    gate.open();
+    assert_eq!(common::wait(holder), Ok(0));
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_shut_down()),
+        "a call in the limit's line after the close: {got:?}"
+    );
+}
+
+/// The same for a detached call in the line, which nobody polls: it ends at the close (its
+/// input is let go), not when the holder returns.
+#[test]
+fn a_detached_call_in_a_limit_line_ends_at_the_close() {
+    let pool = WorkerPool::new(2);
+    let (p, holder, gate) = a_held_slot(&pool);
+    let (dropped_tx, dropped) = mpsc::channel();
+    p.call(Told(1, Some(dropped_tx))).detach();
+    close(&pool);
+    let got = dropped.recv_timeout(BOUND);
+    gate.open();
+    assert_eq!(common::wait(holder), Ok(0));
+    assert_eq!(got, Ok(1), "the detached call's input, let go at the close");
+}
+
+/// The same for a batch whose items wait in the line: the batch ends at the close, each item
+/// `ShutDown`.
+#[test]
+fn a_batch_waiting_in_a_limit_line_ends_at_the_close() {
+    let pool = WorkerPool::new(2);
+    let (p, holder, gate) = a_held_slot(&pool);
+    let (done_tx, done) = mpsc::channel();
+    let batch = p.batch((1..4).map(|i| Told(i, None)));
+    std::thread::spawn(move || drop(done_tx.send(batch.wait().into_results())));
+    common::spin_until("the batch's items in the line", || {
+        p.stats().waited_for_slot > 0
+    });
+    close(&pool);
+    let got = done.recv_timeout(BOUND);
+    gate.open();
+    assert_eq!(common::wait(holder), Ok(0));
+    let results = got.expect("the batch ends at the close");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_shut_down())),
+        "{results:?}"
+    );
+}
+
+/// Two threads call `call` in a loop while `pool` closes (a pause, varied by `round`, after
+/// they start): the calls made, each `Some` of its result if it ended within 2 s of the close.
+fn calls_as_the_pool_closes<T: Send + 'static>(
+    pool: &WorkerPool,
+    round: usize,
+    call: impl Fn() -> JobHandle<T> + Clone + Send + 'static,
+) -> Vec<Option<Result<T, asyncify_pool::JobError>>> {
+    let go = Arc::new(std::sync::Barrier::new(3));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (call, go) = (call.clone(), Arc::clone(&go));
+            std::thread::spawn(move || {
+                go.wait();
+                let mut handles = Vec::new();
+                for _ in 0..200_000 {
+                    let h = call();
+                    let refused = h.is_finished();
+                    handles.push(h);
+                    if refused {
+                        break; // the pool is closed
+                    }
+                }
+                handles
+            })
+        })
+        .collect();
+    go.wait();
+    std::thread::sleep(Duration::from_micros(200 + (round as u64 % 7) * 100));
+    close(pool);
+    let handles = callers.into_iter().flat_map(|c| c.join().unwrap());
+    handles
+        .map(|mut h| h.wait_timeout(Duration::from_secs(2)))
+        .collect()
+}
+
+/// A call that joins a limit's line just as the pool closes (it found the pool open, and
+/// reaches the line after the close has told the waiters there) ends too, `ShutDown`, never
+/// waiting for a slot that its holder keeps. Raced in rounds (`RACE_ROUNDS`).
+#[test]
+fn a_call_joining_a_limit_line_as_the_pool_closes_is_not_stranded() {
+    for round in 0..common::env_or("RACE_ROUNDS", 100usize) {
+        let pool = WorkerPool::new(2);
+        let (p, holder, gate) = a_held_slot(&pool);
+        let ended = calls_as_the_pool_closes(&pool, round, move || p.call(Told(1, None)));
+        gate.open();
+        assert_eq!(common::wait(holder), Ok(0));
+        let stranded = ended.iter().filter(|r| r.is_none()).count();
+        assert_eq!(
+            stranded,
+            0,
+            "round {round}: {stranded} of {} calls still wait 2 s after their pool closed",
+            ended.len()
+        );
+        assert!(ended
+            .into_iter()
+            .flatten()
+            .all(|r| r.unwrap_err().is_shut_down()));
     }
 }
 

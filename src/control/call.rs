@@ -4,7 +4,9 @@
 //! # Stages
 //!
 //! * `Waiting(input)`: before an attempt, at a gate (a limit's line, a limiter's line) or in a
-//!   backoff on the pool's timer. Holds the input.
+//!   backoff on the pool's timer. Holds the input. Every such wait ends at the pool's close
+//!   through an entry on the timer: the backoff's, the deadline's, the limiter's alarm, or (in
+//!   a limit's line, for a call with no deadline there) one set only to watch for the close.
 //! * `Attempt`: an attempt is a job of the pool; the call holds its handle (and the input,
 //!   kept for another attempt if the retry policy may want one). The attempt's job holds the
 //!   call's concurrency slot until it ends, so an abandoned attempt still counts against the
@@ -34,6 +36,10 @@ use crate::sync::{lock, AtomicBool, Mutex, MutexGuard};
 
 /// What an attempt's job returns.
 pub(super) type Attempted<O> = Step<O>;
+
+/// How far ahead a call waiting in a limit's line sets the entry that watches for the pool's
+/// close (see [`Call::watch_close`]).
+const WATCH: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What a call is made of, however it starts.
 pub(super) struct Parts<R> {
@@ -182,6 +188,9 @@ struct State<I, O> {
     /// A rate token was spent for the next attempt.
     token: bool,
     deadline_key: Option<TimerKey>,
+    /// While the call waits in a limit's line with no deadline on the timer: its entry there
+    /// that only the pool's close rings (see [`Call::watch_close`]).
+    watch: Option<TimerKey>,
     /// The end of the current backoff.
     backoff: Option<(Instant, TimerKey)>,
     /// The outcome of the last attempt, while a retry waits: the answer if it never comes.
@@ -279,7 +288,7 @@ where
 #[must_use]
 struct Ending<V> {
     values: V,
-    keys: [Option<TimerKey>; 2],
+    keys: [Option<TimerKey>; 3],
     waker: Option<Waker>,
 }
 
@@ -303,6 +312,7 @@ where
             slot: None,
             token: false,
             deadline_key: None,
+            watch: None,
             backoff: None,
             last: None,
             notified: false,
@@ -353,6 +363,31 @@ where
         Arc::downgrade(&(Arc::clone(self) as Arc<dyn Waiter>))
     }
 
+    /// For a call that joined a limit's line: unless its deadline is on the timer already (whose
+    /// entry the pool's close rings), an entry far ahead there, which only the close rings in
+    /// practice: nothing else lets a call out of the line but a slot given back, which may
+    /// never come (a holder that never returns). False if the timer refused it: the pool has
+    /// closed (the timer closes after the pool's flag is set, and every entry it took before
+    /// is told of the close).
+    fn watch_close(self: &Arc<Self>, st: &mut State<I, O>) -> bool {
+        if st.deadline_key.is_some() || st.watch.is_some() {
+            return true;
+        }
+        let now = Instant::now();
+        let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(self) as Arc<dyn Alarm>));
+        match self
+            .registry
+            .timer
+            .at(now.checked_add(WATCH).unwrap_or(now), alarm)
+        {
+            Ok(key) => {
+                st.watch = Some(key);
+                true
+            }
+            Err(_closed) => false,
+        }
+    }
+
     /// Moves a waiting call through its gates and into an attempt, as far as it can go now.
     fn advance(self: &Arc<Self>) {
         let needs_clock = self.deadline.is_some() || self.controls.rate.is_some();
@@ -380,6 +415,11 @@ where
                     Some(slot) => st.slot = Some(slot),
                     None => {
                         Counts::add(&self.controls.counts.waited_for_slot);
+                        if !self.watch_close(&mut st) {
+                            // The pool closed as the call joined the line: it leaves at once.
+                            let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+                            return self.end(st, result);
+                        }
                         return;
                     }
                 }
@@ -683,6 +723,7 @@ where
             ),
             keys: [
                 st.deadline_key.take(),
+                st.watch.take(),
                 st.backoff.take().map(|(_, key)| key),
             ],
             waker: st.waker.take(),
@@ -743,7 +784,8 @@ where
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    /// The deadline, or the end of a backoff.
+    /// The deadline, the end of a backoff, or (a year on) the entry that watches for the
+    /// pool's close.
     fn ring(self: Arc<Self>) {
         let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
@@ -751,6 +793,15 @@ where
             return;
         }
         let mut st = self.lock();
+        if st.watch.is_some_and(|key| now >= key.when()) {
+            // A year in a limit's line: watched for another.
+            st.watch = None;
+            let in_line = matches!(st.stage, Stage::Waiting(_)) && st.slot.is_none();
+            if in_line && st.backoff.is_none() && !self.watch_close(&mut st) {
+                let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
+                return self.end(st, result);
+            }
+        }
         if matches!(st.stage, Stage::Waiting(_))
             && st.backoff.is_some_and(|(until, _)| now >= until)
         {
@@ -760,8 +811,8 @@ where
         }
     }
 
-    /// The pool closed: a call waiting outside the pool (a backoff) ends now, with its last
-    /// outcome; a running call keeps its deadline.
+    /// The pool closed: a call waiting outside the pool (a backoff, a limit's line) ends now,
+    /// with its last outcome; a running call keeps its deadline.
     fn close(self: Arc<Self>) -> bool {
         let mut st = self.lock();
         match st.stage {
@@ -784,6 +835,12 @@ where
 {
     fn admit(self: Arc<Self>, grant: Grant) {
         let mut st = self.lock();
+        if let (Grant::Slot(_), Some(key)) = (&grant, st.watch) {
+            // Out of the limit's line: the close has nothing to end here any more (an attempt
+            // keeps its deadline, and a later wait its own way out).
+            st.watch = None;
+            self.registry.timer.cancel(key);
+        }
         if !matches!(st.stage, Stage::Waiting(_)) {
             drop(st);
             drop(grant); // a slot goes back to its limit
@@ -890,6 +947,7 @@ where
             ),
             keys: [
                 st.deadline_key.take(),
+                st.watch.take(),
                 st.backoff.take().map(|(_, key)| key),
             ],
             waker: None,
