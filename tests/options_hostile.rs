@@ -523,6 +523,36 @@ fn a_call_joining_a_limit_line_as_the_pool_closes_is_not_stranded() {
     }
 }
 
+/// The same for a rate limiter's line: a call that joins it as the pool closes ends, never
+/// waiting for a token an hour away. The limiter remembers that its alarm is set on the
+/// pool's timer; the close took that entry off and served the line just before the call
+/// joined it, and the call, trusting the record, set no alarm, so nothing would serve the line
+/// again. Raced in rounds (`RACE_ROUNDS`).
+#[test]
+fn a_call_joining_a_rate_line_as_the_pool_closes_is_not_stranded() {
+    for round in 0..common::env_or("RACE_ROUNDS", 300usize) {
+        let pool = WorkerPool::new(1);
+        let p = pool
+            .asyncify(|x: u32| x)
+            .rate_limit(1, Duration::from_secs(3600));
+        assert_eq!(common::wait(p.call(0)), Ok(0)); // the hour's token
+        let mut first = p.call(0); // waits: the limiter's alarm is set on this pool's timer
+        let mut ended = calls_as_the_pool_closes(&pool, round, move || p.call(1));
+        ended.push(first.wait_timeout(Duration::from_secs(2)));
+        let stranded = ended.iter().filter(|r| r.is_none()).count();
+        assert_eq!(
+            stranded,
+            0,
+            "round {round}: {stranded} of {} calls still wait 2 s after their pool closed",
+            ended.len()
+        );
+        assert!(ended
+            .into_iter()
+            .flatten()
+            .all(|r| r.unwrap_err().is_shut_down()));
+    }
+}
+
 /// An input whose `Drop` blocks until a gate opens (the gate is shared by its clones).
 struct SlowDrop {
     slow: bool,

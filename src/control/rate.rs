@@ -247,6 +247,15 @@ impl Rate {
     /// Sets the alarm on `pool`'s timer for the next token (or far ahead, if none will come),
     /// unless it is set there for that time or sooner. False if that pool is closed.
     fn arm(self: &Arc<Self>, state: &mut State, pool: &Registry, now: Instant) -> bool {
+        if pool.is_closed() {
+            // The close takes the alarm's entry off the timer and serves the line under this
+            // lock, after the pool's flag is set; the record of the entry stays behind it. A
+            // call that found the pool open and comes here after that round would trust the
+            // record and wait for an alarm that will never ring: the flag, read under the
+            // lock, sends it away instead (and the record goes).
+            state.armed.retain(|&(id, _)| id != pool.id);
+            return false;
+        }
         let at = self
             .next_token(state, now)
             .unwrap_or_else(|| now.checked_add(NEVER).unwrap_or(now));
@@ -288,6 +297,9 @@ impl Rate {
                     // Possibly the call's last owner: dropped after the lock.
                     after_lock.push(waiter);
                 } else if waiter.registry().is_closed() {
+                    // (Its pool's alarm record is stale: that entry went with the close.)
+                    let pool = waiter.registry().id;
+                    state.armed.retain(|&(id, _)| id != pool);
                     admitted.push((waiter, Grant::Closed));
                 } else if !blocked && self.try_spend(&mut state, now) {
                     admitted.push((waiter, Grant::Token));
