@@ -67,6 +67,39 @@ fn other_programs_pass_the_waiting_calls() {
     assert_eq!(slow.stats().waited_for_slot, 9);
 }
 
+/// Calls that leave the line (dropped, nine in ten) have their entries taken out while it
+/// waits, in prunes: the calls still in it keep their places, and each runs once, in order.
+#[test]
+fn the_calls_left_in_a_pruned_line_keep_their_order() {
+    let pool = WorkerPool::new(2);
+    let gate = Gate::new();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (g, tx) = (Arc::clone(&gate), Mutex::new(started_tx));
+    let slow = pool
+        .asyncify(move |i: usize| {
+            tx.lock().unwrap().send(i).unwrap();
+            if i == 0 {
+                g.wait();
+            }
+        })
+        .concurrency_limit(1);
+    let first = slow.call(0);
+    assert_eq!(started_rx.recv_timeout(HANG).unwrap(), 0);
+    let kept: Vec<_> = (1..1_000)
+        .filter_map(|i| {
+            let h = slow.call(i);
+            (i % 10 == 0).then_some(h)
+        })
+        .collect();
+    gate.open();
+    wait(first).unwrap();
+    for h in kept {
+        wait(h).unwrap();
+    }
+    let order: Vec<usize> = started_rx.try_iter().collect();
+    assert_eq!(order, (1..100).map(|i| i * 10).collect::<Vec<_>>());
+}
+
 /// An attempt abandoned while it runs (its deadline passed) keeps its slot until it returns:
 /// the next call does not start beside it.
 #[test]

@@ -184,6 +184,36 @@ fn a_dropped_handle_leaves_the_line() {
     assert_eq!(limit.waiting(), 0);
 }
 
+/// Calls that leave the line (dropped, nine in ten) have their entries taken out while it
+/// waits, in prunes: the calls still in it keep their places, and each starts once, in order.
+#[test]
+fn the_calls_left_in_a_pruned_line_keep_their_order() {
+    let pool = WorkerPool::new(2);
+    let starts = Arc::new(Starts::default());
+    let s = Arc::clone(&starts);
+    let limit = RateLimiter::new(200, Duration::from_secs(1));
+    let p = pool
+        .asyncify(move |i: usize| s.record(i))
+        .with_rate_limiter(&limit);
+    let kept: Vec<_> = (0..400)
+        .filter_map(|i| {
+            let h = p.call(i);
+            (i % 10 == 0).then_some(h)
+        })
+        .collect();
+    for h in kept {
+        wait(h).unwrap();
+    }
+    // The kept calls, numbered 0 to 39.
+    let starts: Vec<_> = starts
+        .sorted()
+        .into_iter()
+        .map(|(i, at)| (i / 10, at))
+        .collect();
+    assert_in_call_order(&starts, 40);
+    assert_eq!(limit.waiting(), 0);
+}
+
 /// At shutdown the calls still waiting for a token end at once with `ShutDown`, without waiting
 /// for their turn.
 #[test]

@@ -191,6 +191,9 @@ struct State<I, O> {
     /// While the call waits in a limit's line with no deadline on the timer: its entry there
     /// that only the pool's close rings (see [`Call::watch_close`]).
     watch: Option<TimerKey>,
+    /// The line the call waits in, if it does: it tells that line if it leaves without being
+    /// let out, so that the line lets go of its entry (and the call's memory) in time.
+    in_line: Option<InLine>,
     /// The end of the current backoff.
     backoff: Option<(Instant, TimerKey)>,
     /// The outcome of the last attempt, while a retry waits: the answer if it never comes.
@@ -212,6 +215,13 @@ struct State<I, O> {
     /// The call itself, once detached: lines and the timer hold it only weakly, and nobody
     /// else may hold it while it waits. Let go of at its end.
     detached_self: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// The lines a call waits in.
+#[derive(Clone, Copy)]
+enum InLine {
+    Limit,
+    Rate,
 }
 
 enum Stage<I, O> {
@@ -284,12 +294,13 @@ where
 }
 
 /// What an ended call lets go of, after its lock is released: values of the user's (`V`),
-/// timer entries, the caller's waker.
+/// timer entries, the caller's waker, and the line it was waiting in.
 #[must_use]
 struct Ending<V> {
     values: V,
     keys: [Option<TimerKey>; 3],
     waker: Option<Waker>,
+    left: Option<InLine>,
 }
 
 impl<I, O, R> Call<I, O, R>
@@ -313,6 +324,7 @@ where
             token: false,
             deadline_key: None,
             watch: None,
+            in_line: None,
             backoff: None,
             last: None,
             notified: false,
@@ -415,6 +427,7 @@ where
                     Some(slot) => st.slot = Some(slot),
                     None => {
                         Counts::add(&self.controls.counts.waited_for_slot);
+                        st.in_line = Some(InLine::Limit);
                         if !self.watch_close(&mut st) {
                             // The pool closed as the call joined the line: it leaves at once.
                             let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
@@ -434,6 +447,7 @@ where
                     Take::Now => st.token = true,
                     Take::Wait => {
                         Counts::add(&self.controls.counts.waited_for_rate);
+                        st.in_line = Some(InLine::Rate);
                         return;
                     }
                     Take::Closed => {
@@ -727,6 +741,7 @@ where
                 st.backoff.take().map(|(_, key)| key),
             ],
             waker: st.waker.take(),
+            left: st.in_line.take(),
         };
         drop(st);
         self.release(ending);
@@ -737,6 +752,11 @@ where
             self.registry.timer.cancel(key);
         }
         guard::drop("a finished call's values", ending.values);
+        match ending.left {
+            Some(InLine::Limit) => self.controls.limit.iter().for_each(|l| l.left()),
+            Some(InLine::Rate) => self.controls.rate.iter().for_each(|r| r.rate().left()),
+            None => {}
+        }
         if let Some(waker) = ending.waker {
             guard::wake(waker);
         }
@@ -796,8 +816,8 @@ where
         if st.watch.is_some_and(|key| now >= key.when()) {
             // A year in a limit's line: watched for another.
             st.watch = None;
-            let in_line = matches!(st.stage, Stage::Waiting(_)) && st.slot.is_none();
-            if in_line && st.backoff.is_none() && !self.watch_close(&mut st) {
+            let in_line = matches!(st.in_line, Some(InLine::Limit));
+            if in_line && !self.watch_close(&mut st) {
                 let result = st.last.take().unwrap_or(Err(JobError::shut_down()));
                 return self.end(st, result);
             }
@@ -835,6 +855,7 @@ where
 {
     fn admit(self: Arc<Self>, grant: Grant) {
         let mut st = self.lock();
+        st.in_line = None; // let out (the line took its entry out)
         if let (Grant::Slot(_), Some(key)) = (&grant, st.watch) {
             // Out of the limit's line: the close has nothing to end here any more (an attempt
             // keeps its deadline, and a later wait its own way out).
@@ -951,6 +972,7 @@ where
                 st.backoff.take().map(|(_, key)| key),
             ],
             waker: None,
+            left: st.in_line.take(),
         };
         let waker = st.waker.take();
         drop(st);

@@ -37,6 +37,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use super::line::{self, Leavers};
 use super::{erase, Classifier, Classify, Grant, Waiter};
 use crate::guard;
 use crate::limits::ADAPTIVE_BACKOFF_RATIO;
@@ -144,6 +145,8 @@ pub(crate) struct Limit {
     /// given back looks at the line only when it is not 0.
     waiting: AtomicUsize,
     line: Mutex<VecDeque<Weak<dyn Waiter>>>,
+    /// Waiters that left the line without a slot, towards its next prune.
+    leavers: Leavers,
     adaptive: Option<(usize, usize, Signal)>,
 }
 
@@ -213,6 +216,7 @@ impl Limit {
             good: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             line: Mutex::new(VecDeque::new()),
+            leavers: Leavers::default(),
             adaptive,
         }
     }
@@ -287,6 +291,26 @@ impl Limit {
             let admitted = self.admit(&mut lock(&self.line));
             Limit::hand_out(admitted);
         }
+    }
+
+    /// A waiter left the line without a slot (its call was dropped or ended): once about half
+    /// the line has, the entries of those gone are taken out (see [`line`]). `waiting` follows
+    /// the line: only gone waiters leave it, so it is 0 only if no live one waits.
+    pub(crate) fn left(&self) {
+        if !self.leavers.one_more() {
+            return;
+        }
+        let looked_at = {
+            let mut line = lock(&self.line);
+            let Some(seen) = self.leavers.due(line.len()) else {
+                return;
+            };
+            let looked_at = line::prune(&mut line);
+            self.waiting.store(line.len(), SeqCst);
+            self.leavers.pruned(seen);
+            looked_at
+        };
+        guard::drop("calls in a line", looked_at);
     }
 
     /// Takes the live waiters the limit lets in now out of the line, each with its slot.
@@ -467,17 +491,23 @@ mod loom_tests {
     use loom::sync::atomic::AtomicBool;
     use loom::thread;
 
-    /// A waiter that keeps the slot it is admitted with.
+    /// A waiter that keeps the slot it is admitted with (or one that has gone).
     struct Keeper {
         admitted: AtomicBool,
         slot: Mutex<Option<Slot>>,
+        gone: bool,
     }
 
     impl Keeper {
         fn new() -> Arc<Self> {
+            Self::with(false)
+        }
+
+        fn with(gone: bool) -> Arc<Self> {
             Arc::new(Keeper {
                 admitted: AtomicBool::new(false),
                 slot: Mutex::new(None),
+                gone,
             })
         }
     }
@@ -490,7 +520,7 @@ mod loom_tests {
             self.admitted.store(true, SeqCst);
         }
         fn is_gone(&self) -> bool {
-            false
+            self.gone
         }
         fn registry(&self) -> &Arc<crate::pool::Registry> {
             unreachable!("no pool in these models")
@@ -600,6 +630,28 @@ mod loom_tests {
                 "the second waiter was missed, or served twice"
             );
             assert_eq!(limit.in_flight(), 2);
+        });
+    }
+
+    /// A prune (the entries of waiters that left taken out, `waiting` lowered) races the only
+    /// slot given back: the live waiter behind a gone one is let in, once, and the count stays
+    /// within the limit.
+    #[test]
+    fn a_prune_racing_a_slot_given_back_leaves_no_waiter_behind() {
+        loom::model(|| {
+            let limit = Limit::fixed(1);
+            let held = limit.try_acquire().expect("a free slot");
+            let (gone, live) = (Keeper::with(true), Keeper::new());
+            assert!(limit.acquire(weak(&gone)).is_none());
+            assert!(limit.acquire(weak(&live)).is_none());
+            for _ in 1..line::PRUNE_AFTER {
+                limit.leavers.one_more();
+            }
+            let releaser = thread::spawn(move || drop(held));
+            limit.left(); // the one that makes the prune due
+            releaser.join().unwrap();
+            assert!(live.admitted.load(SeqCst), "the live waiter was missed");
+            assert_eq!(limit.in_flight(), 1);
         });
     }
 }

@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::line::{self, Leavers};
 use super::{Grant, Waiter};
 use crate::pool::{Alarm, Registry};
 use crate::sync::{lock, Mutex};
@@ -61,6 +62,8 @@ pub(crate) struct Rate {
     interval: u128,
     tolerance: u128,
     state: Mutex<State>,
+    /// Waiters that left the line without a token, towards its next prune.
+    leavers: Leavers,
 }
 
 struct State {
@@ -142,6 +145,7 @@ impl RateLimiter {
                 armed: Vec::new(),
                 pools: Vec::new(),
             }),
+            leavers: Leavers::default(),
         }))
     }
 
@@ -218,6 +222,27 @@ impl Rate {
         state.line.is_empty() && self.try_spend(&mut state, now)
     }
 
+    /// A waiter left the line without a token (its call was dropped or ended): once about half
+    /// the line has, the entries of those gone are taken out (see [`line`]).
+    pub(crate) fn left(&self) {
+        if !self.leavers.one_more() {
+            return;
+        }
+        let looked_at = {
+            let mut state = lock(&self.state);
+            let Some(seen) = self.leavers.due(state.line.len()) else {
+                return;
+            };
+            let looked_at = line::prune(&mut state.line);
+            if state.line.is_empty() {
+                state.pools.clear();
+            }
+            self.leavers.pruned(seen);
+            looked_at
+        };
+        crate::guard::drop("calls in a line", looked_at);
+    }
+
     /// `now` in the limiter's units.
     fn units(&self, now: Instant) -> u128 {
         now.saturating_duration_since(self.base).as_nanos() * u128::from(self.n)
@@ -276,9 +301,9 @@ impl Rate {
     }
 
     /// Serves the line: the head takes a token if there is one (and the next, and so on), and
-    /// waiters whose pool closed leave. With one pool in the line (or when told of a close,
-    /// `every`), every waiter is looked at; otherwise the line stops at the first that must
-    /// wait, so that each token costs the few waiters it lets go, not the whole line.
+    /// waiters whose pool closed leave. With more than one pool in the line (or when told of a
+    /// close, `every`), every waiter is looked at; otherwise the line stops at the first that
+    /// must wait, so that each token costs the few waiters it lets go, not the whole line.
     fn serve(self: Arc<Self>, every: bool) {
         let mut admitted = Vec::new();
         let mut after_lock = Vec::new();
