@@ -1,15 +1,20 @@
 //! Rate limits: starts spaced by the limit (checked against the time of the calls, which no
 //! delay in the pool can make look earlier), never more than the burst at once, shared between
-//! programs, waiting that holds no worker, submission order, and a dropped handle leaving the
-//! line.
+//! programs, waiting that holds no worker, submission order, a dropped handle leaving the
+//! line, and tokens given back by attempts that never start.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asyncify_pool::{RateLimiter, WorkerPool};
+use asyncify_pool::{RateLimiter, Retry, WorkerPool};
 use common::{wait, HANG};
+
+/// The bound on a wait that ends at once when the limiter keeps its promise (and in an hour
+/// when it does not).
+const BOUND: Duration = Duration::from_secs(10);
 
 /// Start times recorded by the program, in the order they happened.
 #[derive(Default)]
@@ -259,4 +264,168 @@ fn a_detached_call_still_runs_in_its_turn() {
     }
     let got: Vec<usize> = (0..5).map(|_| rx.recv_timeout(HANG).unwrap()).collect();
     assert_eq!(got, [0, 1, 2, 3, 4]);
+}
+
+/// An input whose `clone` number `panic_at` (counted from 1, over every clone of the input
+/// and its copies) panics.
+struct BadClone {
+    clones: Arc<AtomicUsize>,
+    panic_at: usize,
+}
+
+impl BadClone {
+    fn new(panic_at: usize) -> Self {
+        BadClone {
+            clones: Arc::default(),
+            panic_at,
+        }
+    }
+}
+
+impl Clone for BadClone {
+    fn clone(&self) -> Self {
+        if self.clones.fetch_add(1, SeqCst) + 1 == self.panic_at {
+            panic!("planned: a Clone that panics");
+        }
+        BadClone {
+            clones: Arc::clone(&self.clones),
+            panic_at: self.panic_at,
+        }
+    }
+}
+
+/// A call of `p` (one start an hour) whose input's first copy panics fails `Panicked`, and
+/// the call after it starts at once: the token came back.
+fn panics_then_starts_at_once<P: asyncify_pool::Program<BadClone, Output = u16>>(
+    p: &asyncify_pool::AsyncProgram<P>,
+) {
+    let got = wait(p.call(BadClone::new(1)));
+    assert!(matches!(&got, Err(e) if e.is_panic()), "{got:?}");
+    let mut next = p.call(BadClone::new(0));
+    assert_eq!(
+        next.wait_timeout(BOUND),
+        Some(Ok(200)),
+        "the hour's first start"
+    );
+}
+
+/// User code never costs a limiter token: a call whose input's copy for a retry panics (on
+/// the caller's thread, at the call) starts no attempt and gives the token back, and the next
+/// call starts at once, not an hour later.
+#[test]
+fn a_panicking_clone_costs_no_rate_token() {
+    common::quiet_planned_panics();
+    let pool = WorkerPool::new(2);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |_: BadClone| {
+            r.fetch_add(1, SeqCst);
+            200u16
+        })
+        .retry(Retry::new(2).retry_if(|s: &u16| *s == 503))
+        .rate_limit(1, Duration::from_secs(3600));
+    panics_then_starts_at_once(&p);
+    assert_eq!(runs.load(SeqCst), 1, "only the second call started");
+}
+
+/// The same on the driven path (`retry_panics` always takes it), where the copy is made as
+/// the attempt is handed to the pool, after the token was taken.
+#[test]
+fn a_panicking_clone_on_the_driven_path_costs_no_rate_token() {
+    common::quiet_planned_panics();
+    let pool = WorkerPool::new(2);
+    let p = pool
+        .asyncify(|_: BadClone| 200u16)
+        .retry(Retry::new(2).retry_panics(true))
+        .rate_limit(1, Duration::from_secs(3600));
+    panics_then_starts_at_once(&p);
+}
+
+/// The same for the copy an attempt after a backoff makes on its worker: that attempt never
+/// starts the program, and its token comes back. A burst of 3 per hour: the first attempt
+/// takes one, the second gives its own back, so two calls after it start at once.
+#[test]
+fn a_panicking_clone_after_a_backoff_costs_no_rate_token() {
+    common::quiet_planned_panics();
+    let pool = WorkerPool::new(2);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |_: BadClone| {
+            // 503 the first time: a retry, after a backoff.
+            if r.fetch_add(1, SeqCst) == 0 {
+                503u16
+            } else {
+                200
+            }
+        })
+        .retry(
+            Retry::new(3)
+                .retry_if(|s: &u16| *s == 503)
+                .backoff(Duration::from_millis(1), Duration::from_millis(1)),
+        )
+        .with_rate_limiter(&RateLimiter::with_burst(1, Duration::from_secs(3600), 3));
+    // Clone 1: the first attempt's copy, at the call; clone 2: the second's, on its worker.
+    let got = wait(p.call(BadClone::new(2)));
+    assert!(matches!(&got, Err(e) if e.is_panic()), "{got:?}");
+    assert_eq!(runs.load(SeqCst), 1, "the second attempt did not start");
+    let (mut a, mut b) = (p.call(BadClone::new(0)), p.call(BadClone::new(0)));
+    assert_eq!(
+        (a.wait_timeout(BOUND), b.wait_timeout(BOUND)),
+        (Some(Ok(200)), Some(Ok(200))),
+        "the burst's last two tokens"
+    );
+}
+
+/// An attempt dropped while it is queued never starts, and gives its token back: "at most `n`
+/// attempts start per period" lets the next call start now.
+#[test]
+fn a_queued_call_dropped_before_it_starts_costs_no_rate_token() {
+    let pool = WorkerPool::new(1);
+    let (gate, busy) = common::occupy(&pool, 1);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |x: u32| {
+            r.fetch_add(1, SeqCst);
+            x
+        })
+        .rate_limit(1, Duration::from_secs(3600));
+    drop(p.call(1)); // queued behind the busy worker, dropped: never runs
+    gate.open();
+    for h in busy {
+        wait(h).unwrap();
+    }
+    let mut next = p.call(2);
+    assert_eq!(
+        next.wait_timeout(BOUND),
+        Some(Ok(2)),
+        "the hour's first start"
+    );
+    assert_eq!(runs.load(SeqCst), 1);
+}
+
+/// The same for an attempt whose deadline passes while it is queued: it never starts, its
+/// token comes back.
+#[test]
+fn a_queued_call_that_times_out_before_it_starts_costs_no_rate_token() {
+    let pool = WorkerPool::new(1);
+    let (gate, busy) = common::occupy(&pool, 1);
+    let p = pool
+        .asyncify(|x: u32| x)
+        .rate_limit(1, Duration::from_secs(3600));
+    let timed = p.timeout(Duration::from_millis(1));
+    let got = wait(timed.call(1)); // queued behind the busy worker until its deadline
+    assert!(got.unwrap_err().is_timed_out());
+    gate.open();
+    for h in busy {
+        wait(h).unwrap();
+    }
+    let mut next = p.call(2);
+    assert_eq!(
+        next.wait_timeout(BOUND),
+        Some(Ok(2)),
+        "the hour's first start"
+    );
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::limit::{Sample, Slot};
+use super::rate::Token;
 use super::{with_deadline, Counts};
 use crate::sync::lock;
 
@@ -29,6 +30,9 @@ pub(super) enum Step<O> {
 pub(super) struct Attempt {
     /// The concurrency slot the attempt holds until it ends (released if it unwinds too).
     pub(super) slot: Option<Slot>,
+    /// The rate token taken for the attempt: spent as the program starts; given back if the
+    /// attempt never gets there (dropped unstarted, expired, or its input's copy panicked).
+    pub(super) token: Option<Token>,
     /// The call's deadline: past it, the attempt does not start.
     pub(super) deadline: Option<Instant>,
     /// The program's counts and when the call was made, if the call is in the program's
@@ -38,8 +42,8 @@ pub(super) struct Attempt {
 
 impl Attempt {
     /// The job: `then(output)`, or `expired()` if the deadline had passed when it started (it
-    /// did not run the program; the slot is back, and `expired` takes the adaptive limit's
-    /// sample of the timeout if it is the one to).
+    /// did not run the program; the slot and the token are back, and `expired` takes the
+    /// adaptive limit's sample of the timeout if it is the one to).
     ///
     /// After the program returns, the slot goes back with (unless the caller has let go
     /// meanwhile: [`is_cancelled`](crate::is_cancelled)) the adaptive limit's sample of the
@@ -58,6 +62,7 @@ impl Attempt {
         move || {
             let Attempt {
                 slot,
+                token,
                 deadline,
                 sampled,
             } = self;
@@ -65,11 +70,17 @@ impl Attempt {
             // One clock read for the deadline and the timing.
             let started = (timed || deadline.is_some()).then(Instant::now);
             if deadline.zip(started).is_some_and(|(d, now)| now >= d) {
-                // The slot goes back; `expired` (whoever owns the deadline) samples it.
-                drop(slot);
+                // The slot and the token go back; `expired` (whoever owns the deadline) samples
+                // it.
+                drop((slot, token));
                 return expired();
             }
             let input = input();
+            // The program starts (a copy of the input that panicked gave the token back as it
+            // unwound).
+            if let Some(token) = token {
+                token.spend();
+            }
             let out = match deadline {
                 Some(d) => with_deadline(d, || run(input)),
                 None => run(input),

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::attempt::{Attempt, Step};
 use super::limit::{Sample, Slot};
-use super::rate::Take;
+use super::rate::{Take, Token};
 use super::{Controls, Counts, Grant, Waiter};
 use crate::capture::Captured;
 use crate::error::JobError;
@@ -59,7 +59,7 @@ pub(super) fn start<I, O, R>(
     parts: Parts<R>,
     input: I,
     slot: Option<Slot>,
-    token: bool,
+    token: Option<Token>,
     now: Option<Instant>,
 ) -> JobHandle<O>
 where
@@ -185,8 +185,8 @@ struct State<I, O> {
     attempts: u32,
     /// The concurrency slot, from its grant until the next attempt takes it.
     slot: Option<Slot>,
-    /// A rate token was spent for the next attempt.
-    token: bool,
+    /// The rate token taken for the next attempt (given back if the call ends first).
+    token: Option<Token>,
     deadline_key: Option<TimerKey>,
     /// While the call waits in a limit's line with no deadline on the timer: its entry there
     /// that only the pool's close rings (see [`Call::watch_close`]).
@@ -321,7 +321,7 @@ where
             waker: None,
             attempts,
             slot: None,
-            token: false,
+            token: None,
             deadline_key: None,
             watch: None,
             in_line: None,
@@ -439,12 +439,12 @@ where
             }
         }
         if let Some(rate) = &self.controls.rate {
-            if !st.token {
+            if st.token.is_none() {
                 match rate
                     .rate()
                     .take(&(Arc::clone(self) as Arc<dyn Waiter>), now)
                 {
-                    Take::Now => st.token = true,
+                    Take::Now(token) => st.token = Some(token),
                     Take::Wait => {
                         Counts::add(&self.controls.counts.waited_for_rate);
                         st.in_line = Some(InLine::Rate);
@@ -467,20 +467,27 @@ where
         let Stage::Waiting(input) = waiting else {
             unreachable!("checked above");
         };
-        st.token = false;
+        let token = st.token.take();
         st.attempts += 1;
         let attempt = st.attempts;
         let slot = st.slot.take();
         drop(st);
-        self.submit(attempt, input, slot, copy_here);
+        self.submit(attempt, input, slot, token, copy_here);
     }
 
-    /// Hands attempt number `attempt` to the pool (no lock held: copying the input is user
-    /// code), then polls it.
-    fn submit(self: &Arc<Self>, attempt: u32, input: I, slot: Option<Slot>, copy_here: bool) {
+    /// Hands attempt number `attempt` to the pool with what it passed its gates with (no lock
+    /// held: copying the input is user code), then polls it.
+    fn submit(
+        self: &Arc<Self>,
+        attempt: u32,
+        input: I,
+        slot: Option<Slot>,
+        token: Option<Token>,
+        copy_here: bool,
+    ) {
         let Some(run) = self.run.clone() else {
             // Not reached: a call without its program keeps no input for another attempt.
-            guard::drop("an input", (input, slot));
+            guard::drop("an input", (input, slot, token));
             let mut st = self.lock();
             if !matches!(st.stage, Stage::Attempt { .. }) {
                 return;
@@ -494,7 +501,8 @@ where
             Some(policy) => match policy.copy(&input) {
                 Some(Ok(copy)) => (Input::Ready(copy), Some(input)),
                 Some(Err(message)) => {
-                    drop(slot);
+                    // The attempt never starts: its slot and its token go back.
+                    drop((slot, token));
                     guard::drop("an input", input);
                     let mut st = self.lock();
                     if !matches!(st.stage, Stage::Attempt { .. }) {
@@ -513,6 +521,7 @@ where
         };
         let plan = Attempt {
             slot,
+            token,
             deadline: self.deadline,
             sampled: self
                 .called
@@ -731,6 +740,7 @@ where
                 old,
                 result,
                 st.slot.take(),
+                st.token.take(),
                 st.last.take(),
                 st.detached_self.take(),
                 kept,
@@ -873,8 +883,8 @@ where
                 drop(st);
                 self.advance();
             }
-            Grant::Token => {
-                st.token = true;
+            Grant::Token(token) => {
+                st.token = Some(token);
                 drop(st);
                 self.advance();
             }
@@ -964,6 +974,7 @@ where
             values: (
                 std::mem::replace(&mut st.stage, Stage::Closed),
                 st.slot.take(),
+                st.token.take(),
                 st.last.take(),
             ),
             keys: [

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 
 use super::limit::Slot;
+use super::rate::Token;
 use crate::guard;
 use crate::pool::Registry;
 use crate::sync::AtomicUsize;
@@ -33,8 +34,8 @@ pub(crate) trait Waiter: Send + Sync {
 pub(crate) enum Grant {
     /// A slot of a concurrency limit, given back when dropped.
     Slot(Slot),
-    /// A token of a rate limit, spent.
-    Token,
+    /// A token of a rate limit (given back if dropped unspent).
+    Token(Token),
     /// Its pool closed: it will not run.
     Closed,
 }

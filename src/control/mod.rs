@@ -7,7 +7,8 @@
 //! holding no worker:
 //!
 //! 1. a slot of the program's concurrency limit ([`limit`]), waiting in that limit's line;
-//! 2. a token of its rate limit ([`rate`]), waiting in that limiter's line;
+//! 2. a token of its rate limit ([`rate`]), waiting in that limiter's line (the attempt
+//!    carries it, like the slot: spent as the program starts, given back if it never does);
 //! 3. an attempt ([`attempt`]): an ordinary job of the pool, under the caller's captured
 //!    context, holding the slot until it ends;
 //! 4. after the attempt, a verdict: done, or (by the [`retry`] policy) a backoff on the pool's

@@ -31,6 +31,14 @@ use crate::sync::{lock, Mutex};
 /// A call that finds no token waits in the limiter's line, holding no worker, in the order the
 /// calls came; a dropped handle leaves the line. Each attempt of a retried call takes a token.
 ///
+/// A token is taken when an attempt is queued and spent when it starts. An attempt that never
+/// starts (its handle dropped or aborted while it is queued, its deadline passed there, its pool
+/// closed, or the copy of its input for a retry panicked) gives its token back, as if it had
+/// never been taken, so that it costs no start of the quota. The limit stays exact: a token
+/// comes back only while no later start could have used the room it frees (no other start took
+/// from a full or nearly full burst meanwhile, no other token came back), and is otherwise
+/// lost, never letting more start than `n` per `per` and `burst` at once.
+///
 /// # Examples
 ///
 /// ```
@@ -69,6 +77,9 @@ pub(crate) struct Rate {
 struct State {
     /// The theoretical arrival time of the next start, in units of `1/n` ns since `base`.
     tat: u128,
+    /// Tokens taken in this epoch may come back ([`Rate::give_back`]); a start that takes from
+    /// a full or nearly full burst, or a token that comes back, begins the next.
+    epoch: u64,
     line: VecDeque<Weak<dyn Waiter>>,
     /// The pools whose timers have the limiter's alarm set, and for when.
     armed: Vec<(u64, Instant)>,
@@ -82,10 +93,30 @@ struct State {
 /// `Duration::MAX`): only a pool's close rings it.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A token of a rate limit, for one attempt: spent when the attempt starts ([`Token::spend`]);
+/// dropped unspent (the attempt never started), it goes back to the limiter if it may (see
+/// [`Rate::give_back`]).
+pub(crate) struct Token(Option<(Arc<Rate>, u64)>);
+
+impl Token {
+    /// The attempt starts: the token is used.
+    pub(crate) fn spend(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if let Some((rate, epoch)) = self.0.take() {
+            rate.give_back(epoch);
+        }
+    }
+}
+
 /// What [`Rate::take`] gave.
 pub(crate) enum Take {
-    /// A token, spent.
-    Now,
+    /// A token.
+    Now(Token),
     /// None yet: the waiter is in the line.
     Wait,
     /// The waiter's pool is closed.
@@ -141,6 +172,7 @@ impl RateLimiter {
             tolerance: interval * u128::from(burst - 1),
             state: Mutex::new(State {
                 tat: 0,
+                epoch: 0,
                 line: VecDeque::new(),
                 armed: Vec::new(),
                 pools: Vec::new(),
@@ -202,7 +234,7 @@ impl Rate {
         let now = now.unwrap_or_else(Instant::now);
         let mut state = lock(&self.state);
         if state.line.is_empty() && self.try_spend(&mut state, now) {
-            return Take::Now;
+            return Take::Now(self.token(&state));
         }
         let pool = waiter.registry();
         if !self.arm(&mut state, pool, now) {
@@ -215,11 +247,38 @@ impl Rate {
         Take::Wait
     }
 
-    /// A token now if one is there and nobody waits for one; false (joining no line) if not.
-    pub(crate) fn try_take(&self, now: Option<Instant>) -> bool {
+    /// A token now if one is there and nobody waits for one; `None` (joining no line) if not.
+    pub(crate) fn try_take(self: &Arc<Self>, now: Option<Instant>) -> Option<Token> {
         let now = now.unwrap_or_else(Instant::now);
         let mut state = lock(&self.state);
-        state.line.is_empty() && self.try_spend(&mut state, now)
+        (state.line.is_empty() && self.try_spend(&mut state, now)).then(|| self.token(&state))
+    }
+
+    /// The token [`try_spend`](Self::try_spend) just took.
+    fn token(self: &Arc<Self>, state: &State) -> Token {
+        Token(Some((Arc::clone(self), state.epoch)))
+    }
+
+    /// A token taken in `epoch` comes back unspent: its attempt never started. It is the exact
+    /// undo of its take (`tat` back by one interval: the limiter as if it had never been taken)
+    /// as long as no start since took from a full or nearly full burst (less than an interval
+    /// of room before it: without this token's take, the burst would have overflowed there and
+    /// lost the room this frees) and no other token came back (whose undo assumed this one was
+    /// taken); then the epoch is still `epoch`. Otherwise the token is lost: fewer starts than
+    /// the limit allows, never more. The line, if anyone waits, is served at once.
+    fn give_back(self: Arc<Self>, epoch: u64) {
+        let serve = {
+            let mut state = lock(&self.state);
+            if state.epoch != epoch {
+                return;
+            }
+            state.tat = state.tat.saturating_sub(self.interval);
+            state.epoch += 1;
+            !state.line.is_empty()
+        };
+        if serve {
+            self.serve(false);
+        }
     }
 
     /// A waiter left the line without a token (its call was dropped or ended): once about half
@@ -253,6 +312,11 @@ impl Rate {
         let now = self.units(now);
         if now + self.tolerance < state.tat {
             return false;
+        }
+        if state.tat < now.saturating_add(self.interval) {
+            // Less than an interval of room before this start: tokens taken before it can no
+            // longer come back exactly (see `give_back`).
+            state.epoch += 1;
         }
         state.tat = state.tat.max(now).saturating_add(self.interval);
         true
@@ -327,7 +391,7 @@ impl Rate {
                     state.armed.retain(|&(id, _)| id != pool);
                     admitted.push((waiter, Grant::Closed));
                 } else if !blocked && self.try_spend(&mut state, now) {
-                    admitted.push((waiter, Grant::Token));
+                    admitted.push((waiter, Grant::Token(self.token(&state))));
                 } else {
                     blocked = true;
                     if self.arm(&mut state, waiter.registry(), now) {
@@ -440,6 +504,36 @@ mod tests {
         let huge = RateLimiter::with_burst(u32::MAX, Duration::MAX, u32::MAX);
         let mut state = lock(&huge.rate().state);
         assert!((0..1_000).all(|_| huge.rate().try_spend(&mut state, now)));
+    }
+
+    /// A token given back undoes its take while nothing since could have used the room: it
+    /// starts again at once. One that a start from a full burst came after is lost: giving it
+    /// back then would let more than the burst start at once.
+    #[test]
+    fn a_token_given_back_never_lets_more_than_the_burst_start() {
+        let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 3);
+        let rate = limit.rate();
+        let t0 = rate.base + Duration::from_secs(1);
+        let first = rate.try_take(Some(t0)).expect("a full burst");
+        let others = [(); 2].map(|_| rate.try_take(Some(t0)).expect("the burst"));
+        assert!(rate.try_take(Some(t0)).is_none(), "the burst is taken");
+        drop(first); // never started
+        let again = rate.try_take(Some(t0)).expect("the token given back");
+        assert!(rate.try_take(Some(t0)).is_none(), "three at once, no more");
+        drop((again, others));
+        // A token taken ten seconds before two starts from a full burst: given back after
+        // them, it would let a third start with them.
+        let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 2);
+        let rate = limit.rate();
+        let stale = rate.try_take(Some(t0)).expect("a full burst");
+        let later = t0 + Duration::from_secs(10); // the burst is full again
+        let spent = [(); 2].map(|_| rate.try_take(Some(later)).expect("the burst"));
+        spent.into_iter().for_each(Token::spend);
+        drop(stale); // taken before a start from a full burst: lost
+        assert!(
+            rate.try_take(Some(later)).is_none(),
+            "two started at once: no third"
+        );
     }
 
     #[test]

@@ -60,27 +60,30 @@ where
     };
     if deadline.zip(now).is_some_and(|(d, now)| now >= d) {
         // (It ends at once, `TimedOut`.)
-        return call::start(parts(run, captured), input, None, false, now);
+        return call::start(parts(run, captured), input, None, None, now);
     }
     // The gates, joining none of their lines: a call that must wait is a driven one.
     let slot = match &controls.limit {
         Some(limit) => match limit.try_acquire() {
             Some(slot) => Some(slot),
-            None => return call::start(parts(run, captured), input, None, false, now),
+            None => return call::start(parts(run, captured), input, None, None, now),
         },
         None => None,
     };
-    if let Some(rate) = &controls.rate {
-        if !rate.rate().try_take(now) {
-            return call::start(parts(run, captured), input, slot, false, now);
-        }
-    }
-    let token = controls.rate.is_some();
+    // A token taken here goes back if the first attempt never starts (see `Attempt::token`).
+    let token = match &controls.rate {
+        Some(rate) => match rate.rate().try_take(now) {
+            Some(token) => Some(token),
+            None => return call::start(parts(run, captured), input, slot, None, now),
+        },
+        None => None,
+    };
     let sampled = called.map(|called| (Arc::clone(&controls.counts), called));
     if controls.timeout.is_none() && controls.retry.is_none() {
         Counts::add(&controls.counts.attempts);
         let plan = Attempt {
             slot,
+            token,
             deadline: None,
             sampled,
         };
@@ -101,7 +104,8 @@ where
     let (input, kept) = match policy.map(|p| p.copy(&input)) {
         Some(Some(Ok(copy))) => (copy, Some(input)),
         Some(Some(Err(message))) => {
-            guard::drop("an input", (input, slot, captured, run));
+            // No attempt starts: the slot and the token go back.
+            guard::drop("an input", (input, slot, token, captured, run));
             return JobHandle::ready(Err(JobError::panicked(message)));
         }
         Some(None) | None => (input, None),
@@ -127,7 +131,7 @@ where
             Counts::add(&controls.counts.attempts);
             guard::drop(
                 "the work of a refused call",
-                (input, kept, slot, captured, run),
+                (input, kept, slot, token, captured, run),
             );
             return JobHandle::ready(Err(JobError::shut_down()));
         }
@@ -152,6 +156,7 @@ where
         };
         let plan = Attempt {
             slot,
+            token,
             deadline,
             sampled,
         };
