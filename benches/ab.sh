@@ -9,7 +9,8 @@
 # a harness crate there (source: benches/ab_harness/harness.rs) depends on both, is built with
 # --release under its own CARGO_TARGET_DIR, and run. AB_ROUNDS (default 15) and
 # ASYNCIFY_BENCH_CALLS (default 100000) pass through; AB_OPTIONS=1 adds the groups through a
-# program with options (both revisions must have them). Nothing in this repository is changed.
+# program with a deadline, with a rate limit, and with every option (both revisions must have
+# them). Nothing in this repository is changed.
 set -euo pipefail
 
 BASE_REV=${1:-04c4150}

@@ -25,8 +25,9 @@
 //! same round, and for `after` the median (p10–p90) of the per-round ratios after/before.
 //!
 //! With `AB_OPTIONS=1` (both revisions must have the program options), each `call` group runs
-//! twice more: through `.timeout(60 s)` (`timeout`), and through that with a retry policy, a
-//! rate limit and an adaptive limit that never trigger (`all`), as in `benches/options.rs`.
+//! three times more: through `.timeout(60 s)` (`timeout`), through a rate limit that never
+//! triggers (`rate`), and through a deadline, a retry policy, a rate limit and an adaptive
+//! limit that never trigger (`all`), as in `benches/options.rs`.
 //!
 //! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15,
 //! `ASYNCIFY_BENCH_CALLS` and `AB_OPTIONS` pass through). The output is a Markdown table.
@@ -104,6 +105,16 @@ macro_rules! with_all_options {
             .retry($lib::Retry::new(3).retry_if(|_: &u64| false))
             .with_rate_limiter(&unlimited)
             .adaptive_concurrency(4096, 4096, $lib::Overload::when(|_: &u64| false))
+    }};
+}
+
+/// `$program` (of the library `$lib`) with only a rate limit that never triggers.
+#[cfg(feature = "options")]
+macro_rules! with_rate_limit {
+    ($lib:ident, $program:expr) => {{
+        let unlimited =
+            $lib::RateLimiter::with_burst(u32::MAX, std::time::Duration::from_secs(1), u32::MAX);
+        $program.with_rate_limiter(&unlimited)
     }};
 }
 
@@ -222,8 +233,9 @@ fn main() {
         let (floor, bp, ap, bprog, aprog) =
             (&floor, &before_pool, &after_pool, &before_prog, &after_prog);
         #[cfg(feature = "options")]
-        let (timed, all) = (
+        let (timed, rated, all) = (
             (bprog.timeout(NEVER), aprog.timeout(NEVER)),
+            (with_rate_limit!(before, bprog), with_rate_limit!(after, aprog)),
             (with_all_options!(before, bprog), with_all_options!(after, aprog)),
         );
 
@@ -265,7 +277,7 @@ fn main() {
             let call = calls!(rt, shape, calls, floor, bprog, aprog);
             interleave(rounds, threads, &format!("{shape_name}/call"), &call);
             #[cfg(feature = "options")]
-            for (name, (b, a)) in [("timeout", &timed), ("all", &all)] {
+            for (name, (b, a)) in [("timeout", &timed), ("rate", &rated), ("all", &all)] {
                 let call = calls!(rt, shape, calls, floor, b, a);
                 interleave(rounds, threads, &format!("{shape_name}/{name}"), &call);
             }
