@@ -643,3 +643,34 @@ fn a_blocking_drop_of_a_queued_attempts_input_stalls_no_other_deadline() {
         "a 300 ms deadline gave {got:?}: the timer was stuck in a user Drop"
     );
 }
+
+/// At the close, every call in a rate limiter's line is let go by the ringer that tells the
+/// limiter; the first one's input blocks in its `Drop`, and the call behind it is let go all
+/// the same (it waited in that ringer's queue of admissions, behind the `Drop`).
+#[test]
+fn a_blocking_drop_in_a_rate_line_at_the_close_holds_up_no_other_call() {
+    let pool = WorkerPool::new(2);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let p = pool
+        .asyncify(|_: SlowDrop| 1u32)
+        .rate_limit(1, Duration::from_secs(3600));
+    let input = |slow| SlowDrop {
+        slow,
+        gate: Arc::clone(&gate),
+    };
+    assert_eq!(common::wait(p.call(input(false))), Ok(1)); // the hour's token
+    let slow = p.call(input(true)); // first in the line
+    let mut other = p.call(input(false)); // behind it
+    let closer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.shutdown())
+    };
+    let got = other.wait_timeout(BOUND);
+    open(&gate);
+    drop(slow);
+    closer.join().unwrap();
+    assert!(
+        matches!(&got, Some(Err(e)) if e.is_shut_down()),
+        "the second call in the rate line, {BOUND:?} after the close: {got:?}"
+    );
+}

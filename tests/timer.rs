@@ -38,6 +38,39 @@ fn threads_named(name: &str) -> Vec<(String, u64)> {
     found
 }
 
+/// Asserts that `prefix` has one timer thread. A ringer is started by the timer thread and has
+/// its name until it names itself, so a thread seen with the timer's name counts only if it
+/// keeps it: each other one must show the ringers' name soon (a second timer thread never
+/// would).
+fn assert_one_timer_thread(prefix: &str) {
+    let timer = format!("{prefix}-timer");
+    // A new thread names itself once it runs.
+    common::spin_until("the timer thread", || !threads_named(&timer).is_empty());
+    let seen = threads_named(&timer);
+    let comm = |tid: &str| {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default()
+    };
+    common::spin_until(
+        "every thread but one named as the timer to name itself",
+        || {
+            seen.iter()
+                .filter(|(tid, _)| comm(tid).trim_end() == timer)
+                .count()
+                <= 1
+        },
+    );
+    let kept = seen
+        .iter()
+        .filter(|(tid, _)| comm(tid).trim_end() == timer)
+        .count();
+    assert_eq!(
+        kept,
+        1,
+        "{} threads named {timer}, {kept} kept it",
+        seen.len()
+    );
+}
+
 #[test]
 fn one_timer_thread_serves_every_wait_and_sleeps_when_nothing_waits() {
     let pool = WorkerPool::builder()
@@ -65,11 +98,7 @@ fn one_timer_thread_serves_every_wait_and_sleeps_when_nothing_waits() {
         handles.push(limited.call(i));
     }
     let backing_off: Vec<_> = (0..50).map(|i| retried.call(i)).collect();
-    // A new thread names itself once it runs.
-    // (A ringer starts with the timer thread's name until it names itself: the count settles.)
-    common::spin_until("one timer thread for 450 waits", || {
-        threads_named("tq-timer").len() == 1
-    });
+    assert_one_timer_thread("tq"); // for 450 waits
     gate.open();
     let mut ringers = 0;
     for (i, h) in handles.into_iter().enumerate() {
@@ -93,7 +122,7 @@ fn one_timer_thread_serves_every_wait_and_sleeps_when_nothing_waits() {
     );
     // Every deadline is an hour off, but their entries left with their calls: the timer
     // sleeps without a timeout after at most one more look, and uses no CPU.
-    common::spin_until("one timer thread", || threads_named("tq-timer").len() == 1);
+    assert_one_timer_thread("tq");
     std::thread::sleep(Duration::from_millis(100));
     let before = threads_named("tq-timer")[0].1;
     std::thread::sleep(Duration::from_millis(500));
@@ -132,11 +161,7 @@ fn the_timer_leaves_once_the_last_kept_deadline_is_gone() {
     started.recv_timeout(common::HANG).unwrap();
     common::spin_until("the timer thread", || !threads_named("tk-timer").is_empty());
     drop(pool.shutdown_async()); // closes now; the running call keeps its deadline
-    assert_eq!(
-        threads_named("tk-timer").len(),
-        1,
-        "the deadline is still served"
-    );
+    assert_one_timer_thread("tk"); // the deadline is still served
     gate.open();
     wait(h).unwrap();
     common::spin_until("the timer thread to leave", || {

@@ -1,6 +1,6 @@
 //! One timer per pool: every wait for a point in time (a call's deadline, a retry's backoff, a
-//! rate limit's next token, a batch's straggler deadline) is an entry here, served by a single
-//! thread, not a thread per wait.
+//! rate limit's next token, a batch's straggler deadline) is an entry here, watched by a single
+//! thread (and rung by its ringers, below), not a thread per wait.
 //!
 //! # Protocol
 //!
@@ -23,10 +23,15 @@
 //! Ringing is user code: an alarm wakes its caller's waker and drops the values of the call it
 //! ends (its input, a kept output), and any of these may block. So the timer thread rings
 //! nothing itself: it hands what is due to a *ringer* thread, which rings each alarm outside
-//! every lock, in order. If the ringers take no task for [`STALL`] while tasks wait (they are
-//! stuck in user code), the timer thread starts another, up to [`MAX_RINGERS`]; an idle ringer
-//! leaves after [`RINGER_KEEP_ALIVE`]. An alarm that blocks for good costs one ringer, and
-//! every other deadline, backoff and token of the pool still comes on time. (Before ringers,
+//! every lock, in the order they came due. If the ringers, all busy, take no task for [`STALL`]
+//! while tasks wait (they are stuck in user code), the timer thread starts another, up to
+//! [`MAX_RINGERS`] (the ringers then take the tasks in order, and may finish them out of it);
+//! an idle ringer leaves after [`RINGER_KEEP_ALIVE`]. An alarm that lets many calls go at once
+//! (a limiter's line at the pool's close) hands each call's end on as a task of its own
+//! ([`hand_to_ringers`]). So an alarm that blocks for good costs one ringer, and every other
+//! deadline, backoff and token of the pool still comes, late by at most [`STALL`] (unless a
+//! stream of rings that each take nearly that long keeps one ringer busy: those are not
+//! spread over more ringers). (Before ringers,
 //! an input whose `Drop` blocked after a timeout stopped every deadline of its pool.) In the
 //! usual case one ringer serves the pool while alarms ring, and none is left a second after.
 //!
@@ -120,11 +125,46 @@ struct Shared {
     stack_size: usize,
 }
 
-/// What a ringer does: ring an entry that came due, or tell one that the pool closed (and take
-/// it out unless it says to keep it).
+/// What a ringer does: ring an entry that came due, tell one that the pool closed (and take
+/// it out unless it says to keep it), or run a piece of an alarm's work that was handed on to
+/// be a task of its own ([`hand_to_ringers`]).
 enum Task {
     Ring(Weak<dyn Alarm>),
     Close(TimerKey, Weak<dyn Alarm>),
+    Run(Box<dyn FnOnce() + Send>),
+}
+
+/// A piece of an alarm's work, for [`hand_to_ringers`].
+pub(crate) type RingerTask = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// On a ringer thread: the timer it rings for.
+    static RINGING_FOR: std::cell::RefCell<Option<Arc<Shared>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// True on a ringer thread (see [`hand_to_ringers`]).
+pub(crate) fn on_a_ringer() -> bool {
+    RINGING_FOR
+        .try_with(|r| r.borrow().is_some())
+        .unwrap_or(false)
+}
+
+/// On a ringer thread, queues `task` after what the ringers have to do, as a task of its own,
+/// and gives back `None`; elsewhere gives it back. For an alarm that lets many calls go at once
+/// (a limiter at the pool's close lets its whole line go): each call's end runs user code (its
+/// input's `Drop`, its waker) that may block, and as tasks of their own the calls behind one
+/// that blocks are taken by another ringer, as every other alarm is.
+pub(crate) fn hand_to_ringers(task: RingerTask) -> Option<RingerTask> {
+    let shared = RINGING_FOR.try_with(|r| r.borrow().clone()).ok().flatten();
+    let Some(shared) = shared else {
+        return Some(task);
+    };
+    let mut state = lock(&shared.state);
+    state.pending.push_back(Task::Run(task));
+    // The timer thread looks: it starts another ringer if this one is stuck.
+    shared.cv.notify_one();
+    None
 }
 
 /// How long the ringers, all busy with a task, may take no other while tasks wait before the
@@ -351,7 +391,9 @@ impl Timer {
             if !state.started {
                 // Nothing serves entries any more: a deadline after the close gets a thread
                 // of its own, which has no close to tell (its entries all came after it).
-                if !self.start(true) {
+                if let Err(e) = self.start(true) {
+                    drop(state);
+                    no_thread(&e);
                     return Err(Closed);
                 }
                 state.started = true;
@@ -387,12 +429,20 @@ impl Timer {
             index,
             generation,
         }));
+        let mut refused = None;
         if !state.started {
-            state.started = self.start(false);
+            match self.start(false) {
+                Ok(()) => state.started = true,
+                Err(e) => refused = Some(e),
+            }
         }
         if state.wake_at.is_none_or(|at| when < at) {
             state.wake_at = Some(when);
             self.shared.cv.notify_one();
+        }
+        drop(state);
+        if let Some(e) = refused {
+            no_thread(&e);
         }
         Ok(TimerKey::new(when, index, generation))
     }
@@ -421,8 +471,8 @@ impl Timer {
         }
     }
 
-    /// Tells every entry that the pool closed (on the timer thread), which then serves those
-    /// kept and leaves; later entries but deadlines are refused.
+    /// Has every entry told that the pool closed (by the ringers); the timer thread then serves
+    /// those kept and leaves. Later entries but deadlines are refused.
     pub(crate) fn close(&self) {
         let orphans = {
             let mut state = lock(&self.shared.state);
@@ -442,7 +492,9 @@ impl Timer {
                 all
             }
         };
-        // No thread (the OS refused one): nothing could serve an entry kept, so each ends now.
+        // No thread (the OS refused one): each is told now, here, and taken out whatever it
+        // says, since nothing could serve an entry kept (a running call's deadline is lost:
+        // it runs uncut).
         for (_, alarm) in orphans {
             if let Some(alarm) = alarm.upgrade() {
                 guard::quietly("a timer's alarm", || {
@@ -458,25 +510,25 @@ impl Timer {
         lock(&self.shared.state).live
     }
 
-    /// Starts the thread (under the state's lock, which it takes only once started); false if
-    /// the OS refused one: the entries wait for the next try, or ring at the close. `told`:
-    /// started after the close, with nothing to tell of it.
-    fn start(&self, told: bool) -> bool {
+    /// Starts the thread (under the state's lock, which it takes only once started); the OS's
+    /// error if it refused one: the entries wait for the next try, or ring at the close (the
+    /// caller says so through [`no_thread`] once it has let go of the lock: a tracing
+    /// subscriber is user code). `told`: started after the close, with nothing to tell of it.
+    fn start(&self, told: bool) -> std::io::Result<()> {
         let shared = Arc::clone(&self.shared);
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("{}-timer", self.shared.name))
             .stack_size(self.shared.stack_size)
-            .spawn(move || serve(&shared, told));
-        match spawned {
-            Ok(_) => true,
-            Err(e) => {
-                guard::warn(format_args!(
-                    "no timer thread ({e}); deadlines and backoffs wait for the next try"
-                ));
-                false
-            }
-        }
+            .spawn(move || serve(&shared, told))
+            .map(drop)
     }
+}
+
+/// Tells the application that the OS refused the timer a thread.
+fn no_thread(e: &std::io::Error) {
+    guard::warn(format_args!(
+        "no timer thread ({e}); deadlines and backoffs wait for the next try"
+    ));
 }
 
 impl Drop for Timer {
@@ -567,7 +619,8 @@ fn start_ringer(shared: &Arc<Shared>) -> bool {
 
 /// A ringer: takes the tasks in order and runs each outside the lock; leaves once it has had
 /// none for [`RINGER_KEEP_ALIVE`], or none left after the close.
-fn ring_for(shared: &Shared) {
+fn ring_for(shared: &Arc<Shared>) {
+    let _ = RINGING_FOR.try_with(|r| *r.borrow_mut() = Some(Arc::clone(shared)));
     let mut state = lock(&shared.state);
     // Counted idle by whoever started it, until it first looks.
     state.idle_ringers -= 1;
@@ -591,11 +644,14 @@ fn ring_for(shared: &Shared) {
         }
     }
     state.ringers -= 1;
+    drop(state);
+    let _ = RINGING_FOR.try_with(|r| r.borrow_mut().take());
 }
 
 /// Runs a task: the alarm's ring or close, user code, under the guard and outside every lock.
 fn run(shared: &Shared, task: Task) {
     match task {
+        Task::Run(task) => guard::quietly("a timer's alarm", task),
         Task::Ring(alarm) => {
             if let Some(alarm) = alarm.upgrade() {
                 // An alarm wakes callers and drops their values: user code.
