@@ -20,6 +20,7 @@ use common::{
     assert_every_worker_runs, assert_shutdown_returns, in_child, occupy, panicking_waker,
     quiet_planned_panics, wait, within_hang, CountingWaker, Gate, PanicOnDrop, PoisonPayload, HANG,
 };
+use futures::Stream;
 
 /// A value whose destructor panics with a [`PoisonPayload`]: whoever catches that panic and
 /// drops what it caught panics once more.
@@ -524,6 +525,74 @@ fn an_on_progress_that_panics() {
         }
         whole_after_attack(&pool, 2);
     });
+}
+
+/// A batch dropped midway still holds inputs it has not submitted: each is dropped through
+/// the guard, one at a time, so that inputs whose `Drop` panics neither unwind into the
+/// caller's drop of the batch nor, two of them, abort the process. (In a child: a second
+/// panic while unwinding from the first aborts.)
+#[test]
+fn dropping_a_batch_midway_with_unsubmitted_inputs_whose_drop_panics() {
+    in_child(
+        "dropping_a_batch_midway_with_unsubmitted_inputs_whose_drop_panics",
+        || {
+            quiet_planned_panics();
+            let pool = WorkerPool::new(1);
+            let (gate, busy) = occupy(&pool, 1);
+            let program = pool.asyncify(std::mem::forget::<PanicOnDrop>);
+            let inputs = (0..4)
+                .map(|_| PanicOnDrop("a batch input"))
+                .collect::<Vec<_>>();
+            let mut stream = program.batch(inputs).concurrency(1).completions();
+            // One poll: item 0 is submitted (queued behind the busy worker), the rest wait.
+            assert!(Pin::new(&mut stream)
+                .poll_next(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_pending());
+            let dropped = catch_unwind(AssertUnwindSafe(move || drop(stream)));
+            assert!(dropped.is_ok(), "dropping the batch panicked");
+            gate.open();
+            for h in busy {
+                assert_eq!(wait(h), Ok(()));
+            }
+            whole_after_attack(&pool, 1);
+        },
+    );
+}
+
+/// `wait()` and `.await` give the batch's result although its callbacks hold values whose
+/// `Drop` panics (both of them: in a child, since two panics at once abort).
+#[test]
+fn a_batch_result_is_not_lost_to_callbacks_dropped_with_the_batch() {
+    in_child(
+        "a_batch_result_is_not_lost_to_callbacks_dropped_with_the_batch",
+        || {
+            quiet_planned_panics();
+            let pool = WorkerPool::new(2);
+            let program = pool.asyncify(|x: u32| x);
+            let batch = || {
+                let (a, b) = (
+                    PanicOnDrop("on_progress's capture"),
+                    PanicOnDrop("fail_if's"),
+                );
+                program
+                    .batch(0..5)
+                    .on_progress(move |_| {
+                        let _ = &a;
+                    })
+                    .fail_if(move |_: &u32| {
+                        let _ = &b;
+                        false
+                    })
+            };
+            let waited = catch_unwind(AssertUnwindSafe(|| batch().wait()));
+            assert_eq!(waited.expect("wait() panicked").done(), 5);
+            let awaited = catch_unwind(AssertUnwindSafe(|| {
+                pollster::block_on(async { batch().await })
+            }));
+            assert_eq!(awaited.expect(".await panicked").done(), 5);
+            whole_after_attack(&pool, 2);
+        },
+    );
 }
 
 /// A job waited on from inside another job runs out of line, and its queue entry, popped

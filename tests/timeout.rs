@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -215,4 +216,90 @@ fn a_batch_items_deadline() {
             results[i]
         );
     }
+}
+
+/// A batch item resolves to `TimedOut` at its deadline also while its run is stuck in code
+/// that never looks at `is_cancelled()` (a hung backend): by every way of taking a batch's
+/// results, the batch does not wait for the run (it did: the item waited for its job to leave
+/// the pool).
+#[test]
+fn a_batch_item_times_out_while_its_run_is_stuck() {
+    for way in ["wait", "await", "completions", "a stream"] {
+        let pool = WorkerPool::new(2);
+        let gate = Gate::new();
+        let g = Arc::clone(&gate);
+        let program = pool
+            .asyncify(move |_: u32| g.wait())
+            .timeout(Duration::from_millis(20));
+        let batch = program.batch([0]);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let results: Vec<Result<(), asyncify_pool::JobError>> = match way {
+                "wait" => batch.wait().into_results(),
+                "await" => pollster::block_on(batch.into_future()).into_results(),
+                "completions" => batch.completions().into_iter().map(|(_, r)| r).collect(),
+                _ => {
+                    use futures::StreamExt;
+                    pollster::block_on(batch.completions().map(|(_, r)| r).collect())
+                }
+            };
+            tx.send(results)
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        gate.open();
+        let got = got.unwrap_or_else(|_| panic!("{way}: no result 10 s after a 20 ms deadline"));
+        assert!(
+            matches!(got.as_slice(), [Err(e)] if e.is_timed_out()),
+            "{way}: {got:?}"
+        );
+    }
+}
+
+/// An item that timed out while its run goes on still counts against the batch's
+/// `concurrency` until the run ends: with `concurrency(1)`, the next item does not start
+/// beside the stuck one.
+#[test]
+fn a_timed_out_item_counts_against_concurrency_until_its_run_ends() {
+    let pool = WorkerPool::new(2);
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (Arc::clone(&running), Arc::clone(&most));
+    let program = pool
+        .asyncify(move |i: u32| {
+            m.fetch_max(r.fetch_add(1, SeqCst) + 1, SeqCst);
+            if i == 0 {
+                g.wait(); // stuck past its deadline, blind to is_cancelled()
+            }
+            r.fetch_sub(1, SeqCst);
+            i
+        })
+        .timeout(Duration::from_millis(50));
+    let mut items = program
+        .batch(0..3)
+        .concurrency(1)
+        .max_errors(3)
+        .completions()
+        .into_iter();
+    let (tx, rx) = mpsc::channel();
+    let taker = std::thread::spawn(move || {
+        for item in items.by_ref() {
+            tx.send(item).unwrap();
+        }
+    });
+    let first = rx.recv_timeout(HANG).expect("item 0's result");
+    assert!(
+        matches!(&first, (0, Err(e)) if e.is_timed_out()),
+        "{first:?}"
+    );
+    // The batch is asked for its next item while item 0 still runs: nothing else may start.
+    let next = rx.recv_timeout(Duration::from_millis(300));
+    assert!(next.is_err(), "{next:?} came while item 0 still ran");
+    assert_eq!(running.load(SeqCst), 1, "only item 0 runs");
+    gate.open();
+    let rest: Vec<_> = (0..2).map(|_| rx.recv_timeout(HANG).unwrap()).collect();
+    assert_eq!(rest, [(1, Ok(1)), (2, Ok(2))]);
+    taker.join().unwrap();
+    assert_eq!(most.load(SeqCst), 1, "two items ran at once");
 }

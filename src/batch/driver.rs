@@ -14,7 +14,8 @@
 //! * `InFlight`: one job in the pool, two with a straggler copy. Each copy is a [`JobHandle`],
 //!   polled when its job reports that it left the pool ([`Event::Released`]), and again, with
 //!   its [`Lane`] as the waker, if its result was not in yet (or while it waits for room in a
-//!   full bounded queue); the lane's wake-up ([`Event::Woken`]) says when to look again. The
+//!   full bounded queue, or from its submission if it has a deadline, which may resolve it
+//!   while its job still runs); the lane's wake-up ([`Event::Woken`]) says when to look again. The
 //!   first copy that *ran* (returned or panicked) gives the item's result; a copy that never
 //!   started leaves the item in flight while the other copy may still run. Left only by
 //!   [`Driver::finish`].
@@ -28,8 +29,9 @@
 //! items not started resolve to `Cancelled`, running ones are asked to stop
 //! ([`is_cancelled`](crate::is_cancelled)) and still waited for; done when every item is
 //! finished and handed out. `jobs` counts this batch's jobs in the pool, which is what
-//! `concurrency(n)` bounds: a copy counts from its submission until its result is collected,
-//! or, for a copy dropped unresolved when its item finished (a straggler's losing copy), until
+//! `concurrency(n)` bounds: a copy counts from its submission until its result is collected
+//! and its job has left the pool. So a copy whose deadline resolved it while it still runs,
+//! or one dropped unresolved when its item finished (a straggler's losing copy), counts until
 //! its ticket reports it gone (at once, if it already has).
 //!
 //! # User code
@@ -99,6 +101,10 @@ struct Flight<L, I, O> {
     returned: Option<I>,
     /// Which copies' jobs have left the pool (their tickets reported).
     released: [bool; 2],
+    /// Copies whose results were collected before their jobs left the pool (a deadline
+    /// resolves a handle while its run goes on): they count against `concurrency` until their
+    /// tickets report.
+    early: [bool; 2],
 }
 
 /// The original (0) and the straggler copy (1) of an item; `None` once resolved or taken to
@@ -309,6 +315,7 @@ where
                     }
                 }
                 self.close_bar();
+                self.let_go_of_callbacks();
                 return Advance::Done;
             }
             self.submit();
@@ -350,6 +357,7 @@ where
                 kept,
                 returned: None,
                 released: [false; 2],
+                early: [false; 2],
             });
             self.submitted(index, 0);
         }
@@ -382,7 +390,8 @@ where
 
     /// Copy `copy` of item `index` was just submitted. Its job reports when it leaves the
     /// pool, so its handle needs polling now only if it was resolved at once (a shut-down
-    /// pool), or waits for room in a full bounded queue (its lane is woken when there is).
+    /// pool), waits for room in a full bounded queue (its lane is woken when there is), or
+    /// has a deadline (which resolves it while the job may still run: the lane is woken then).
     fn submitted(&mut self, index: usize, copy: usize) {
         let Slot::InFlight(flight) = &self.slots[index] else {
             return;
@@ -390,9 +399,10 @@ where
         let Some(c) = flight.copies.get(copy) else {
             return;
         };
+        let timed = (self.program.controls()).is_some_and(|c| c.timeout.is_some());
         if c.handle.pool() == 0 {
             self.poll_copy(index, copy, false);
-        } else if c.handle.is_waiting_for_room() {
+        } else if timed || c.handle.is_waiting_for_room() {
             self.poll_copy(index, copy, true);
         }
     }
@@ -451,6 +461,9 @@ where
                 }
                 if let Slot::InFlight(flight) = &mut self.slots[index] {
                     flight.released[copy] = true;
+                    if std::mem::take(&mut flight.early[copy]) {
+                        self.jobs -= 1;
+                    }
                 }
                 if let Some(input) = input {
                     match &mut self.slots[index] {
@@ -474,10 +487,13 @@ where
         }
     }
 
-    /// A copy of item `index` resolved with `result` (its result is collected: it no longer
-    /// counts against `concurrency`).
-    fn resolve(&mut self, index: usize, result: Result<P::Output, JobError>) {
-        self.jobs -= 1;
+    /// A copy of item `index` resolved with `result`. Its result is collected: if its job has
+    /// left the pool (`gone`), it no longer counts against `concurrency`; otherwise it does
+    /// until its ticket reports.
+    fn resolve(&mut self, index: usize, result: Result<P::Output, JobError>, gone: bool) {
+        if gone {
+            self.jobs -= 1;
+        }
         // A timed-out item is a failure, as a panicked one is, whether or not it had started.
         let ran = matches!(
             result,
@@ -507,7 +523,8 @@ where
         };
         // Copies dropped unresolved whose jobs are still in the pool; those that have left it
         // no longer count against `concurrency`.
-        let lingering = [0, 1].map(|c| flight.copies.is_some(c) && !flight.released[c]);
+        let lingering =
+            [0, 1].map(|c| (flight.copies.is_some(c) || flight.early[c]) && !flight.released[c]);
         for c in 0..2 {
             if flight.copies.is_some(c) && flight.released[c] {
                 self.jobs -= 1;
@@ -683,6 +700,18 @@ where
         }
     }
 
+    /// The batch is over: its callbacks, user values, go now, each through the guard, so
+    /// that one whose captures panic when dropped costs no answer (`wait` and `.await` hand
+    /// theirs out after this).
+    fn let_go_of_callbacks(&mut self) {
+        if let Some(callback) = self.opts.on_progress.take() {
+            guard::drop("an on_progress callback", callback);
+        }
+        if let Some(predicate) = self.opts.fail_if.take() {
+            guard::drop("a fail_if predicate", predicate);
+        }
+    }
+
     fn close_bar(&mut self) {
         #[cfg(feature = "progress")]
         if let Some(bar) = self.bar.take() {
@@ -740,12 +769,21 @@ where
             })
     }
 
-    /// Copy `copy` of item `index` was collected outside `poll_copy` (a nested wait).
+    /// Copy `copy` of item `index` was collected (by `poll_copy`, or by a nested wait), its
+    /// handle taken out of the item. A result that came before the job left the pool (its
+    /// deadline passed while it ran) leaves the copy counted until its ticket reports.
     fn collected(&mut self, index: usize, copy: usize, result: Result<P::Output, JobError>) {
         if self.waiting_for_room == Some((index, copy)) {
             self.waiting_for_room = None;
         }
-        self.resolve(index, result);
+        let gone = match &mut self.slots[index] {
+            Slot::InFlight(flight) => {
+                flight.early[copy] = !flight.released[copy];
+                flight.released[copy]
+            }
+            _ => true,
+        };
+        self.resolve(index, result, gone);
     }
 
     /// The async path: the timer thread stands in for `park_timeout`.
@@ -767,6 +805,53 @@ where
 /// here, on the driver's thread, where it was taken).
 fn unpack<O, S>(result: Result<(O, S), JobError>) -> Result<O, JobError> {
     result.map(|(output, _shared)| output)
+}
+
+/// A batch dropped before its end (or whose results or inputs were not all taken) still
+/// holds user values: inputs not submitted yet, inputs and outputs not handed out, its
+/// callbacks and its captured context. Each goes through the guard on its own, so that one
+/// whose `Drop` panics neither unwinds into the caller's drop of the batch nor, unwinding,
+/// meets another's panic (which would abort). The handles in flight drop their own jobs'
+/// values (see `JobHandle`'s `Drop`).
+impl<P: ?Sized, I> Drop for Driver<P, I>
+where
+    P: Program<I>,
+{
+    fn drop(&mut self) {
+        for input in std::mem::take(&mut self.pending) {
+            guard::drop("an input", input);
+        }
+        let given = std::mem::take(&mut self.failed_inputs)
+            .into_iter()
+            .chain(std::mem::take(&mut self.unstarted_inputs));
+        for (_, input) in given {
+            guard::drop("an input", input);
+        }
+        for (_, result) in std::mem::take(&mut self.ready) {
+            guard::drop("an output", result);
+        }
+        for event in std::mem::take(&mut self.events) {
+            if let Event::Released { input, .. } = event {
+                drop_input(input);
+            }
+        }
+        for slot in std::mem::take(&mut self.slots) {
+            if let Slot::InFlight(flight) = slot {
+                let Flight {
+                    copies,
+                    kept,
+                    returned,
+                    ..
+                } = flight;
+                drop_input(kept);
+                drop_input(returned);
+                guard::drop("a batch item's handles", copies);
+            }
+        }
+        guard::drop("a batch's callbacks", self.opts.on_progress.take());
+        guard::drop("a batch's callbacks", self.opts.fail_if.take());
+        guard::drop("a captured context", std::mem::take(&mut self.captured));
+    }
 }
 
 /// Drops an input (user code), if there is one.

@@ -71,6 +71,25 @@ struct InboxState<I> {
     waker: Option<Waker>,
 }
 
+/// Events left when the last of the driver, the jobs and the lanes lets go (a batch dropped
+/// midway, whose jobs report after it): their inputs, and the waker, are user values, each
+/// dropped through the guard on its own.
+impl<I> Drop for InboxState<I> {
+    fn drop(&mut self) {
+        for event in std::mem::take(&mut self.events) {
+            if let Event::Released {
+                input: Some(input), ..
+            } = event
+            {
+                guard::drop("an input", input);
+            }
+        }
+        if let Some(waker) = self.waker.take() {
+            guard::drop("a waker", waker);
+        }
+    }
+}
+
 impl<P: ?Sized, I> Shared<P, I> {
     pub(super) fn new(program: Arc<P>, track_starts: bool) -> Self {
         Shared {
