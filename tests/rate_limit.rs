@@ -1,8 +1,7 @@
 //! Rate limits: starts spaced by the limit (checked against the time of the calls, which no
-//! delay in the pool can make look earlier), never more than the burst at once, also after
-//! every worker was busy, shared between programs, waiting that holds no worker, submission
-//! order, a dropped handle leaving the line, and tokens given back by attempts that never
-//! start.
+//! delay in the pool can make look earlier), never more than the burst at once, shared between
+//! programs, waiting that holds no worker, submission order, a dropped handle leaving the
+//! line, and tokens given back by attempts that never start.
 
 mod common;
 
@@ -429,60 +428,4 @@ fn a_queued_call_that_times_out_before_it_starts_costs_no_rate_token() {
         Some(Ok(2)),
         "the hour's first start"
     );
-}
-
-/// Runs `calls` calls through `limit` on a two-thread pool whose workers are busy for
-/// `busy`, and gives the start times: the calls' turns come while no worker is free.
-fn starts_after_a_busy_pool(limit: &RateLimiter, calls: usize, busy: Duration) -> Vec<Instant> {
-    let pool = WorkerPool::new(2);
-    let (gate, blockers) = common::occupy(&pool, 2);
-    let starts = Arc::new(Starts::default());
-    let s = Arc::clone(&starts);
-    let p = pool
-        .asyncify(move |i: usize| s.record(i))
-        .with_rate_limiter(limit);
-    let handles: Vec<_> = (0..calls).map(|i| p.call(i)).collect();
-    std::thread::sleep(busy);
-    gate.open();
-    for h in blockers.into_iter().chain(handles) {
-        wait(h).unwrap();
-    }
-    starts.sorted().into_iter().map(|s| s.1).collect()
-}
-
-/// The limit is on starts, not on entering the queue: turns that came while every worker
-/// was busy do not start together once one is free. With one start per 300 ms, no two start
-/// less than half that apart (they started microseconds apart when the turn was a place in
-/// the queue).
-#[test]
-fn starts_stay_spaced_after_the_workers_were_busy() {
-    let interval = Duration::from_millis(300);
-    let limit = RateLimiter::new(1, interval);
-    let starts = starts_after_a_busy_pool(&limit, 4, Duration::from_millis(1_000));
-    assert_eq!(starts.len(), 4);
-    for pair in starts.windows(2) {
-        let gap = pair[1].duration_since(pair[0]);
-        assert!(
-            gap >= interval / 2,
-            "two starts {gap:?} apart with one start per {interval:?}"
-        );
-    }
-}
-
-/// The same with a burst of two: at most two starts go at once, however long the workers
-/// were busy; a third waits an interval after the first.
-#[test]
-fn no_more_than_the_burst_starts_after_the_workers_were_busy() {
-    let interval = Duration::from_millis(300);
-    let limit = RateLimiter::with_burst(2, interval * 2, 2);
-    let starts = starts_after_a_busy_pool(&limit, 5, Duration::from_millis(1_000));
-    assert_eq!(starts.len(), 5);
-    for (k, window) in starts.windows(3).enumerate() {
-        let gap = window[2].duration_since(window[0]);
-        assert!(
-            gap >= interval / 2,
-            "starts {k} to {}: three within {gap:?}, with a burst of two and one start per {interval:?}",
-            k + 2
-        );
-    }
 }

@@ -1,22 +1,10 @@
 //! [`RateLimiter`]: at most `n` starts per period, with a burst, shared by every program handed
 //! the same limiter; calls beyond it wait in one line, in order, on the pool's timer.
 //!
-//! The limiter is a GCRA (the "virtual scheduling" form of a token bucket) over the starts:
-//! it keeps the theoretical arrival time `tat` of the next start. With interval `T = per / n`
-//! and tolerance `τ = T × (burst − 1)`, a start at `s` conforms if `s ≥ tat − τ`, and moves
-//! `tat` to `max(tat, s) + T`. So `burst` starts may go at once, and from then on one every `T`.
-//!
-//! A call takes its token before its attempt is queued, and the attempt starts when a worker
-//! takes it, later: all workers may be busy. So a token is a *reservation*: `out` counts those
-//! taken and neither spent (started) nor given back, and a token is taken at `now` only if the
-//! starts would conform were every reservation to start at once, now: if
-//! `now ≥ max(tat, now) + out × T − τ`. A start moves `tat` as above and ends its reservation;
-//! a token given back just ends it. Every start then conforms, however long its attempt
-//! waited in the queue: with `g(t) = max(tat, t) + out × T`, a take at `a` leaves
-//! `g(a) ≤ a + τ + T`; a start at `s` leaves `g(s)` as it was, a token given back lowers it,
-//! and `g(t) − t` never grows with `t`; so at a start, `tat ≤ g(s) − T ≤ s + τ` (its own
-//! reservation is still in `out`). With `out = burst` no token can be taken until a start or a
-//! token given back, which serve the line.
+//! The limiter is a GCRA (the "virtual scheduling" form of a token bucket): it keeps the
+//! theoretical arrival time `tat` of the next start. With interval `T = per / n` and tolerance
+//! `τ = T × (burst − 1)`, a start at `now` is allowed if `now ≥ tat − τ`, and moves `tat` to
+//! `max(tat, now) + T`. So `burst` starts may go at once, and from then on one every `T`.
 //!
 //! Time is counted exactly, in units of `1/n` ns since the limiter was made (so `T` is `per`'s
 //! nanoseconds, with no rounding), in a `u128`: no period, rate or burst overflows it.
@@ -43,13 +31,13 @@ use crate::sync::{lock, Mutex};
 /// A call that finds no token waits in the limiter's line, holding no worker, in the order the
 /// calls came; a dropped handle leaves the line. Each attempt of a retried call takes a token.
 ///
-/// The limit is on the starts of the program, wherever its attempts waited: a call takes a
-/// token before its attempt is queued, and the token holds a place in the burst until the
-/// attempt starts. So attempts whose turns came while every worker was busy do not start
-/// together once workers are free: never more than `burst` at once, and one per `per / n` from
-/// then on. An attempt that never starts (its handle dropped or aborted while it is queued,
-/// its deadline passed there, its pool closed, or the copy of its input for a retry panicked)
-/// gives its token back, so that it costs no start of the quota.
+/// A token is taken when an attempt is queued and spent when it starts. An attempt that never
+/// starts (its handle dropped or aborted while it is queued, its deadline passed there, its pool
+/// closed, or the copy of its input for a retry panicked) gives its token back, as if it had
+/// never been taken, so that it costs no start of the quota. The limit stays exact: a token
+/// comes back only while no later start could have used the room it frees (no other start took
+/// from a full or nearly full burst meanwhile, no other token came back), and is otherwise
+/// lost, never letting more start than `n` per `per` and `burst` at once.
 ///
 /// # Examples
 ///
@@ -89,8 +77,9 @@ pub(crate) struct Rate {
 struct State {
     /// The theoretical arrival time of the next start, in units of `1/n` ns since `base`.
     tat: u128,
-    /// Tokens out: taken, neither spent nor given back (at most `burst`).
-    out: u128,
+    /// Tokens taken in this epoch may come back ([`Rate::give_back`]); a start that takes from
+    /// a full or nearly full burst, or a token that comes back, begins the next.
+    epoch: u64,
     line: VecDeque<Weak<dyn Waiter>>,
     /// The pools whose timers have the limiter's alarm set, and for when.
     armed: Vec<(u64, Instant)>,
@@ -105,22 +94,21 @@ struct State {
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A token of a rate limit, for one attempt: spent when the attempt starts ([`Token::spend`]);
-/// dropped unspent (the attempt never started), it goes back to the limiter.
-pub(crate) struct Token(Option<Arc<Rate>>);
+/// dropped unspent (the attempt never started), it goes back to the limiter if it may (see
+/// [`Rate::give_back`]).
+pub(crate) struct Token(Option<(Arc<Rate>, u64)>);
 
 impl Token {
-    /// The attempt starts now: the start is counted, and ends the token's reservation.
+    /// The attempt starts: the token is used.
     pub(crate) fn spend(mut self) {
-        if let Some(rate) = self.0.take() {
-            rate.ended(Some(Instant::now()));
-        }
+        self.0 = None;
     }
 }
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if let Some(rate) = self.0.take() {
-            rate.ended(None);
+        if let Some((rate, epoch)) = self.0.take() {
+            rate.give_back(epoch);
         }
     }
 }
@@ -184,7 +172,7 @@ impl RateLimiter {
             tolerance: interval * u128::from(burst - 1),
             state: Mutex::new(State {
                 tat: 0,
-                out: 0,
+                epoch: 0,
                 line: VecDeque::new(),
                 armed: Vec::new(),
                 pools: Vec::new(),
@@ -245,8 +233,8 @@ impl Rate {
     pub(crate) fn take(self: &Arc<Self>, waiter: &Arc<dyn Waiter>, now: Option<Instant>) -> Take {
         let now = now.unwrap_or_else(Instant::now);
         let mut state = lock(&self.state);
-        if state.line.is_empty() && self.try_reserve(&mut state, now) {
-            return Take::Now(self.token());
+        if state.line.is_empty() && self.try_spend(&mut state, now) {
+            return Take::Now(self.token(&state));
         }
         let pool = waiter.registry();
         if !self.arm(&mut state, pool, now) {
@@ -263,24 +251,29 @@ impl Rate {
     pub(crate) fn try_take(self: &Arc<Self>, now: Option<Instant>) -> Option<Token> {
         let now = now.unwrap_or_else(Instant::now);
         let mut state = lock(&self.state);
-        (state.line.is_empty() && self.try_reserve(&mut state, now)).then(|| self.token())
+        (state.line.is_empty() && self.try_spend(&mut state, now)).then(|| self.token(&state))
     }
 
-    /// The token [`try_reserve`](Self::try_reserve) just took.
-    fn token(self: &Arc<Self>) -> Token {
-        Token(Some(Arc::clone(self)))
+    /// The token [`try_spend`](Self::try_spend) just took.
+    fn token(self: &Arc<Self>, state: &State) -> Token {
+        Token(Some((Arc::clone(self), state.epoch)))
     }
 
-    /// A token's reservation ends: its attempt started at `started`, or (`None`) never did and
-    /// gives it back. Either may let the line's head take one sooner, so the line, if anyone
-    /// waits, is served at once.
-    fn ended(self: Arc<Self>, started: Option<Instant>) {
+    /// A token taken in `epoch` comes back unspent: its attempt never started. It is the exact
+    /// undo of its take (`tat` back by one interval: the limiter as if it had never been taken)
+    /// as long as no start since took from a full or nearly full burst (less than an interval
+    /// of room before it: without this token's take, the burst would have overflowed there and
+    /// lost the room this frees) and no other token came back (whose undo assumed this one was
+    /// taken); then the epoch is still `epoch`. Otherwise the token is lost: fewer starts than
+    /// the limit allows, never more. The line, if anyone waits, is served at once.
+    fn give_back(self: Arc<Self>, epoch: u64) {
         let serve = {
             let mut state = lock(&self.state);
-            if let Some(at) = started {
-                self.start(&mut state, at);
+            if state.epoch != epoch {
+                return;
             }
-            state.out = state.out.saturating_sub(1);
+            state.tat = state.tat.saturating_sub(self.interval);
+            state.epoch += 1;
             !state.line.is_empty()
         };
         if serve {
@@ -314,41 +307,24 @@ impl Rate {
         now.saturating_duration_since(self.base).as_nanos() * u128::from(self.n)
     }
 
-    /// The starts reserved and not made yet, as time: `out × T`.
-    fn reserved(&self, state: &State) -> u128 {
-        state.out.saturating_mul(self.interval)
-    }
-
-    /// Takes a token if one is there at `now`: if the starts would conform with every token
-    /// out starting now, and this one too (see the module's header).
-    fn try_reserve(&self, state: &mut State, now: Instant) -> bool {
+    /// Spends a token if one is there at `now`.
+    fn try_spend(&self, state: &mut State, now: Instant) -> bool {
         let now = self.units(now);
-        let projected = state.tat.max(now).saturating_add(self.reserved(state));
-        if projected > now.saturating_add(self.tolerance) {
+        if now + self.tolerance < state.tat {
             return false;
         }
-        state.out += 1;
+        if state.tat < now.saturating_add(self.interval) {
+            // Less than an interval of room before this start: tokens taken before it can no
+            // longer come back exactly (see `give_back`).
+            state.epoch += 1;
+        }
+        state.tat = state.tat.max(now).saturating_add(self.interval);
         true
     }
 
-    /// A start at `at` is counted.
-    fn start(&self, state: &mut State, at: Instant) {
-        state.tat = state.tat.max(self.units(at)).saturating_add(self.interval);
-    }
-
-    /// When the next token comes (`None`: never by time: past what an `Instant` holds, or
-    /// `burst` tokens are out and a start or a token given back comes first).
+    /// When the next token comes (`None`: past what an `Instant` holds, so never).
     fn next_token(&self, state: &State, now: Instant) -> Option<Instant> {
-        if state.out >= u128::from(self.burst) {
-            return None;
-        }
-        // With fewer than `burst` out, the first `t` with `max(tat, t) + out × T − τ ≤ t` is
-        // `tat + out × T − τ` (at most `tat`), or now.
-        let at = state
-            .tat
-            .saturating_add(self.reserved(state))
-            .saturating_sub(self.tolerance);
-        let now_units = self.units(now);
+        let (at, now_units) = (state.tat.saturating_sub(self.tolerance), self.units(now));
         if at <= now_units {
             return Some(now);
         }
@@ -357,8 +333,7 @@ impl Rate {
         now.checked_add(Duration::new(secs, (wait_ns % 1_000_000_000) as u32))
     }
 
-    /// Sets the alarm on `pool`'s timer for the next token (or far ahead, if none will come by
-    /// time),
+    /// Sets the alarm on `pool`'s timer for the next token (or far ahead, if none will come),
     /// unless it is set there for that time or sooner. False if that pool is closed.
     fn arm(self: &Arc<Self>, state: &mut State, pool: &Registry, now: Instant) -> bool {
         if pool.is_closed() {
@@ -415,8 +390,8 @@ impl Rate {
                     let pool = waiter.registry().id;
                     state.armed.retain(|&(id, _)| id != pool);
                     admitted.push((waiter, Grant::Closed));
-                } else if !blocked && self.try_reserve(&mut state, now) {
-                    admitted.push((waiter, Grant::Token(self.token())));
+                } else if !blocked && self.try_spend(&mut state, now) {
+                    admitted.push((waiter, Grant::Token(self.token(&state))));
                 } else {
                     blocked = true;
                     if self.arm(&mut state, waiter.registry(), now) {
@@ -468,16 +443,6 @@ impl fmt::Debug for RateLimiter {
 mod tests {
     use super::*;
 
-    /// A token taken at `at` and its attempt started at once: false if there was none.
-    fn starts_now(rate: &Rate, state: &mut State, at: Instant) -> bool {
-        let taken = rate.try_reserve(state, at);
-        if taken {
-            rate.start(state, at);
-            state.out -= 1;
-        }
-        taken
-    }
-
     /// `burst` tokens at once, then one per interval; the arithmetic at the extremes.
     #[test]
     fn gcra_spends_a_burst_then_one_per_interval() {
@@ -485,26 +450,18 @@ mod tests {
         let rate = limit.rate();
         let mut state = lock(&rate.state);
         let t0 = rate.base;
-        assert!((0..3).all(|_| starts_now(rate, &mut state, t0)));
-        assert!(!starts_now(rate, &mut state, t0), "the burst is spent");
+        assert!((0..3).all(|_| rate.try_spend(&mut state, t0)));
+        assert!(!rate.try_spend(&mut state, t0), "the burst is spent");
         assert_eq!(
             rate.next_token(&state, t0),
             Some(t0 + Duration::from_millis(100))
         );
-        assert!(starts_now(
-            rate,
-            &mut state,
-            t0 + Duration::from_millis(100)
-        ));
-        assert!(!starts_now(
-            rate,
-            &mut state,
-            t0 + Duration::from_millis(150)
-        ));
+        assert!(rate.try_spend(&mut state, t0 + Duration::from_millis(100)));
+        assert!(!rate.try_spend(&mut state, t0 + Duration::from_millis(150)));
         // After a long pause, a full burst again, no more.
         let later = t0 + Duration::from_secs(10);
-        assert!((0..3).all(|_| starts_now(rate, &mut state, later)));
-        assert!(!starts_now(rate, &mut state, later));
+        assert!((0..3).all(|_| rate.try_spend(&mut state, later)));
+        assert!(!rate.try_spend(&mut state, later));
     }
 
     /// No rounding: 3 starts per 2 ns is 2/3 ns apart, not "0 ns, no limit".
@@ -514,16 +471,14 @@ mod tests {
         let rate = limit.rate();
         let mut state = lock(&rate.state);
         let t0 = rate.base + Duration::from_secs(1);
-        assert!(starts_now(rate, &mut state, t0));
+        assert!(rate.try_spend(&mut state, t0));
         assert!(
-            !starts_now(rate, &mut state, t0),
+            !rate.try_spend(&mut state, t0),
             "a second start at the same nanosecond"
         );
         let later = t0 + Duration::from_nanos(2);
         assert_eq!(
-            (0..5)
-                .filter(|_| starts_now(rate, &mut state, later))
-                .count(),
+            (0..5).filter(|_| rate.try_spend(&mut state, later)).count(),
             1
         );
     }
@@ -533,31 +488,29 @@ mod tests {
         let unlimited = RateLimiter::new(1, Duration::ZERO);
         let mut state = lock(&unlimited.rate().state);
         let now = Instant::now();
-        assert!((0..1_000).all(|_| starts_now(unlimited.rate(), &mut state, now)));
+        assert!((0..1_000).all(|_| unlimited.rate().try_spend(&mut state, now)));
         drop(state);
         // One start per Duration::MAX, a burst of three: three go, then none for ever.
         let never_again = RateLimiter::with_burst(1, Duration::MAX, 3);
         let rate = never_again.rate();
         let mut state = lock(&rate.state);
         assert!(
-            (0..3).all(|_| starts_now(rate, &mut state, now)),
+            (0..3).all(|_| rate.try_spend(&mut state, now)),
             "the burst goes"
         );
-        assert!(!starts_now(
-            rate,
-            &mut state,
-            now + Duration::from_secs(3600)
-        ));
+        assert!(!rate.try_spend(&mut state, now + Duration::from_secs(3600)));
         assert_eq!(rate.next_token(&state, now), None);
         drop(state);
         let huge = RateLimiter::with_burst(u32::MAX, Duration::MAX, u32::MAX);
         let mut state = lock(&huge.rate().state);
-        assert!((0..1_000).all(|_| starts_now(huge.rate(), &mut state, now)));
+        assert!((0..1_000).all(|_| huge.rate().try_spend(&mut state, now)));
     }
 
-    /// A token given back always comes back: it had only reserved a start.
+    /// A token given back undoes its take while nothing since could have used the room: it
+    /// starts again at once. One that a start from a full burst came after is lost: giving it
+    /// back then would let more than the burst start at once.
     #[test]
-    fn a_token_given_back_comes_back() {
+    fn a_token_given_back_never_lets_more_than_the_burst_start() {
         let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 3);
         let rate = limit.rate();
         let t0 = rate.base + Duration::from_secs(1);
@@ -568,44 +521,18 @@ mod tests {
         let again = rate.try_take(Some(t0)).expect("the token given back");
         assert!(rate.try_take(Some(t0)).is_none(), "three at once, no more");
         drop((again, others));
-        assert_eq!(lock(&rate.state).out, 0);
-        assert_eq!(lock(&rate.state).tat, 0, "no start was counted");
-    }
-
-    /// Tokens out hold their places in the burst however long their attempts wait to start,
-    /// and the starts, when they come, conform: a long wait in the queue does not let the
-    /// tokens of the time it lasted start together after it.
-    #[test]
-    fn tokens_out_hold_their_places_until_they_start() {
-        let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 2); // T = 100 ms
+        // A token taken ten seconds before two starts from a full burst: given back after
+        // them, it would let a third start with them.
+        let limit = RateLimiter::with_burst(10, Duration::from_secs(1), 2);
         let rate = limit.rate();
-        let mut state = lock(&rate.state);
-        let t0 = rate.base + Duration::from_secs(1);
-        assert!((0..2).all(|_| rate.try_reserve(&mut state, t0)));
-        // Ten seconds on, the two have not started: no third token, whatever the time.
-        let later = t0 + Duration::from_secs(10);
-        assert!(!rate.try_reserve(&mut state, later));
-        assert_eq!(rate.next_token(&state, later), None, "it waits for a start");
-        // They start together (a burst of two may), and the next comes an interval on.
-        for _ in 0..2 {
-            rate.start(&mut state, later);
-            state.out -= 1;
-        }
-        assert!(!rate.try_reserve(&mut state, later), "two started just now");
-        let next = later + Duration::from_millis(100);
-        assert_eq!(rate.next_token(&state, later), Some(next));
-        assert!(rate.try_reserve(&mut state, next));
+        let stale = rate.try_take(Some(t0)).expect("a full burst");
+        let later = t0 + Duration::from_secs(10); // the burst is full again
+        let spent = [(); 2].map(|_| rate.try_take(Some(later)).expect("the burst"));
+        spent.into_iter().for_each(Token::spend);
+        drop(stale); // taken before a start from a full burst: lost
         assert!(
-            !rate.try_reserve(&mut state, next),
-            "one per interval from then on"
-        );
-        // One token out, one start before it: the next waits for both, an interval each.
-        rate.start(&mut state, next);
-        state.out -= 1;
-        assert!(rate.try_reserve(&mut state, next + Duration::from_millis(100)));
-        assert_eq!(
-            rate.next_token(&state, next),
-            Some(next + Duration::from_millis(200))
+            rate.try_take(Some(later)).is_none(),
+            "two started at once: no third"
         );
     }
 
