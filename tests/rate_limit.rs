@@ -1,7 +1,8 @@
-//! Rate limits: starts spaced by the limit (checked against the time of the calls, which no
-//! delay in the pool can make look earlier), never more than the burst at once, shared between
-//! programs, waiting that holds no worker, submission order, a dropped handle leaving the
-//! line, and tokens given back by attempts that never start.
+//! Rate limits: starts spaced by the limit on a pool with free workers (checked against the
+//! time of the calls, which no delay in the pool can make look earlier), never more than the
+//! burst at once, shared between programs, waiting that holds no worker, submission order, a
+//! dropped handle leaving the line, turns that come by time (a nested wait on a later call),
+//! and tokens given back by attempts that never start.
 
 mod common;
 
@@ -428,4 +429,25 @@ fn a_queued_call_that_times_out_before_it_starts_costs_no_rate_token() {
         Some(Ok(2)),
         "the hour's first start"
     );
+}
+/// A job on a one-thread pool makes rate-limited calls and waits for the last first, while
+/// the earlier calls' attempts sit in the queue behind it: the last call's turn comes by time,
+/// not when the earlier ones start (a limiter that waited for their starts deadlocks here),
+/// and the waiting worker runs it, then the others.
+#[test]
+fn a_nested_wait_on_a_later_call_lets_the_earlier_ones_start() {
+    let pool = WorkerPool::new(1);
+    let inner = pool
+        .asyncify(|i: u32| i + 1)
+        .with_rate_limiter(&RateLimiter::with_burst(100, Duration::from_secs(1), 2));
+    let outer = pool.asyncify(move |_: ()| {
+        let handles: Vec<_> = (0..4).map(|i| inner.call(i)).collect();
+        handles
+            .into_iter()
+            .rev()
+            .map(|h| h.wait().unwrap())
+            .sum::<u32>()
+    });
+    let mut call = outer.call(());
+    assert_eq!(call.wait_timeout(BOUND), Some(Ok(10)));
 }

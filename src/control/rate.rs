@@ -1,10 +1,15 @@
-//! [`RateLimiter`]: at most `n` starts per period, with a burst, shared by every program handed
-//! the same limiter; calls beyond it wait in one line, in order, on the pool's timer.
+//! [`RateLimiter`]: at most `n` attempts let into the pool per period, with a burst, shared by
+//! every program handed the same limiter; calls beyond it wait in one line, in order, on the
+//! pool's timer.
+//!
+//! The turns come by time alone, never by what the pool does with the attempts let in: a
+//! limiter that let the next turn wait for the last attempt's start would make a job that
+//! waits for a later call, while the earlier ones are queued behind it, wait for good.
 //!
 //! The limiter is a GCRA (the "virtual scheduling" form of a token bucket): it keeps the
-//! theoretical arrival time `tat` of the next start. With interval `T = per / n` and tolerance
-//! `τ = T × (burst − 1)`, a start at `now` is allowed if `now ≥ tat − τ`, and moves `tat` to
-//! `max(tat, now) + T`. So `burst` starts may go at once, and from then on one every `T`.
+//! theoretical arrival time `tat` of the next turn. With interval `T = per / n` and tolerance
+//! `τ = T × (burst − 1)`, a turn at `now` is allowed if `now ≥ tat − τ`, and moves `tat` to
+//! `max(tat, now) + T`. So `burst` turns may go at once, and from then on one every `T`.
 //!
 //! Time is counted exactly, in units of `1/n` ns since the limiter was made (so `T` is `per`'s
 //! nanoseconds, with no rounding), in a `u128`: no period, rate or burst overflows it.
@@ -23,21 +28,28 @@ use super::{Grant, Waiter};
 use crate::pool::{Alarm, Registry};
 use crate::sync::{lock, Mutex};
 
-/// A rate limit: at most `n` starts per `per`, `burst` of them at once. Cheap to clone; clones
-/// are the same limit, so handing one to several programs
+/// A rate limit: at most `n` attempts let into the pool per `per`, `burst` of them at once.
+/// Cheap to clone; clones are the same limit, so handing one to several programs
 /// ([`AsyncProgram::with_rate_limiter`](crate::AsyncProgram::with_rate_limiter)) makes them
 /// share it (one API key behind several modules).
 ///
 /// A call that finds no token waits in the limiter's line, holding no worker, in the order the
 /// calls came; a dropped handle leaves the line. Each attempt of a retried call takes a token.
 ///
-/// A token is taken when an attempt is queued and spent when it starts. An attempt that never
-/// starts (its handle dropped or aborted while it is queued, its deadline passed there, its pool
-/// closed, or the copy of its input for a retry panicked) gives its token back, as if it had
-/// never been taken, so that it costs no start of the quota. The limit stays exact: a token
-/// comes back only while no later start could have used the room it frees (no other start took
-/// from a full or nearly full burst meanwhile, no other token came back), and is otherwise
-/// lost, never letting more start than `n` per `per` and `burst` at once.
+/// A token is taken when an attempt is let into the pool's queue, and the attempt starts when
+/// a worker takes it: at once while a worker is free, so that then the starts keep the limit.
+/// Attempts let in while every worker is busy wait in the queue, and start as workers free
+/// up, possibly closer together than `per / n` (the turns come by time, whatever the pool
+/// does with them). For a backend that counts requests strictly, give the program's pool the
+/// threads its rate needs, or retry the backend's "too many requests" answers
+/// ([`Retry::retry_if`](crate::Retry::retry_if)).
+///
+/// An attempt that never starts (its handle dropped or aborted while it is queued, its
+/// deadline passed there, its pool closed, or the copy of its input for a retry panicked)
+/// gives its token back, as if it had never been taken, so that it costs no turn of the
+/// quota: a token comes back only while no later turn could have used the room it frees (no
+/// other turn took from a full or nearly full burst meanwhile, no other token came back), and
+/// is otherwise lost, never letting more than `n` per `per` and `burst` at once into the pool.
 ///
 /// # Examples
 ///
@@ -124,8 +136,9 @@ pub(crate) enum Take {
 }
 
 impl RateLimiter {
-    /// At most `n` starts per `per`, one at a time (a burst of 1: starts are spaced `per / n`
-    /// apart). A `per` of zero means no limit.
+    /// At most `n` attempts let into the pool per `per`, one at a time (a burst of 1: turns are
+    /// spaced `per / n` apart; see [`RateLimiter`] for when the starts are). A `per` of zero
+    /// means no limit.
     ///
     /// # Panics
     ///
@@ -142,7 +155,8 @@ impl RateLimiter {
         Self::with_burst(n, per, 1)
     }
 
-    /// At most `n` starts per `per`, and up to `burst` at once (a `burst` of 0 is taken as 1).
+    /// At most `n` attempts let into the pool per `per`, and up to `burst` at once (a `burst`
+    /// of 0 is taken as 1).
     ///
     /// # Panics
     ///

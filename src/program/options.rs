@@ -83,9 +83,9 @@ impl<P: ?Sized> AsyncProgram<P> {
         self.with_controls(|c| c.retry = Some(policy))
     }
 
-    /// At most `n` of this program's attempts start per `per`, one every `per / n` (see
-    /// [`RateLimiter::new`]; for a burst, or a limit shared with other programs, use
-    /// [`with_rate_limiter`](Self::with_rate_limiter)). A call that must wait for its turn
+    /// At most `n` of this program's attempts are let into the pool per `per`, one every
+    /// `per / n`; they start then if a worker is free (see [`RateLimiter`]; for a burst, or a
+    /// limit shared with other programs, use [`with_rate_limiter`](Self::with_rate_limiter)). A call that must wait for its turn
     /// waits outside the pool, holding no worker, in the order of the calls; dropping its
     /// handle takes it out of the line. Replaces an earlier rate limit.
     ///
@@ -110,8 +110,9 @@ impl<P: ?Sized> AsyncProgram<P> {
         self.with_rate_limiter(&RateLimiter::new(n, per))
     }
 
-    /// Attempts start within `limiter`'s rate, shared with every program given the same
-    /// limiter (or a clone of it), on this pool or another. Replaces an earlier rate limit.
+    /// Attempts are let into the pool within `limiter`'s rate, shared with every program given
+    /// the same limiter (or a clone of it), on this pool or another. Replaces an earlier rate
+    /// limit.
     ///
     /// # Examples
     ///
