@@ -10,7 +10,8 @@
 # --release under its own CARGO_TARGET_DIR, and run. AB_ROUNDS (default 15) and
 # ASYNCIFY_BENCH_CALLS (default 100000) pass through; AB_OPTIONS=1 adds the groups through a
 # program with a deadline, with a rate limit, and with every option (both revisions must have
-# them). Nothing in this repository is changed.
+# them); AB_TRACING=1 adds, last, the call groups under a global tracing subscriber, outside
+# and inside a span (AB_TRACING=only: only those). Nothing in this repository is changed.
 set -euo pipefail
 
 BASE_REV=${1:-04c4150}
@@ -99,6 +100,8 @@ after = { package = "asyncify-pool-after", path = "../after" }
 tokio = { version = "1.40", features = ["rt", "rt-multi-thread"] }
 crossbeam-channel = "0.5.15"
 oneshot = { version = "0.2.1", default-features = false, features = ["std", "async"] }
+tracing = "0.1"
+tracing-subscriber = { version = "0.3", default-features = false, features = ["registry"] }
 
 [features]
 options = []
@@ -119,5 +122,5 @@ FEATURES=()
 cargo build --release --quiet --manifest-path "$HARNESS/Cargo.toml" "${FEATURES[@]}"
 
 AB_BASE_LABEL=$(label "$BASE_REV") AB_NEW_LABEL=$(label "$NEW_REV") \
-    AB_ROUNDS=${AB_ROUNDS:-15} ASYNCIFY_BENCH_CALLS=${ASYNCIFY_BENCH_CALLS:-100000} \
+    AB_ROUNDS=${AB_ROUNDS:-15} AB_TRACING=${AB_TRACING:-0} ASYNCIFY_BENCH_CALLS=${ASYNCIFY_BENCH_CALLS:-100000} \
     "$CARGO_TARGET_DIR/release/asyncify-ab"

@@ -2,7 +2,9 @@
 //!
 //! Two things travel with a job: the settings overrides ([`Overrides`]) and, once any tracing
 //! dispatcher exists in the process, the caller's dispatcher and current span. Together they
-//! are a [`Ctx`], and a job carries an `Arc` of it, or nothing when there is nothing to carry.
+//! are a [`Ctx`], and a job carries an `Arc` of it, or nothing when there is nothing to carry:
+//! no overrides, and no dispatcher but the static one (the global default, or none) with no
+//! span entered.
 //!
 //! # What a capture costs, and why it is shaped like this
 //!
@@ -25,7 +27,11 @@
 //! * **The global dispatcher is left alone.** When the caller's dispatcher is the process's
 //!   global default, a worker is already under it and does not set it again (that would touch
 //!   the dispatcher's count and tracing's global count of scoped dispatchers); it only enters
-//!   and exits the span.
+//!   and exits the span. With no span entered and no overrides, a call under it carries
+//!   nothing at all (no count, no allocation), like a call in a process that never set a
+//!   dispatcher; a job that carries nothing runs under the static dispatcher, and only a
+//!   thread that is under another one (a job left a scoped one set on its worker, or the job
+//!   runs nested in one that set its own) is put under it for the job.
 //!
 //! "Same dispatcher" is decided by address. tracing hands out the global dispatcher as a
 //! reference to a `static` that never changes once set, while a scoped one (`set_default`,
@@ -44,7 +50,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError, Weak};
 
 use tracing::dispatcher::DefaultGuard;
 use tracing::span::Id;
@@ -163,12 +169,14 @@ impl Captured {
             overrides: settings::current_address(),
             trace: traced.then(TraceKey::here),
         };
-        if key.overrides == 0 && key.trace.is_none() {
-            return Captured(None);
-        }
         let shareable = key
             .trace
             .is_none_or(|t| t.at == STATIC_DISPATCH.load(Ordering::Relaxed));
+        if key.overrides == 0 && shareable && key.trace.is_none_or(|t| t.span.is_none()) {
+            // Nothing to carry: no overrides, and no tracing context beyond the static
+            // dispatcher, which a worker is under (or is put under: see `Entered::new`).
+            return Captured(None);
+        }
         if shareable {
             // A live `Ctx` holds its overrides and its span, so no other overrides can have
             // their address and no other span their id meanwhile: an equal key is the same
@@ -249,6 +257,13 @@ impl Entered {
                 ctx.span.with_subscriber(|(id, d)| d.enter(id));
                 span_entered = true;
             });
+        } else if let Some(known) = static_if_not_under_it(top_level) {
+            // Captured under the static dispatcher (or before any was set), and this thread is
+            // under another: an earlier job left a scoped one set on this worker, or this job
+            // runs nested in one that set its own.
+            guard::quietly("a tracing subscriber", || {
+                dispatcher = Some(tracing::dispatcher::set_default(&known));
+            });
         }
         let layer = ctx.map(|c| c as Arc<dyn JobLayer>);
         Entered {
@@ -302,11 +317,52 @@ impl JobLayer for Ctx {
 /// Elsewhere it only trusts an address already known to be a static.
 fn under_already(at: usize, top_level: bool) -> bool {
     let here = dispatch_address();
-    if top_level && here != scoped_slot() && STATIC_DISPATCH.load(Ordering::Relaxed) != here {
-        STATIC_DISPATCH.store(here, Ordering::Relaxed);
+    if top_level && STATIC_DISPATCH.load(Ordering::Relaxed) != here && here != scoped_slot() {
+        learn_static(here);
     }
     // A known static is the same dispatcher at every moment, on every thread.
     here == at && here == STATIC_DISPATCH.load(Ordering::Relaxed)
+}
+
+/// For a job that carries no tracing context (captured under the static dispatcher with no
+/// span, or before any dispatcher was set): the static dispatcher to put this thread under, if
+/// it is under another one. `None` if it is under the static already, if no dispatcher was
+/// ever set, or if no worker has seen the static yet (then the thread is left as it is). At a
+/// worker's `top_level` a static the thread is under is learned, as in [`under_already`].
+fn static_if_not_under_it(top_level: bool) -> Option<Dispatch> {
+    if !tracing::dispatcher::has_been_set() {
+        return None;
+    }
+    let here = dispatch_address();
+    if here == STATIC_DISPATCH.load(Ordering::Relaxed) {
+        return None;
+    }
+    if top_level && here != scoped_slot() {
+        learn_static(here);
+        return None;
+    }
+    STATIC
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// The static dispatcher a worker saw, for [`static_if_not_under_it`] (`STATIC_DISPATCH` is
+/// its address). A static `Dispatch` holds a `&'static` subscriber: cloning or dropping it runs
+/// nothing.
+static STATIC: StdMutex<Option<Dispatch>> = StdMutex::new(None);
+
+/// This thread, at a worker's top level, is under the static dispatcher at address `here`:
+/// callers under it may share captures, and jobs that carry no tracing context are put back
+/// under it.
+fn learn_static(here: usize) {
+    let dispatch = tracing::dispatcher::get_default(Dispatch::clone);
+    let before = STATIC
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(dispatch);
+    drop(before);
+    STATIC_DISPATCH.store(here, Ordering::Relaxed);
 }
 
 /// The address of the `&Dispatch` tracing hands out on this thread right now.

@@ -308,3 +308,54 @@ fn a_batch_made_under_one_scoped_subscriber_and_driven_under_another_stays_with_
     drop(first);
     assert_eq!(span_of(12_000_000), None);
 }
+
+#[test]
+fn a_call_outside_any_span_run_inline_by_a_job_under_a_scoped_subscriber_stays_global() {
+    seen();
+    // One worker: the job below waits for a call queued behind it, so it runs that call
+    // itself, nested, while its own scoped subscriber is in force on the thread.
+    let pool = WorkerPool::new(1);
+    let local = Recorder::default();
+    let (give, take) = std::sync::mpsc::channel::<asyncify_pool::JobHandle<Option<u64>>>();
+    let outer = tracing::subscriber::with_default(
+        tracing_subscriber::registry().with(local.clone()),
+        || {
+            let span = tracing::info_span!("local", n = 13_001);
+            span.in_scope(|| pool.spawn(move || take.recv().unwrap().wait()))
+        },
+    );
+    let probe = 13_000_000;
+    // Made here, under the global subscriber, in no span and with no overrides.
+    let inner = pool.spawn(probe_job(probe));
+    give.send(inner).unwrap();
+    assert_eq!(wait(outer), Ok(Ok(None)));
+    assert_eq!(
+        span_of(probe),
+        Some(None),
+        "the global subscriber saw the call's event, in no span"
+    );
+    assert!(
+        !local.0.lock().unwrap().probes.contains_key(&probe),
+        "not the scoped subscriber of the job that ran it"
+    );
+}
+
+#[test]
+fn a_worker_left_under_a_scoped_subscriber_still_runs_global_calls_under_the_global_one() {
+    seen();
+    let pool = WorkerPool::new(1);
+    let local = Recorder::default();
+    let leak = local.clone();
+    // A job that sets a scoped subscriber and never unsets it: its worker stays under it.
+    wait(pool.spawn(move || {
+        std::mem::forget(tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(leak),
+        ));
+    }))
+    .unwrap();
+    for probe in 14_000_000..14_000_010 {
+        assert_eq!(wait(pool.spawn(probe_job(probe))), Ok(None));
+        assert_eq!(span_of(probe), Some(None), "seen by the global subscriber");
+    }
+    assert!(local.0.lock().unwrap().probes.is_empty());
+}

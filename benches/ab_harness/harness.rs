@@ -29,6 +29,10 @@
 //! triggers (`rate`), and through a deadline, a retry policy, a rate limit and an adaptive
 //! limit that never trigger (`all`), as in `benches/options.rs`.
 //!
+//! With `AB_TRACING=1`, last, a global `tracing_subscriber::registry()` is set and each `call`
+//! group runs twice more under it: outside any span (`global`), and inside one (`in_span`).
+//! `AB_TRACING=only` runs only these.
+//!
 //! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15,
 //! `ASYNCIFY_BENCH_CALLS` and `AB_OPTIONS` pass through). The output is a Markdown table.
 
@@ -224,7 +228,9 @@ fn main() {
     println!("| threads | group | contender | median | p10 | p90 | /floor | after/before (p10-p90) |");
     println!("|---|---|---|---|---|---|---|---|");
 
-    for threads in THREAD_COUNTS {
+    let tracing = std::env::var("AB_TRACING").unwrap_or_default();
+    let plain_groups = if tracing == "only" { &[][..] } else { &THREAD_COUNTS[..] };
+    for &threads in plain_groups {
         let floor = Floor::new(threads);
         let before_pool = before::WorkerPool::new(threads);
         let after_pool = after::WorkerPool::new(threads);
@@ -286,6 +292,39 @@ fn main() {
         drop((before_prog, after_prog));
         before_pool.shutdown();
         after_pool.shutdown();
+    }
+
+    if tracing == "1" || tracing == "only" {
+        // Last: a global subscriber cannot be unset. Both libraries link the same tracing-core,
+        // so both run under it.
+        tracing::subscriber::set_global_default(tracing_subscriber::registry())
+            .expect("no global subscriber was set before");
+        let span = tracing::info_span!("ab_request");
+        let span = &span;
+        for threads in THREAD_COUNTS {
+            let floor = Floor::new(threads);
+            let before_pool = before::WorkerPool::new(threads);
+            let after_pool = after::WorkerPool::new(threads);
+            let before_prog = before_pool.asyncify(|x: u64| x);
+            let after_prog = after_pool.asyncify(|x: u64| x);
+            let (floor, bprog, aprog) = (&floor, &before_prog, &after_prog);
+            for (shape, shape_name) in [
+                (Shape::RoundTrip, "round_trip"),
+                (Shape::Throughput, "throughput"),
+            ] {
+                let call = calls!(rt, shape, calls, floor, bprog, aprog);
+                interleave(rounds, threads, &format!("{shape_name}/global"), &call);
+                let call = calls!(rt, shape, calls, floor, bprog, aprog);
+                let in_span = call.map(|(name, measure)| {
+                    let measure: Measure<'_> = Box::new(move || span.in_scope(|| measure()));
+                    (name, measure)
+                });
+                interleave(rounds, threads, &format!("{shape_name}/in_span"), &in_span);
+            }
+            drop((before_prog, after_prog));
+            before_pool.shutdown();
+            after_pool.shutdown();
+        }
     }
 
     println!();
