@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use super::limit::Slot;
 use super::rate::Token;
 use crate::guard;
-use crate::pool::{hand_to_ringers, on_a_ringer, Registry, RingerTask};
+use crate::pool::{hand_to_ringers, Registry, RingerTask};
 use crate::sync::AtomicUsize;
 
 /// Something waiting in a line (a limit's or a limiter's): a controlled call.
@@ -52,23 +52,8 @@ thread_local! {
 /// slot that admits the next waiter, and so on down a line (at a pool's close, every call in a
 /// limit's line): those are queued on this thread and handed out by the outermost call here, in
 /// a loop, so that the stack does not grow with the line.
-///
-/// On a ringer of a pool's timer, each admission is handed to the ringers as a task of its own
-/// instead (in order, and no more nested than here): an admission that ends a call runs user
-/// code (its input's `Drop`, its waker) that may block, and the waiters behind it must not wait
-/// for it there (at a pool's close, one ringer lets a limiter's whole line go).
 pub(crate) fn admit_all(mut admitted: Vec<(Arc<dyn Waiter>, Grant)>) {
     if admitted.is_empty() {
-        return;
-    }
-    if on_a_ringer() {
-        for (waiter, grant) in admitted {
-            let task: RingerTask =
-                Box::new(move || guard::quietly("a waiting call", || waiter.admit(grant)));
-            if let Some(task) = hand_to_ringers(task) {
-                task(); // (not reached: this thread is a ringer)
-            }
-        }
         return;
     }
     let mine = ADMITTING.try_with(|queue| match &mut *queue.borrow_mut() {
@@ -96,6 +81,21 @@ pub(crate) fn admit_all(mut admitted: Vec<(Arc<dyn Waiter>, Grant)>) {
             for (waiter, grant) in admitted {
                 guard::quietly("a waiting call", || waiter.admit(grant));
             }
+        }
+    }
+}
+
+/// Hands each waiter its grant as a task of its own for the ringers of a pool's timer, in
+/// order, when an alarm lets a whole line go on a ringer (a limiter at the pool's close):
+/// ending a call runs user code (its input's `Drop`, its waker) that may block, and the calls
+/// behind one that blocks must not wait for it. Where the ringers take no task (off a ringer,
+/// or once the timer's thread has left), each is handed out here, in turn.
+pub(crate) fn admit_each_apart(admitted: Vec<(Arc<dyn Waiter>, Grant)>) {
+    for (waiter, grant) in admitted {
+        let task: RingerTask =
+            Box::new(move || guard::quietly("a waiting call", || waiter.admit(grant)));
+        if let Some(task) = hand_to_ringers(task) {
+            task();
         }
     }
 }

@@ -380,16 +380,19 @@ impl Rate {
 
     /// Serves the line: the head takes a token if there is one (and the next, and so on), and
     /// waiters whose pool closed leave. With more than one pool in the line (or when told of a
-    /// close, `every`), every waiter is looked at; otherwise the line stops at the first that
-    /// must wait, so that each token costs the few waiters it lets go, not the whole line.
-    fn serve(self: Arc<Self>, every: bool) {
+    /// close, `closing`), every waiter is looked at; otherwise the line stops at the first that
+    /// must wait, so that each token costs the few waiters it lets go, not the whole line. Told
+    /// of a close (on a ringer), it hands each waiter it lets go to the ringers as a task of its
+    /// own ([`line::admit_each_apart`]): a whole line may go at once then, and one whose input's
+    /// `Drop` blocks must not hold up those behind it.
+    fn serve(self: Arc<Self>, closing: bool) {
         let mut admitted = Vec::new();
         let mut after_lock = Vec::new();
         {
             let mut state = lock(&self.state);
             let now = Instant::now();
             state.armed.retain(|&(_, when)| when > now);
-            let every = every || state.pools.len() > 1;
+            let every = closing || state.pools.len() > 1;
             let mut kept = VecDeque::new();
             let mut blocked = false;
             while let Some(next) = state.line.pop_front() {
@@ -427,7 +430,11 @@ impl Rate {
                 state.pools.clear();
             }
         }
-        super::admit_all(admitted);
+        if closing {
+            line::admit_each_apart(admitted);
+        } else {
+            super::admit_all(admitted);
+        }
         crate::guard::drop("a call that left a line", after_lock);
     }
 }

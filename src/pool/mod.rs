@@ -60,7 +60,7 @@ pub use histogram::Percentiles;
 pub(crate) use registry::Registry;
 pub use stats::Stats;
 pub(crate) use submit::Reserved;
-pub(crate) use timer::{hand_to_ringers, on_a_ringer, Alarm, RingerTask, TimerKey};
+pub(crate) use timer::{hand_to_ringers, Alarm, RingerTask, TimerKey};
 pub(crate) use worker::on_thread_of;
 pub use worker::worker_index;
 

@@ -28,7 +28,8 @@
 //! [`MAX_RINGERS`] (the ringers then take the tasks in order, and may finish them out of it);
 //! an idle ringer leaves after [`RINGER_KEEP_ALIVE`]. An alarm that lets many calls go at once
 //! (a limiter's line at the pool's close) hands each call's end on as a task of its own
-//! ([`hand_to_ringers`]). So an alarm that blocks for good costs one ringer, and every other
+//! ([`hand_to_ringers`]), taken after the rings and tells that wait and by at most
+//! [`MAX_HANDED`] ringers at once. So an alarm that blocks for good costs one ringer, and every other
 //! deadline, backoff and token of the pool still comes, late by at most [`STALL`] (unless a
 //! stream of rings that each take nearly that long keeps one ringer busy: those are not
 //! spread over more ringers). (Before ringers,
@@ -127,11 +128,11 @@ struct Shared {
 
 /// What a ringer does: ring an entry that came due, tell one that the pool closed (and take
 /// it out unless it says to keep it), or run a piece of an alarm's work that was handed on to
-/// be a task of its own ([`hand_to_ringers`]).
+/// be a task of its own ([`hand_to_ringers`]; counted in `running_handed` while it runs).
 enum Task {
     Ring(Weak<dyn Alarm>),
     Close(TimerKey, Weak<dyn Alarm>),
-    Run(Box<dyn FnOnce() + Send>),
+    Handed(RingerTask),
 }
 
 /// A piece of an alarm's work, for [`hand_to_ringers`].
@@ -143,25 +144,29 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// True on a ringer thread (see [`hand_to_ringers`]).
-pub(crate) fn on_a_ringer() -> bool {
-    RINGING_FOR
-        .try_with(|r| r.borrow().is_some())
-        .unwrap_or(false)
-}
-
-/// On a ringer thread, queues `task` after what the ringers have to do, as a task of its own,
-/// and gives back `None`; elsewhere gives it back. For an alarm that lets many calls go at once
-/// (a limiter at the pool's close lets its whole line go): each call's end runs user code (its
-/// input's `Drop`, its waker) that may block, and as tasks of their own the calls behind one
-/// that blocks are taken by another ringer, as every other alarm is.
+/// Called by an alarm as it rings or is told of the close, on a ringer: queues `task` for the
+/// ringers as a task of its own, behind every ring and tell that waits (those go first), and
+/// gives back `None`. Gives it back to be run there and then off a ringer, or if the timer's
+/// thread has left (nothing would start a ringer for it).
+///
+/// For an alarm that lets many calls go at once (a limiter at the pool's close lets its whole
+/// line go): each call's end runs user code (its input's `Drop`, its waker) that may block, and
+/// as tasks of their own the calls behind one that blocks are taken by another ringer. At most
+/// [`MAX_HANDED`] ringers run such tasks at once, so that however many of them block, rings
+/// and tells still have ringers.
+///
+/// Only for an alarm's own work: user code that runs on a ringer (a waker, a `Drop`) and lets
+/// a call go must do it there, or a waker that waits for that call would wait for itself.
 pub(crate) fn hand_to_ringers(task: RingerTask) -> Option<RingerTask> {
     let shared = RINGING_FOR.try_with(|r| r.borrow().clone()).ok().flatten();
     let Some(shared) = shared else {
         return Some(task);
     };
     let mut state = lock(&shared.state);
-    state.pending.push_back(Task::Run(task));
+    if !state.started {
+        return Some(task);
+    }
+    state.handed.push_back(task);
     // The timer thread looks: it starts another ringer if this one is stuck.
     shared.cv.notify_one();
     None
@@ -179,6 +184,10 @@ const RINGER_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// stuck in user code for longer than [`STALL`]; past this many, what is due waits for one of
 /// them to come back.
 const MAX_RINGERS: usize = 16;
+
+/// The most ringers that run tasks handed on by alarms ([`hand_to_ringers`]) at once: the
+/// others are left for rings and tells, which a line of calls that all block cannot take.
+const MAX_HANDED: usize = MAX_RINGERS / 2;
 
 /// A slot of the slab: its entry's alarm while it waits.
 struct Slot {
@@ -214,6 +223,10 @@ struct State {
     closed: bool,
     /// Rings and tells that came due, for the ringers, in order.
     pending: VecDeque<Task>,
+    /// Tasks handed on by alarms ([`hand_to_ringers`]), in order, taken after `pending`.
+    handed: VecDeque<RingerTask>,
+    /// Ringers running one of `handed` now.
+    running_handed: usize,
     /// Entries being told of the close (their slots say so): none of them rings until it has
     /// been told, so that no alarm is told and rung at once.
     telling: usize,
@@ -225,6 +238,25 @@ struct State {
 }
 
 impl State {
+    /// The next task a ringer may take: a ring or a tell, else a handed task if fewer than
+    /// [`MAX_HANDED`] ringers run one (counted from here until [`Task::Handed`] has run).
+    fn next_task(&mut self) -> Option<Task> {
+        if let Some(task) = self.pending.pop_front() {
+            return Some(task);
+        }
+        if self.running_handed >= MAX_HANDED {
+            return None;
+        }
+        let task = self.handed.pop_front()?;
+        self.running_handed += 1;
+        Some(Task::Handed(task))
+    }
+
+    /// True if a ringer would find a task to take now.
+    fn has_task(&self) -> bool {
+        !self.pending.is_empty() || !self.handed.is_empty() && self.running_handed < MAX_HANDED
+    }
+
     /// True if `due` names an entry still waiting.
     fn is_live(&self, due: &Due) -> bool {
         let slot = &self.slots[due.index as usize];
@@ -340,6 +372,8 @@ impl Timer {
                     started: false,
                     closed: false,
                     pending: VecDeque::new(),
+                    handed: VecDeque::new(),
+                    running_handed: 0,
                     telling: 0,
                     ringers: 0,
                     idle_ringers: 0,
@@ -565,8 +599,10 @@ fn serve(shared: &Arc<Shared>, mut told: bool) {
         }
         let due = state.take_due(Instant::now());
         state.pending.extend(due.into_iter().map(Task::Ring));
-        if state.pending.is_empty() {
-            if state.closed && state.live == 0 {
+        if !state.has_task() {
+            // (Handed tasks left while `MAX_HANDED` run are taken by those ringers as they
+            // finish; the thread stays for them, to start ringers if those are stuck.)
+            if state.closed && state.live == 0 && state.handed.is_empty() {
                 state.started = false;
                 return;
             }
@@ -591,7 +627,7 @@ fn serve(shared: &Arc<Shared>, mut told: bool) {
                 moved = (state.taken, now);
             } else if state.ringers == 0 {
                 // No ringer at all: this thread rings, as it can.
-                let task = state.pending.pop_front().expect("tasks wait");
+                let task = state.next_task().expect("tasks wait");
                 state.taken += 1;
                 drop(state);
                 run(shared, task);
@@ -625,7 +661,7 @@ fn ring_for(shared: &Arc<Shared>) {
     // Counted idle by whoever started it, until it first looks.
     state.idle_ringers -= 1;
     loop {
-        if let Some(task) = state.pending.pop_front() {
+        if let Some(task) = state.next_task() {
             state.taken += 1;
             drop(state);
             run(shared, task);
@@ -639,7 +675,7 @@ fn ring_for(shared: &Arc<Shared>) {
         state.idle_ringers += 1;
         state = wait(&shared.ringer_cv, state, until);
         state.idle_ringers -= 1;
-        if state.pending.is_empty() && until.is_none_or(|until| Instant::now() >= until) {
+        if !state.has_task() && until.is_none_or(|until| Instant::now() >= until) {
             break;
         }
     }
@@ -651,7 +687,10 @@ fn ring_for(shared: &Arc<Shared>) {
 /// Runs a task: the alarm's ring or close, user code, under the guard and outside every lock.
 fn run(shared: &Shared, task: Task) {
     match task {
-        Task::Run(task) => guard::quietly("a timer's alarm", task),
+        Task::Handed(task) => {
+            guard::quietly("a timer's alarm", task);
+            lock(&shared.state).running_handed -= 1;
+        }
         Task::Ring(alarm) => {
             if let Some(alarm) = alarm.upgrade() {
                 // An alarm wakes callers and drops their values: user code.
