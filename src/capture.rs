@@ -31,7 +31,10 @@
 //!   nothing at all (no count, no allocation), like a call in a process that never set a
 //!   dispatcher; a job that carries nothing runs under the static dispatcher, and only a
 //!   thread that is under another one (a job left a scoped one set on its worker, or the job
-//!   runs nested in one that set its own) is put under it for the job.
+//!   runs nested in one that set its own) is put under it for the job. Nothing is set on a
+//!   thread inside one of the subscriber's own callbacks (a layer that waits for a call there,
+//!   whose job that thread then runs): tracing allows none there, and hands out its no-op
+//!   dispatcher.
 //!
 //! "Same dispatcher" is decided by address. tracing hands out the global dispatcher as a
 //! reference to a `static` that never changes once set, while a scoped one (`set_default`,
@@ -219,10 +222,9 @@ impl Captured {
 
     /// Runs a job's `f` with this context in force, and keeps the context, so that whoever
     /// frees the job's cell (normally the caller) releases it. Restores the thread afterwards,
-    /// also if `f` panics. `top_level` says that this is a worker between jobs (no other job
-    /// further up its stack): only there may it probe tracing (see [`under_already`]).
-    pub(crate) fn run_in_place<R>(&mut self, top_level: bool, f: impl FnOnce() -> R) -> R {
-        let mut entered = Entered::new(self.0.take(), top_level);
+    /// also if `f` panics.
+    pub(crate) fn run_in_place<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let mut entered = Entered::new(self.0.take());
         let out = f();
         self.0 = entered.leave();
         out
@@ -244,11 +246,18 @@ struct Entered {
 }
 
 impl Entered {
-    fn new(ctx: Option<Arc<Ctx>>, top_level: bool) -> Self {
+    fn new(ctx: Option<Arc<Ctx>>) -> Self {
         let mut dispatcher = None;
         let mut span_entered = false;
-        if let Some(ctx) = ctx.as_ref().filter(|c| c.traced()) {
-            if !under_already(ctx.at, top_level) {
+        let traced = ctx.as_ref().filter(|c| c.traced());
+        // Where this thread is (`None` if nothing may be set here): only looked at once a
+        // dispatcher exists, and through the guard (it may set a probe: see `scoped_slot`).
+        let mut here = None;
+        if traced.is_some() || tracing::dispatcher::has_been_set() {
+            guard::quietly("a tracing subscriber", || here = self::here());
+        }
+        if let Some(ctx) = traced {
+            if here.is_some_and(|here| !under_already(here, ctx.at)) {
                 guard::quietly("a tracing subscriber", || {
                     dispatcher = Some(tracing::dispatcher::set_default(&ctx.dispatch));
                 });
@@ -257,7 +266,7 @@ impl Entered {
                 ctx.span.with_subscriber(|(id, d)| d.enter(id));
                 span_entered = true;
             });
-        } else if let Some(known) = static_if_not_under_it(top_level) {
+        } else if let Some(known) = here.and_then(static_if_not_under_it) {
             // Captured under the static dispatcher (or before any was set), and this thread is
             // under another: an earlier job left a scoped one set on this worker, or this job
             // runs nested in one that set its own.
@@ -310,76 +319,79 @@ impl JobLayer for Ctx {
     }
 }
 
-/// True if this thread is already under the static dispatcher at address `at`, so that a
-/// job captured under it need not set it. At a worker's `top_level` (between jobs, where no
-/// `get_default` call can be in progress further up the stack) this also finds out whether the
-/// worker's own dispatcher is a static, and publishes it for callers to share captures under.
-/// Elsewhere it only trusts an address already known to be a static.
-fn under_already(at: usize, top_level: bool) -> bool {
-    let here = dispatch_address();
-    if top_level && STATIC_DISPATCH.load(Ordering::Relaxed) != here && here != scoped_slot() {
-        learn_static(here);
+/// The address of the dispatcher this thread is under, if a dispatcher may be set here;
+/// `None` inside a tracing subscriber's own callback on this thread (a layer's `on_event` that
+/// waits for a call, whose job this thread then runs): tracing hands out its no-op dispatcher
+/// there, and setting one would panic. Learns the static dispatcher on the way (see
+/// [`learn_static`]).
+fn here() -> Option<usize> {
+    let here = current_address()?;
+    if here != STATIC_DISPATCH.load(Ordering::Relaxed) && here != scoped_slot() {
+        learn_static();
     }
+    Some(here)
+}
+
+/// True if this thread is under the static dispatcher at address `at` (as [`here`] gave it),
+/// so that a job captured under it need not set it.
+fn under_already(here: usize, at: usize) -> bool {
     // A known static is the same dispatcher at every moment, on every thread.
     here == at && here == STATIC_DISPATCH.load(Ordering::Relaxed)
 }
 
 /// For a job that carries no tracing context (captured under the static dispatcher with no
-/// span, or before any dispatcher was set): the static dispatcher to put this thread under, if
-/// it is under another one. `None` if it is under the static already, if no dispatcher was
-/// ever set, or if no worker has seen the static yet (then the thread is left as it is). At a
-/// worker's `top_level` a static the thread is under is learned, as in [`under_already`].
-fn static_if_not_under_it(top_level: bool) -> Option<Dispatch> {
-    if !tracing::dispatcher::has_been_set() {
-        return None;
+/// span, or before any dispatcher was set), on a thread under the dispatcher at `here`: the
+/// static dispatcher to put the thread under, if it is under another one. `None` if it is
+/// under the static already, or if no static has been learned yet (the thread is left as it
+/// is).
+fn static_if_not_under_it(here: usize) -> Option<Dispatch> {
+    let known = STATIC.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*known {
+        Some((at, dispatch)) if *at != here => Some(dispatch.clone()),
+        _ => None,
     }
-    let here = dispatch_address();
-    if here == STATIC_DISPATCH.load(Ordering::Relaxed) {
-        return None;
-    }
-    if top_level && here != scoped_slot() {
-        learn_static(here);
-        return None;
-    }
-    STATIC
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
 }
 
-/// The static dispatcher a worker saw, for [`static_if_not_under_it`] (`STATIC_DISPATCH` is
-/// its address). A static `Dispatch` holds a `&'static` subscriber: cloning or dropping it runs
-/// nothing.
-static STATIC: StdMutex<Option<Dispatch>> = StdMutex::new(None);
+/// The static dispatcher last learned and its address, for [`static_if_not_under_it`]
+/// (`STATIC_DISPATCH` is the address, for reads without the lock). A static `Dispatch` holds a
+/// `&'static` subscriber: cloning or dropping it runs nothing.
+static STATIC: StdMutex<Option<(usize, Dispatch)>> = StdMutex::new(None);
 
-/// This thread, at a worker's top level, is under the static dispatcher at address `here`:
-/// callers under it may share captures, and jobs that carry no tracing context are put back
-/// under it.
-fn learn_static(here: usize) {
-    let dispatch = tracing::dispatcher::get_default(Dispatch::clone);
-    let before = STATIC
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .replace(dispatch);
+/// This thread is under a static dispatcher (not in its scoped slot), which callers under it
+/// may share captures under, and jobs that carry no tracing context are put back under. It is
+/// read and published together with its address, under the lock: two threads that learn at
+/// once (one before the global default was set, one after) leave one pair, never the address
+/// of one with the other, and the next thread under the other learns again.
+fn learn_static() {
+    let Some((at, dispatch)) =
+        tracing_core::dispatcher::get_current(|d| (d as *const Dispatch as usize, d.clone()))
+    else {
+        return;
+    };
+    let before = {
+        let mut known = STATIC.lock().unwrap_or_else(PoisonError::into_inner);
+        STATIC_DISPATCH.store(at, Ordering::Relaxed);
+        known.replace((at, dispatch))
+    };
     drop(before);
-    STATIC_DISPATCH.store(here, Ordering::Relaxed);
 }
 
-/// The address of the `&Dispatch` tracing hands out on this thread right now.
-fn dispatch_address() -> usize {
-    tracing::dispatcher::get_default(|d| d as *const Dispatch as usize)
+/// The address of the `&Dispatch` tracing hands out on this thread right now; `None` inside
+/// one of its subscriber's callbacks on this thread (see [`here`]).
+fn current_address() -> Option<usize> {
+    tracing_core::dispatcher::get_current(|d| d as *const Dispatch as usize)
 }
 
 /// The address tracing hands out for a scoped dispatcher on this thread, found once by setting
-/// one. Only called where no `get_default` call is in progress further up this thread's stack,
-/// because setting a dispatcher inside one would panic in tracing.
+/// one. Only called once [`current_address`] gave an address: no subscriber callback is then in
+/// progress on this thread, and setting a dispatcher does not panic.
 fn scoped_slot() -> usize {
     let known = MEMORY.with(|m| m.borrow().scoped_slot);
     if known != 0 {
         return known;
     }
     let probe = Dispatch::none();
-    let slot = tracing::dispatcher::with_default(&probe, dispatch_address);
+    let slot = tracing::dispatcher::with_default(&probe, current_address).unwrap_or(0);
     MEMORY.with(|m| m.borrow_mut().scoped_slot = slot);
     slot
 }
@@ -394,23 +406,29 @@ mod tests {
     #[test]
     fn dispatcher_addresses_behave_as_assumed() {
         std::thread::spawn(|| {
-            let outside = dispatch_address();
+            let outside = current_address().unwrap();
             let a = Dispatch::new(tracing_subscriber::registry());
             let b = Dispatch::new(tracing_subscriber::registry());
-            let in_a = tracing::dispatcher::with_default(&a, dispatch_address);
-            let in_b = tracing::dispatcher::with_default(&b, dispatch_address);
+            let in_a = tracing::dispatcher::with_default(&a, current_address).unwrap();
+            let in_b = tracing::dispatcher::with_default(&b, current_address).unwrap();
             assert_eq!(in_a, in_b, "scoped dispatchers share the thread's slot");
             assert_ne!(outside, in_a);
             assert_eq!(scoped_slot(), in_a);
-            assert_eq!(dispatch_address(), outside);
+            assert_eq!(current_address(), Some(outside));
+            assert_eq!(here(), Some(outside));
             assert!(
-                !under_already(in_a, true),
+                !under_already(in_a, in_a),
                 "a scoped slot is never taken for a static"
             );
             assert!(
-                under_already(outside, true),
-                "outside, this thread is under a static"
+                under_already(outside, outside),
+                "outside, this thread is under a static, learned by `here`"
             );
+            // Inside a subscriber's callback nothing may be set: `here` says so.
+            let inside = tracing::dispatcher::with_default(&a, || {
+                tracing::dispatcher::get_default(|_| current_address())
+            });
+            assert_eq!(inside, None);
         })
         .join()
         .unwrap();

@@ -205,9 +205,8 @@ where
         // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
         // `is_cancelled`, and taken back after.
         let previous = CURRENT.with(|c| c.replace(Some(self)));
-        let top_level = previous.is_none();
         let result = captured
-            .run_in_place(top_level, || guard::call(f))
+            .run_in_place(|| guard::call(f))
             .map_err(JobError::panicked);
         let timing = started.map(|started| Timing {
             queued: match start {
