@@ -345,6 +345,10 @@ fn under_already(here: usize, at: usize) -> bool {
 /// under the static already, or if no static has been learned yet (the thread is left as it
 /// is).
 fn static_if_not_under_it(here: usize) -> Option<Dispatch> {
+    // The usual case, on every such job: under the static already, seen without the lock.
+    if here == STATIC_DISPATCH.load(Ordering::Relaxed) {
+        return None;
+    }
     let known = STATIC.lock().unwrap_or_else(PoisonError::into_inner);
     match &*known {
         Some((at, dispatch)) if *at != here => Some(dispatch.clone()),
