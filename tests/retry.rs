@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use asyncify_pool::{settings, settings::Overrides, Retry, WorkerPool};
-use common::{wait, HANG};
+use common::{spin_until, wait, HANG};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -299,4 +299,44 @@ fn a_detached_call_still_retries() {
     p.call(0).detach();
     common::spin_until("three attempts", || calls.load(SeqCst) == 3);
     assert_eq!(p.stats().attempts, 3);
+}
+
+/// An abort that lands as the worker hands a retried call over to its next attempt (after the
+/// classifier asked for one) answers `Cancelled`: the call was not finished, so the first
+/// attempt's output, which asked for a retry, must not become the answer. The caller aborts
+/// right after the classifier returns, a little later each round, to sweep the window between
+/// the abort's mark and its cut of the attempt.
+#[test]
+fn an_abort_as_the_first_attempt_hands_over_answers_cancelled() {
+    let pool = WorkerPool::new(1);
+    let judged = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&judged);
+    let program = pool.asyncify(|_: u32| 503u16).retry(
+        Retry::new(5)
+            .backoff(ms(150), ms(150))
+            .jitter(false)
+            .retry_if(move |s: &u16| {
+                seen.fetch_add(1, SeqCst);
+                *s == 503
+            }),
+    );
+    let mut wrong = Vec::new();
+    for round in 0..40_000u32 {
+        let before = judged.load(SeqCst);
+        let handle = program.call(round);
+        let abort = handle.abort_handle();
+        spin_until("the classifier", || judged.load(SeqCst) > before);
+        for _ in 0..round % 40 {
+            std::hint::spin_loop();
+        }
+        abort.abort();
+        match wait(handle) {
+            Err(e) if e.is_cancelled() => {}
+            other => wrong.push((round, other)),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "aborted calls that answered otherwise: {wrong:?}"
+    );
 }

@@ -303,3 +303,47 @@ fn a_timed_out_item_counts_against_concurrency_until_its_run_ends() {
     taker.join().unwrap();
     assert_eq!(most.load(SeqCst), 1, "two items ran at once");
 }
+
+/// An abort that races a worker finding the deadline passed as it takes the job (queued behind
+/// a job that ends at the deadline, before the timer rings): the timeouts counted are the calls
+/// that answered `TimedOut`, never one more (a worker counted it, then the abort's cut made the
+/// answer `Cancelled`). The abort comes a little later each round, to sweep that window.
+#[test]
+fn an_abort_racing_an_expired_start_counts_only_the_timeouts_answered() {
+    let pool = WorkerPool::new(1);
+    let program = pool.asyncify(|x: u32| x).timeout(Duration::from_millis(1));
+    let (mut timed_out, mut cancelled) = (0u64, 0u64);
+    for round in 0..1500u32 {
+        let release = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&release);
+        let blocker = pool.spawn(move || {
+            while !r.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+        });
+        let handle = program.call(round);
+        // Read after the call's own clock read: the blocker ends past the deadline.
+        let due = Instant::now() + Duration::from_millis(1);
+        let abort = handle.abort_handle();
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        release.store(true, SeqCst);
+        for _ in 0..round % 300 {
+            std::hint::spin_loop();
+        }
+        abort.abort();
+        match wait(handle) {
+            Err(e) if e.is_timed_out() => timed_out += 1,
+            Err(e) if e.is_cancelled() => cancelled += 1,
+            other => panic!("round {round}: a call past its deadline answered {other:?}"),
+        }
+        wait(blocker).unwrap();
+    }
+    assert_eq!(timed_out + cancelled, 1500);
+    assert_eq!(
+        program.stats().timed_out,
+        timed_out,
+        "timeouts counted against calls answered TimedOut ({cancelled} answered Cancelled)"
+    );
+}

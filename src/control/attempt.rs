@@ -24,6 +24,10 @@ pub(super) enum Step<O> {
     /// A direct call's first attempt, which its retry policy wants another for: a driven call
     /// took over from it, and the caller's answer comes from that call.
     HandedOver,
+    /// A direct call's first attempt, whose call was aborted before the attempt's job ended
+    /// (it saw the abort there): the call was not finished, so its answer is `Cancelled`,
+    /// even if the abort's cut of the attempt comes after the job has ended. The output went.
+    Aborted,
 }
 
 /// What an attempt carries besides its program and input.

@@ -632,6 +632,9 @@ where
                 Ok(out)
             }
             Ok(Step::Expired) => Err(JobError::timed_out()),
+            // The first attempt of a direct call that this call adopted saw an abort of that
+            // call (which reaches this one too).
+            Ok(Step::Aborted) => Err(JobError::cancelled()),
             Ok(Step::HandedOver) => {
                 // Not reached: an attempt a call adopted never hands over (`direct`'s claims
                 // exclude each other). Were it to, the other call would answer: this one ends.

@@ -182,12 +182,12 @@ where
         };
         let ending = self.events.load(SeqCst) & ENDING != 0;
         if ending || crate::is_cancelled() || self.registry.is_closed() {
-            return Step::Done(out);
+            return self.unless_aborted(Step::Done(out));
         }
         // The classifier may take long: the events are looked at again after it.
         let retry = policy.retries_output(&out);
         if !retry || !self.claim(0, TAKEN) {
-            return Step::Judged(out, retry);
+            return self.unless_aborted(Step::Judged(out, retry));
         }
         let Some(input) = lock(&again.input).take() else {
             return Step::Done(out); // (not reached: only the claim takes it)
@@ -195,11 +195,11 @@ where
         let next = call::prepare(self.parts(again), input);
         *lock(&self.next) = Some(Arc::clone(&next));
         let Some(seen) = self.claim_seen(ENDING & !ADOPTED, HANDED_OVER) else {
-            // Ended meanwhile: the new call goes unstarted, and the output is the answer (cut
-            // off by the deadline or an abort, it goes to nobody).
+            // Ended meanwhile: the new call goes unstarted, and the output is the answer, unless
+            // the call was aborted (cut off by the deadline, it goes to nobody).
             let next = lock(&self.next).take();
             guard::drop("a retry not made", next);
-            return Step::Judged(out, true);
+            return self.unless_aborted(Step::Judged(out, true));
         };
         if seen & DETACHED != 0 {
             Arc::clone(&next).keep_own_deadline();
@@ -207,6 +207,19 @@ where
         }
         next.begin(Ok(out));
         Step::HandedOver
+    }
+
+    /// `step`, or [`Step::Aborted`] if the call has been aborted: seen here, inside the
+    /// attempt's job, the abort came before the job ended, and so before the call could have
+    /// finished, whether or not its cut of the attempt lands before the job ends. (Without
+    /// this, an abort that marked the call just before the job ended, and cut the attempt
+    /// just after, left the first attempt's output, which asked for a retry, as the answer.)
+    fn unless_aborted(&self, step: Step<O>) -> Step<O> {
+        if self.events.load(SeqCst) & ABORTED == 0 {
+            return step;
+        }
+        guard::drop("a discarded output", step);
+        Step::Aborted
     }
 
     /// Sets `bit` unless one of `unless` (or [`ENDING`]'s, with `0`) is set; true if it did.
@@ -228,6 +241,12 @@ where
     pub(super) fn expired(me: &Weak<Self>) -> Step<O> {
         if let Some(me) = me.upgrade() {
             let seen = me.events.fetch_or(DEADLINE, SeqCst);
+            if seen & (ABORTED | ADOPTED | HANDED_OVER) == ABORTED {
+                // Aborted first (its cut may have come as a worker took the job, or may come
+                // after this): the answer is `Cancelled`, and no timeout is counted.
+                guard::drop("a call", me);
+                return Step::Aborted;
+            }
             if seen & (DEADLINE | ADOPTED | HANDED_OVER) == 0 {
                 Counts::add(&me.controls.counts.timed_out);
                 if let Some(limit) = &me.controls.limit {
@@ -280,6 +299,7 @@ where
             Ok(Step::Done(out) | Step::Judged(out, _)) => Poll::Ready(Ok(out)),
             // It never started: its deadline had passed when a worker took it (counted there).
             Ok(Step::Expired) => Poll::Ready(Err(JobError::timed_out())),
+            Ok(Step::Aborted) => Poll::Ready(Err(JobError::cancelled())),
             Ok(Step::HandedOver) => match self.next() {
                 Some(next) => {
                     let answer = next.poll_done(cx);
@@ -460,10 +480,18 @@ where
         } else {
             ABORTED
         };
-        match self.mark(event) {
-            Some(next) => next.abort(cut),
-            None => Arc::clone(self.attempt()).abort_target().abort(cut),
+        let seen = self.events.fetch_or(event, SeqCst);
+        if seen & HANDED_OVER != 0 {
+            let next = lock(&self.next).clone(); // (the lock is not held past this line)
+            return next.is_some_and(|next| next.abort(cut));
         }
+        if event == ABORTED && seen & (DEADLINE | ADOPTED) == DEADLINE {
+            // The deadline came first: whoever marked it (the alarm, or the worker that found
+            // it passed) cuts the attempt and counts the timeout, or the attempt had ended.
+            // A cut here as well would answer `Cancelled` to a call counted as timed out.
+            return false;
+        }
+        Arc::clone(self.attempt()).abort_target().abort(cut)
     }
 
     fn is_finished(&self) -> bool {
