@@ -545,3 +545,57 @@ fn an_empty_scope_polled_inside_a_job_does_not_see_the_jobs_overrides() {
     });
     assert_eq!(common::wait(job), Ok((Some("the job's"), None)));
 }
+
+/// A program with every option: each attempt, the first (on the short way) and those after a
+/// backoff (made by the call from the pool's timer), runs under the caller's span and
+/// thread-scoped subscriber, with the caller's overrides.
+#[test]
+fn every_attempt_of_a_program_with_options_runs_under_the_callers_span_and_subscriber() {
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let pool = WorkerPool::new(2);
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&runs);
+    let program = pool
+        .asyncify(move |_: ()| {
+            let n = r.fetch_add(1, SeqCst) + 1;
+            let lm = settings::get::<&str>("lm");
+            tracing::info!("attempt {n} with {lm:?}");
+            n
+        })
+        .timeout(Duration::from_secs(60))
+        .retry(
+            asyncify_pool::Retry::new(3)
+                .backoff(Duration::from_millis(2), Duration::from_millis(2))
+                .retry_if(|n: &u32| *n < 3),
+        )
+        .rate_limit(1000, Duration::from_secs(1))
+        .concurrency_limit(1);
+    let recorder = trace::Recorder::default();
+    let subscriber = tracing_subscriber::registry().with(recorder.clone());
+    let answer = tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!("request");
+        let _entered = span.enter();
+        settings::context(Overrides::new().with("lm", "small"), || {
+            wait(program.call(()))
+        })
+    });
+    assert_eq!(answer, Ok(3));
+    let events: Vec<_> = recorder
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            trace::Record::Event(_, message, spans) => Some((message, spans)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<_> = (1..=3)
+        .map(|n| (format!("attempt {n} with Some(\"small\")"), vec!["request"]))
+        .collect();
+    assert_eq!(
+        events, expected,
+        "each attempt's event, in the caller's span"
+    );
+}

@@ -31,6 +31,21 @@ fn a_detached_job_runs_to_its_end_and_its_output_is_dropped() {
     ran.recv_timeout(HANG).expect("the detached job never ran");
     spin_until("the detached output's drop", || drops.load(SeqCst) == 1);
     assert_eq!(pool.stats().cancelled, 0);
+    // Dropped on the worker, which is the only thread that could: the caller never looks.
+    let (thread_tx, thread_rx) = mpsc::channel();
+    struct NamesItsDropThread(mpsc::Sender<Option<String>>);
+    impl Drop for NamesItsDropThread {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .send(std::thread::current().name().map(str::to_owned));
+        }
+    }
+    pool.spawn(move || NamesItsDropThread(thread_tx)).detach();
+    let dropped_on = thread_rx
+        .recv_timeout(HANG)
+        .expect("the output was never dropped");
+    assert_eq!(dropped_on, Some("asyncify-0".to_owned()));
 }
 
 /// A detached job that waits for room in a full bounded queue is queued once room frees up,

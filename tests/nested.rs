@@ -1,5 +1,5 @@
 //! `wait()` on a handle from inside a job of the same pool never deadlocks, even when every
-//! worker is waiting: a waiting worker runs queued jobs of its pool meanwhile.
+//! worker is waiting: a waiting worker runs the awaited job itself if no worker has started it.
 
 mod common;
 
@@ -77,7 +77,7 @@ fn awaiting_inside_a_job_works_when_another_thread_is_free() {
 
 #[test]
 fn waiting_on_a_job_of_another_pool() {
-    // The waiting worker helps its own pool meanwhile; the other pool runs the awaited job.
+    // The waiting worker runs nothing meanwhile; the other pool runs the awaited job.
     let a = WorkerPool::new(1);
     let b = WorkerPool::new(1);
     let outer = a.spawn(move || b.spawn(|| 7).wait());

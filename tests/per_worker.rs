@@ -656,3 +656,70 @@ fn a_state_whose_drop_calls_into_the_pool_as_its_worker_leaves() {
         },
     );
 }
+
+/// The program options work on a per-worker program as on any other: the retries each run
+/// with a state of the worker that runs them (a `!Send` one here), a deadline cuts a running
+/// call off (it sees `is_cancelled()`) and the state stays usable, and a concurrency limit
+/// holds.
+#[test]
+fn options_work_on_a_per_worker_program() {
+    use std::time::Duration;
+
+    let pool = WorkerPool::new(2);
+    let inits = Arc::new(AtomicUsize::new(0));
+    let made = Arc::clone(&inits);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, peak) = (Arc::clone(&in_flight), Arc::clone(&most));
+    let program = pool.asyncify_with(
+        move || {
+            made.fetch_add(1, SeqCst);
+            Rc::new(RefCell::new(0usize)) // !Send: stays on its worker
+        },
+        move |uses: &mut Rc<RefCell<usize>>, sleep_ms: u64| {
+            peak.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+            *uses.borrow_mut() += 1;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(sleep_ms) && !is_cancelled() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            now.fetch_sub(1, SeqCst);
+            (*uses.borrow(), is_cancelled())
+        },
+    );
+    // Retries: three attempts, each with the state of its worker, counted by it.
+    let retried = program.retry(
+        asyncify_pool::Retry::new(3)
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .retry_if(|_: &(usize, bool)| true),
+    );
+    let (uses, cut) = wait(retried.call(0)).unwrap();
+    assert!(!cut);
+    assert!(
+        (1..=3).contains(&uses),
+        "uses of one worker's state: {uses}"
+    );
+    assert_eq!(retried.stats().attempts, 3);
+    // A deadline cuts off a running call; the job sees it, and the state serves the next call.
+    let timed = program.timeout(Duration::from_millis(50));
+    assert!(wait(timed.call(10_000)).unwrap_err().is_timed_out());
+    spin_until("the cut-off job returns", || in_flight.load(SeqCst) == 0);
+    assert_eq!(timed.stats().timed_out, 1);
+    assert!(wait(timed.call(0)).is_ok());
+    // A concurrency limit of one: never two at once, on two workers.
+    most.store(0, SeqCst);
+    let limited = program.concurrency_limit(1);
+    let handles: Vec<_> = (0..20).map(|_| limited.call(2)).collect();
+    for h in handles {
+        assert_eq!(wait(h).map(|(_, cut)| cut), Ok(false));
+    }
+    assert_eq!(
+        most.load(SeqCst),
+        1,
+        "calls at once under concurrency_limit(1)"
+    );
+    assert!(
+        (1..=2).contains(&inits.load(SeqCst)),
+        "one state per worker at most"
+    );
+}

@@ -447,6 +447,45 @@ mod tests {
         assert_eq!(limit.in_flight(), 0);
     }
 
+    /// The multiplicative decrease is a cut to 0.9 of the limit, rounded down: 100 to 90 to 81.
+    #[test]
+    fn an_overload_cuts_the_limit_to_nine_tenths() {
+        let limit = adaptive(10, 200);
+        let mut held = Vec::new();
+        // From 10 to 100: one more per `limit` good samples, while at least half is taken.
+        while limit.current() < 100 {
+            while held.len() < limit.current() {
+                held.push(limit.acquire(Weak::<Dummy>::new()).unwrap());
+            }
+            limit.sample(Sample::Returned(&200u16, Duration::ZERO));
+        }
+        assert_eq!(limit.current(), 100);
+        limit.sample(Sample::Returned(&429u16, Duration::ZERO));
+        assert_eq!(limit.current(), 90);
+        limit.sample(Sample::TimedOut);
+        assert_eq!(limit.current(), 81);
+        drop(held);
+    }
+
+    /// `or_slower_than` adds latency to an output classifier: either one is an overload.
+    #[test]
+    fn or_slower_than_adds_latency_to_the_classifier() {
+        let signal = Overload::when(|s: &u16| *s == 429).or_slower_than(Duration::from_millis(5));
+        let limit = Limit::adaptive(1, 100, signal);
+        let mut held = Vec::new();
+        while limit.current() < 50 {
+            while held.len() < limit.current() {
+                held.push(limit.acquire(Weak::<Dummy>::new()).unwrap());
+            }
+            limit.sample(Sample::Returned(&200u16, Duration::from_millis(1)));
+        }
+        limit.sample(Sample::Returned(&200u16, Duration::from_millis(6)));
+        assert_eq!(limit.current(), 45, "a slow answer is an overload");
+        limit.sample(Sample::Returned(&429u16, Duration::ZERO));
+        assert_eq!(limit.current(), 40, "and so is the classifier's");
+        drop(held);
+    }
+
     /// An idle limit does not grow: good samples count only while at least half of it is taken.
     #[test]
     fn an_unused_limit_does_not_grow() {
