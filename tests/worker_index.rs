@@ -89,3 +89,70 @@ fn off_the_pools_threads_there_is_no_index() {
     let spawned = std::thread::spawn(worker_index).join().unwrap();
     assert_eq!(spawned, None);
 }
+
+/// Each level of `levels` nested waits records the index its job saw and the name of its
+/// thread, deepest last.
+fn nested_indexes(pool: WorkerPool, levels: u32, seen: Arc<Mutex<Vec<(usize, String)>>>) {
+    let index = worker_index().expect("a job runs on a pool thread");
+    let name = std::thread::current().name().unwrap_or("").to_owned();
+    lock(&seen).push((index, name));
+    if levels > 0 {
+        let inner = pool.clone();
+        pool.spawn(move || nested_indexes(inner, levels - 1, seen))
+            .wait()
+            .unwrap();
+    }
+}
+
+/// Deep nested waits on a small stack run their deeper levels on spare threads: each spare
+/// takes a number never used in the pool (not the worker's 0, not another spare's), its
+/// thread's name says that number, and a thread grown after them takes the next one.
+#[test]
+fn spare_threads_of_deep_nested_waits_take_unused_numbers() {
+    common::in_child(
+        "spare_threads_of_deep_nested_waits_take_unused_numbers",
+        || {
+            let pool = WorkerPool::builder()
+                .threads(1)
+                .stack_size(96 << 10)
+                .thread_name("deep")
+                .build()
+                .expect("the OS takes a 96 KiB stack");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (inner, s) = (pool.clone(), Arc::clone(&seen));
+            wait(pool.spawn(move || nested_indexes(inner, 400, s))).unwrap();
+            let seen = lock(&seen).clone();
+            assert_eq!(seen.len(), 401);
+            for (index, name) in &seen {
+                assert_eq!(name, &format!("deep-{index}"), "the name says the index");
+            }
+            // One thread per number: the levels a thread ran are all together, so a number seen
+            // again later would be a second thread with it.
+            let mut runs: Vec<usize> = seen.iter().map(|(index, _)| *index).collect();
+            runs.dedup();
+            let mut numbers = runs.clone();
+            numbers.sort();
+            numbers.dedup();
+            assert_eq!(
+                runs.len(),
+                numbers.len(),
+                "a number went to two threads: {runs:?}"
+            );
+            assert_eq!(runs[0], 0, "the worker runs the first levels");
+            assert!(runs.len() > 1, "no level went to a spare thread: {runs:?}");
+            let highest = *numbers.last().unwrap();
+            assert_eq!(pool.stats().live_threads, 1, "spare threads are no workers");
+            pool.set_threads(2).unwrap();
+            let mut grown: Vec<_> = common::probe_every_worker(&pool, worker_index)
+                .into_iter()
+                .map(|(index, _)| index.unwrap())
+                .collect();
+            grown.sort();
+            assert_eq!(
+                grown,
+                [0, highest + 1],
+                "the grown thread takes the next unused number"
+            );
+        },
+    );
+}
