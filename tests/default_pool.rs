@@ -148,3 +148,46 @@ fn alternating_async_max_workers_starts_no_thread_per_call() {
     assert_eq!(default_pool().threads(), 16);
     assert_eq!(default_pool_workers(), before, "threads were started again");
 }
+
+/// The default pool's surplus threads retire after its documented keep-alive of 10 s: not at
+/// the shrink, not before 10 s of idleness, and all of them within the hang bound after.
+#[test]
+fn the_default_pools_surplus_threads_retire_after_ten_seconds_idle() {
+    let _serial = serial();
+    let program = asyncify(|x: u32| x + 1);
+    assert_eq!(
+        wait(settings::context(workers(16), || program.call(1))),
+        Ok(2)
+    );
+    // Every thread runs a probe after this instant, so none has been idle since before it.
+    let busy_after = std::time::Instant::now();
+    assert_eq!(default_pool_workers().len(), 16);
+    assert_eq!(
+        wait(settings::context(workers(2), || program.call(2))),
+        Ok(3)
+    );
+    assert!(
+        default_pool().stats().live_threads > 2,
+        "surplus threads left at the shrink"
+    );
+    let give_up = busy_after + common::HANG;
+    loop {
+        let live = default_pool().stats().live_threads;
+        if live < 16 {
+            assert!(
+                busy_after.elapsed() >= std::time::Duration::from_secs(10),
+                "a surplus thread retired {:?} after its last job",
+                busy_after.elapsed()
+            );
+        }
+        if live == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "surplus threads never retired: {live} live"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(default_pool().threads(), 2);
+}
