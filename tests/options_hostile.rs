@@ -270,6 +270,87 @@ fn a_reentrant_clone_of_the_input_does_not_deadlock_a_bounded_queue() {
     }
 }
 
+/// What the inner call of a [`CloneCallsBack`] got within [`BOUND`] (`None`: nothing).
+type Got = Option<Result<u32, asyncify_pool::JobError>>;
+
+/// An input whose first `Clone` (the retry policy's copy) makes a call of the same program
+/// and records what it got.
+#[derive(Default)]
+struct CloneCallsBack {
+    program: Arc<Mutex<Option<asyncify_pool::BoxProgram<CloneCallsBack, u32>>>>,
+    got: Arc<Mutex<Option<Got>>>,
+}
+
+impl Clone for CloneCallsBack {
+    fn clone(&self) -> Self {
+        if let Some(program) = common::lock(&self.program).take() {
+            let mut handle = program.call(CloneCallsBack::default());
+            *common::lock(&self.got) = Some(handle.wait_timeout(BOUND));
+        }
+        CloneCallsBack::default()
+    }
+}
+
+/// Calls `limited` with an input whose copy calls `limited` again: what that inner call got.
+fn a_call_whose_clone_calls_back(limited: asyncify_pool::BoxProgram<CloneCallsBack, u32>) -> Got {
+    let input = CloneCallsBack::default();
+    *common::lock(&input.program) = Some(limited.clone());
+    let got = Arc::clone(&input.got);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(limited.call(input).wait());
+    });
+    match rx.recv_timeout(common::HANG) {
+        Ok(out) => assert_eq!(out, Ok(1)),
+        Err(_) => panic!("the outer call hung"),
+    }
+    let inner = common::lock(&got).take();
+    inner.expect("the input's Clone ran")
+}
+
+/// The retry policy's copy of the input is made before the call takes its concurrency slot,
+/// so a `Clone` that calls the same program does not wait for the one slot its own call holds
+/// (it did, on the caller's thread, before the call even had a handle).
+#[test]
+fn a_reentrant_clone_does_not_wait_for_the_slot_its_own_call_holds() {
+    let pool = WorkerPool::new(2);
+    let limited = pool
+        .asyncify(|_: CloneCallsBack| 1u32)
+        .retry(Retry::new(2).retry_if(|_: &u32| false))
+        .concurrency_limit(1)
+        .boxed();
+    assert_eq!(
+        a_call_whose_clone_calls_back(limited),
+        Some(Ok(1)),
+        "the Clone's call waited for the slot held by the call copying it"
+    );
+}
+
+/// The same for a rate limit's token: with one start an hour, the `Clone`'s call gets the
+/// token, and its own call waits for the next (before, the `Clone`'s call waited an hour for a
+/// token its own call held unspent).
+#[test]
+fn a_reentrant_clone_does_not_wait_for_the_token_its_own_call_holds() {
+    let pool = WorkerPool::new(2);
+    let limited = pool
+        .asyncify(|_: CloneCallsBack| 1u32)
+        .retry(Retry::new(2).retry_if(|_: &u32| false))
+        .rate_limit(1, Duration::from_secs(3600))
+        .boxed();
+    let input = CloneCallsBack::default();
+    *common::lock(&input.program) = Some(limited.clone());
+    let got = Arc::clone(&input.got);
+    let mut outer = limited.call(input);
+    assert_eq!(
+        common::lock(&got).take().expect("the input's Clone ran"),
+        Some(Ok(1)),
+        "the Clone's call waited for the token held by the call copying it"
+    );
+    // The outer call waits in the line for the next token, an hour away.
+    assert_eq!(outer.wait_timeout(Duration::from_millis(50)), None);
+    assert_eq!(limited.stats().waited_for_rate, 1);
+}
+
 /// An input whose `Clone` panics and whose `Drop` makes a call on the same pool and waits
 /// for it.
 struct CloneFailsDropWaits(Option<WorkerPool>);

@@ -54,10 +54,13 @@ pub(super) struct Parts<R> {
 }
 
 /// Starts the call at its gates (`slot` and `token`: those it passed already), on the
-/// caller's thread (`now`: the time, if the deadline or a rate limit needs it).
+/// caller's thread (`now`: the time, if the deadline or a rate limit needs it). `copy`: the
+/// input's copy for the first attempt, if the retry policy may want another, made before any
+/// gate (`input` is then the original, kept for the next attempt).
 pub(super) fn start<I, O, R>(
     parts: Parts<R>,
     input: I,
+    copy: Option<I>,
     slot: Option<Slot>,
     token: Option<Token>,
     now: Option<Instant>,
@@ -71,9 +74,10 @@ where
     let call = Call::new(parts, Stage::Waiting(input), 0, |st| {
         st.slot = slot;
         st.token = token;
+        st.copy = copy;
     });
     call.keep_deadline();
-    call.advance_at(now, true);
+    call.advance_at(now);
     JobHandle::new(call, id)
 }
 
@@ -187,6 +191,10 @@ struct State<I, O> {
     slot: Option<Slot>,
     /// The rate token taken for the next attempt (given back if the call ends first).
     token: Option<Token>,
+    /// The input's copy for the first attempt, made on the caller's thread before the call
+    /// took a slot or a token (a `Clone` that calls this program must not wait for what its
+    /// own call holds).
+    copy: Option<I>,
     deadline_key: Option<TimerKey>,
     /// While the call waits in a limit's line with no deadline on the timer: its entry there
     /// that only the pool's close rings (see [`Call::watch_close`]).
@@ -322,6 +330,7 @@ where
             attempts,
             slot: None,
             token: None,
+            copy: None,
             deadline_key: None,
             watch: None,
             in_line: None,
@@ -403,13 +412,12 @@ where
     /// Moves a waiting call through its gates and into an attempt, as far as it can go now.
     fn advance(self: &Arc<Self>) {
         let needs_clock = self.deadline.is_some() || self.controls.rate.is_some();
-        self.advance_at(needs_clock.then(Instant::now), false);
+        self.advance_at(needs_clock.then(Instant::now));
     }
 
     /// [`advance`](Self::advance) with the time read by the caller (`None` if neither the
-    /// deadline nor a rate limit needs it); `copy_here`: on the caller's thread, where the
-    /// input may be copied for another attempt (elsewhere the attempt copies it).
-    fn advance_at(self: &Arc<Self>, now: Option<Instant>, copy_here: bool) {
+    /// deadline nor a rate limit needs it).
+    fn advance_at(self: &Arc<Self>, now: Option<Instant>) {
         let mut st = self.lock();
         if !matches!(st.stage, Stage::Waiting(_)) || st.backoff.is_some() {
             return;
@@ -468,26 +476,28 @@ where
             unreachable!("checked above");
         };
         let token = st.token.take();
+        let copy = st.copy.take();
         st.attempts += 1;
         let attempt = st.attempts;
         let slot = st.slot.take();
         drop(st);
-        self.submit(attempt, input, slot, token, copy_here);
+        self.submit(attempt, input, copy, slot, token);
     }
 
     /// Hands attempt number `attempt` to the pool with what it passed its gates with (no lock
-    /// held: copying the input is user code), then polls it.
+    /// held: dropping an input is user code), then polls it. `copy`: the input's copy made at
+    /// the call, for the first attempt (`input` is then the original, kept for the next).
     fn submit(
         self: &Arc<Self>,
         attempt: u32,
         input: I,
+        copy: Option<I>,
         slot: Option<Slot>,
         token: Option<Token>,
-        copy_here: bool,
     ) {
         let Some(run) = self.run.clone() else {
             // Not reached: a call without its program keeps no input for another attempt.
-            guard::drop("an input", (input, slot, token));
+            guard::drop("an input", (input, copy, slot, token));
             let mut st = self.lock();
             if !matches!(st.stage, Stage::Attempt { .. }) {
                 return;
@@ -497,25 +507,12 @@ where
         };
         let policy = self.controls.retry.as_ref();
         let another = policy.is_some_and(|p| attempt < p.attempts());
-        let (input, kept) = match policy.filter(|_| another && copy_here) {
-            Some(policy) => match policy.copy(&input) {
-                Some(Ok(copy)) => (Input::Ready(copy), Some(input)),
-                Some(Err(message)) => {
-                    // The attempt never starts: its slot and its token go back.
-                    drop((slot, token));
-                    guard::drop("an input", input);
-                    let mut st = self.lock();
-                    if !matches!(st.stage, Stage::Attempt { .. }) {
-                        return;
-                    }
-                    let result = st.last.take().unwrap_or(Err(JobError::panicked(message)));
-                    return self.end(st, result);
-                }
-                None => (Input::Ready(input), None),
-            },
-            // Off the caller's thread (after a backoff or a token, on the pool's timer), the
-            // copy for another attempt is made by the attempt itself, on its worker: the
-            // timer runs no user `Clone`.
+        let (input, kept) = match copy {
+            // Made at the call, on the caller's thread, before the gates.
+            Some(copy) => (Input::Ready(copy), Some(input)),
+            // Off the caller's thread (after a backoff, a slot or a token, on the pool's timer
+            // or a worker), the copy for another attempt is made by the attempt itself, on its
+            // worker: the timer runs no user `Clone`.
             None if another => (Input::CopyOf(input, self.me.clone()), None),
             None => (Input::Ready(input), None),
         };
@@ -744,6 +741,7 @@ where
                 result,
                 st.slot.take(),
                 st.token.take(),
+                st.copy.take(),
                 st.last.take(),
                 st.detached_self.take(),
                 kept,

@@ -60,13 +60,39 @@ where
     };
     if deadline.zip(now).is_some_and(|(d, now)| now >= d) {
         // (It ends at once, `TimedOut`.)
-        return call::start(parts(run, captured), input, None, None, now);
+        return call::start(parts(run, captured), input, None, None, None, now);
     }
+    // The input is copied for a second attempt first, on the caller's thread, while the call
+    // holds nothing yet: no concurrency slot, no rate token, no place in the queue (a `Clone`
+    // that calls this program, or waits for a call on this pool, would wait for what its own
+    // call holds).
+    let policy = controls.retry.as_ref().filter(|p| p.attempts() > 1);
+    let (input, kept) = match policy.map(|p| p.copy(&input)) {
+        Some(Some(Ok(copy))) => (copy, Some(input)),
+        Some(Some(Err(message))) => {
+            guard::drop("an input", (input, captured, run));
+            return JobHandle::ready(Err(JobError::panicked(message)));
+        }
+        Some(None) | None => (input, None),
+    };
+    // A `Clone` may take long: the rate limit looks at the time after it.
+    let now = match (&kept, &controls.rate) {
+        (Some(_), Some(_)) => Some(Instant::now()),
+        _ => now,
+    };
+    // For a driven call: the original, and the copy for its first attempt.
+    let driven = |input: I, kept: Option<I>| match kept {
+        Some(original) => (original, Some(input)),
+        None => (input, None),
+    };
     // The gates, joining none of their lines: a call that must wait is a driven one.
     let slot = match &controls.limit {
         Some(limit) => match limit.try_acquire() {
             Some(slot) => Some(slot),
-            None => return call::start(parts(run, captured), input, None, None, now),
+            None => {
+                let (input, copy) = driven(input, kept);
+                return call::start(parts(run, captured), input, copy, None, None, now);
+            }
         },
         None => None,
     };
@@ -74,7 +100,10 @@ where
     let token = match &controls.rate {
         Some(rate) => match rate.rate().try_take(now) {
             Some(token) => Some(token),
-            None => return call::start(parts(run, captured), input, slot, None, now),
+            None => {
+                let (input, copy) = driven(input, kept);
+                return call::start(parts(run, captured), input, copy, slot, None, now);
+            }
         },
         None => None,
     };
@@ -95,36 +124,19 @@ where
         );
         return registry.submit(job, captured);
     }
-    let policy = controls.retry.as_ref().filter(|p| p.attempts() > 1);
     if policy.is_some_and(Policy::retries_panics) {
         // A panic to retry unwinds out of the attempt's job: the driven call sees it.
-        return call::start(parts(run, captured), input, slot, token, now);
+        let (input, copy) = driven(input, kept);
+        return call::start(parts(run, captured), input, copy, slot, token, now);
     }
-    // The input is copied for a second attempt here, on the caller's thread.
-    let (input, kept) = match policy.map(|p| p.copy(&input)) {
-        Some(Some(Ok(copy))) => (copy, Some(input)),
-        Some(Some(Err(message))) => {
-            // No attempt starts: the slot and the token go back.
-            guard::drop("an input", (input, slot, token, captured, run));
-            return JobHandle::ready(Err(JobError::panicked(message)));
-        }
-        Some(None) | None => (input, None),
-    };
     // The first attempt's place in the queue, taken after the copy: no user code runs while the
     // call holds it (a `Clone` that waits for a call on this pool would wait for this place).
     let reserved = match registry.reserve() {
         Ok(reserved) => reserved,
         Err(Refusal::Full) => {
-            // A bounded queue with no room: a driven call waits for it, with the original
-            // input (it makes its own copy when it needs one).
-            let input = match kept {
-                Some(original) => {
-                    guard::drop("an input", input);
-                    original
-                }
-                None => input,
-            };
-            return call::start(parts(run, captured), input, slot, token, now);
+            // A bounded queue with no room: a driven call waits for it.
+            let (input, copy) = driven(input, kept);
+            return call::start(parts(run, captured), input, copy, slot, token, now);
         }
         Err(Refusal::ShutDown) => {
             // Counted, as a plain call's attempt is when the pool closes as it is queued.
