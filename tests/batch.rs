@@ -563,3 +563,69 @@ fn a_batch_waited_on_inside_a_job_of_a_pool_with_a_full_queue() {
         },
     );
 }
+
+/// An adaptive limit's overload signal sees a batch's outputs as it sees calls': a backend
+/// that answers 429 to everything keeps the limit at its `min` (the signal never saw a batch
+/// job's output, so every item counted as a success and pushed the limit up to `max`).
+#[test]
+fn a_batch_feeds_its_programs_overload_signal() {
+    use asyncify_pool::Overload;
+    let pool = WorkerPool::new(8);
+    let overloaded = pool
+        .asyncify(|_: u32| {
+            thread::sleep(Duration::from_millis(1));
+            429u16
+        })
+        .adaptive_concurrency(1, 8, Overload::when(|s: &u16| *s == 429));
+    let result = within_hang("a batch of an adaptive program", move || {
+        let result = overloaded.batch(0..200u32).wait();
+        (result, overloaded.stats().concurrency_limit)
+    });
+    assert_eq!(result.0.done(), 200);
+    assert_eq!(
+        result.1,
+        Some(1),
+        "every answer was a 429, yet the limit grew"
+    );
+}
+
+/// A batch runs each item once: a program's retry policy does not apply to its items (the
+/// batch's own failure handling does: `fail_if`, `max_errors`, `keep_failed_inputs`), as the
+/// docs of `retry` and `batch` say. The same call is retried.
+#[test]
+fn a_batch_makes_one_attempt_per_item_of_a_retried_program() {
+    use asyncify_pool::Retry;
+    let pool = WorkerPool::new(2);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    // Every first run of two answers 503.
+    let flaky = pool
+        .asyncify(move |_: u32| {
+            if r.fetch_add(1, SeqCst) % 2 == 0 {
+                503u16
+            } else {
+                200
+            }
+        })
+        .retry(
+            Retry::new(3)
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .retry_if(|s: &u16| *s == 503),
+        );
+    assert_eq!(wait(flaky.call(0)), Ok(200), "a call is retried");
+    let before = flaky.stats();
+    let result = within_hang("a batch of a retried program", move || {
+        (flaky.batch([0u32]).wait(), flaky.stats())
+    });
+    assert_eq!(result.0.results(), &[Ok(503)]);
+    let after = result.1;
+    assert_eq!(
+        (
+            after.calls - before.calls,
+            after.attempts - before.attempts,
+            after.retries - before.retries
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(runs.load(SeqCst), 3);
+}

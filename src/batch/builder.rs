@@ -33,6 +33,9 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// `max_errors` setting in force here (10 unless configured). Nothing is submitted until
     /// the batch is driven.
     ///
+    /// The program's options apply to each item as to a call (its deadline, its gates, its
+    /// overload signal), but for a retry policy: a batch runs each item once.
+    ///
     /// # Examples
     ///
     /// ```

@@ -54,7 +54,7 @@ use super::result::Progress;
 use super::ticket::{Event, Lane, Shared, Ticket};
 use super::timer::Timers;
 use crate::capture::Captured;
-use crate::control;
+use crate::control::{self, Carried};
 use crate::error::JobError;
 use crate::guard;
 use crate::job::{thread_waker, JobHandle};
@@ -67,7 +67,7 @@ pub(super) type Item<O> = (usize, Result<O, JobError>);
 /// What a batch job returns: the program's output, and the job's reference to the shared
 /// state, handed back so that the driver, which took it, lets it go (the workers never
 /// change the shared state's counts: see `ticket`).
-type JobOutput<P, I> = (<P as Program<I>>::Output, Arc<Shared<P, I>>);
+type JobOutput<P, I> = Carried<<P as Program<I>>::Output>;
 
 /// A batch job's handle.
 type Handle<P, I> = JobHandle<JobOutput<P, I>>;
@@ -375,9 +375,10 @@ where
         self.jobs += 1;
         let registry = self.program.pool().registry();
         let captured = self.captured.clone();
-        // A program with options: the item passes its gates and keeps its deadline, as a call
-        // does (a retry policy or an overload signal, which are about the program's own input
-        // and output, do not apply to a batch's jobs).
+        // A program with options: the item passes its gates, keeps its deadline and feeds an
+        // overload signal (which sees the output inside the job's `Carried`), as a call does.
+        // A retry policy copies the program's own input, not a ticket: an item makes one
+        // attempt (as the docs of `retry` say).
         let handle = match self.program.controls() {
             Some(controls) => {
                 let run = |ticket: Ticket<P, I>| ticket.run();
@@ -803,8 +804,11 @@ where
 
 /// A copy's result, without the reference to the shared state its job handed back (let go
 /// here, on the driver's thread, where it was taken).
-fn unpack<O, S>(result: Result<(O, S), JobError>) -> Result<O, JobError> {
-    result.map(|(output, _shared)| output)
+fn unpack<O>(result: Result<Carried<O>, JobError>) -> Result<O, JobError> {
+    result.map(|Carried { out, with }| {
+        drop(with); // (here, on the driver's thread)
+        out
+    })
 }
 
 /// A batch dropped before its end (or whose results or inputs were not all taken) still

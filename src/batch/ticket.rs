@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Instant;
 
+use crate::control::Carried;
 use crate::guard;
 use crate::program::Program;
 use crate::sync::{lock, Mutex};
@@ -210,7 +211,10 @@ where
 {
     /// The job's work. A panic in the program unwinds out of here to the pool's guard, which
     /// makes it the job's `Panicked` result; the ticket is dropped on the way and reports.
-    pub(super) fn run(mut self) -> (P::Output, Arc<Shared<P, I>>) {
+    pub(super) fn run(mut self) -> Carried<P::Output>
+    where
+        I: Send + 'static,
+    {
         let input = self.input.take().expect("a ticket runs at most once");
         let shared = self.shared.as_ref().expect("a ticket runs at most once");
         if shared.track_starts {
@@ -226,7 +230,10 @@ where
             copy: self.copy,
             input: None,
         });
-        (output, shared)
+        Carried {
+            out: output,
+            with: shared,
+        }
     }
 }
 

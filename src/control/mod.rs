@@ -92,7 +92,20 @@ pub(crate) type Classify<O> = Arc<dyn Fn(&O) -> bool + Send + Sync>;
 pub(crate) type Classifier = Arc<dyn Fn(&dyn std::any::Any) -> bool + Send + Sync>;
 
 pub(crate) fn erase<O: 'static>(classify: Classify<O>) -> Classifier {
-    Arc::new(move |out: &dyn std::any::Any| out.downcast_ref::<O>().is_some_and(|o| classify(o)))
+    Arc::new(move |out: &dyn std::any::Any| {
+        let out = out
+            .downcast_ref::<O>()
+            .or_else(|| out.downcast_ref::<Carried<O>>().map(|c| &c.out));
+        out.is_some_and(|o| classify(o))
+    })
+}
+
+/// An attempt's output with what its job hands back beside it, to be let go of on the
+/// caller's side (a batch job's reference to its batch): a classifier sees only `out`, as it
+/// would for a call.
+pub(crate) struct Carried<O> {
+    pub(crate) out: O,
+    pub(crate) with: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl fmt::Debug for Controls {

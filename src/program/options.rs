@@ -54,6 +54,12 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// but the last. [`stats`](Self::stats) counts attempts and retries. Replaces an earlier
     /// policy.
     ///
+    /// A [`batch`](Self::batch) of the program runs each item once: the policy applies to
+    /// calls, not to a batch's items, which have the batch's own failure handling
+    /// ([`Batch::fail_if`](crate::Batch::fail_if), [`Batch::max_errors`](crate::Batch::max_errors),
+    /// [`Batch::keep_failed_inputs`](crate::Batch::keep_failed_inputs)). The other options
+    /// apply to its items as to calls.
+    ///
     /// # Examples
     ///
     /// ```
