@@ -725,3 +725,97 @@ fn options_work_on_a_per_worker_program() {
         "one state per worker at most"
     );
 }
+
+/// A per-worker state whose `Drop` waits on a call `J` of its pool (which a leaving worker
+/// runs itself, under a place it takes for it: it holds none between jobs), then waits until
+/// an unrelated call `K` has run, as a connection that flushes and then waits for its peers
+/// would. Records (the thread that dropped it, the thread that ran `J`).
+struct Flusher {
+    pool: WorkerPool,
+    j_started: Arc<Gate>,
+    j_release: Arc<Gate>,
+    k_ran: Arc<Gate>,
+    threads: Arc<Mutex<Option<(ThreadId, ThreadId)>>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let (started, release) = (Arc::clone(&self.j_started), Arc::clone(&self.j_release));
+        let Ok(ran_j) = self
+            .pool
+            .spawn(move || {
+                started.open();
+                release.wait();
+                thread::current().id()
+            })
+            .wait()
+        else {
+            return; // (at shutdown)
+        };
+        *lock(&self.threads) = Some((thread::current().id(), ran_j));
+        self.k_ran.wait();
+    }
+}
+
+/// A place taken outside a job (by a leaving worker's state `Drop`, to run the job it waits
+/// on) and given back by a thread that does not look at the queue next wakes a worker asleep
+/// for want of a place. Before, nobody did: with a free place and an idle worker, `K` stayed
+/// queued for as long as the `Drop` went on (here, for good: the `Drop` waits for `K`).
+///
+/// Which thread runs `J` is a race (the other worker may take it off the queue first); only
+/// rounds where the leaving worker ran it test the hand-back, and most rounds do.
+#[test]
+fn a_place_given_back_after_a_nested_run_outside_a_job_wakes_a_starved_worker() {
+    let mut tested = 0;
+    for _ in 0..20 {
+        let pool = WorkerPool::new(2);
+        let (j_started, j_release, k_ran) = (Gate::new(), Gate::new(), Gate::new());
+        let threads: Arc<Mutex<Option<(ThreadId, ThreadId)>>> = Arc::default();
+        let (p, js, jr, kr, th) = (
+            pool.clone(),
+            Arc::clone(&j_started),
+            Arc::clone(&j_release),
+            Arc::clone(&k_ran),
+            Arc::clone(&threads),
+        );
+        let program = pool.asyncify_with(
+            move || Flusher {
+                pool: p.clone(),
+                j_started: Arc::clone(&js),
+                j_release: Arc::clone(&jr),
+                k_ran: Arc::clone(&kr),
+                threads: Arc::clone(&th),
+            },
+            |_: &mut Flusher, barrier: Arc<Barrier>| barrier.wait(),
+        );
+        // A state on each of the two workers, then both idle.
+        let barrier = Barrier::new(2);
+        let both = [program.call(Arc::clone(&barrier)), program.call(barrier)];
+        for h in both {
+            wait(h).unwrap();
+        }
+        thread::sleep(std::time::Duration::from_millis(50));
+        // One worker leaves, dropping its state: `J` runs under the pool's only place.
+        pool.set_threads(1).unwrap();
+        j_started.wait();
+        let kr = Arc::clone(&k_ran);
+        let mut k = pool.spawn(move || kr.open());
+        thread::sleep(std::time::Duration::from_millis(50)); // the other worker sleeps, starved
+        j_release.open();
+        spin_until("J's answer", || lock(&threads).is_some());
+        let (dropper, ran_j) = lock(&threads).expect("recorded");
+        tested += usize::from(dropper == ran_j);
+        // Half the bound of the `Drop`'s wait for `K`, which would let `K` go at the end.
+        assert_eq!(
+            k.wait_timeout(HANG / 2),
+            Some(Ok(())),
+            "K never started: the place J gave back woke no worker"
+        );
+        drop(program);
+        assert_shutdown_returns(&pool);
+    }
+    assert!(
+        tested > 0,
+        "the leaving worker never ran J itself in 20 rounds"
+    );
+}

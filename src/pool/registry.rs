@@ -299,6 +299,19 @@ impl Registry {
         self.permits.available()
     }
 
+    /// A place taken outside a job (by a hook, or a per-worker state's `Drop` between jobs,
+    /// for the job it waits on) was given back by a thread that does not look at the queue
+    /// next: a worker that went to sleep because every place was taken is woken for it. (A
+    /// worker that gives back the place of a queued job takes the next job itself.)
+    pub(super) fn place_given_back(&self) {
+        // ORDERING: Dekker with a starved sleeper (see `queued_job_may_start`): the place is
+        // back, then the count read.
+        fence(SeqCst);
+        if self.starved.load(Relaxed) > 0 {
+            self.sleep.wake_one();
+        }
+    }
+
     /// Ends a sleep counted by [`queued_job_may_start`](Self::queued_job_may_start).
     pub(super) fn uncount_starved(&self, counted: &Cell<bool>) {
         if counted.get() {

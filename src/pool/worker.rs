@@ -314,7 +314,12 @@ impl Worker {
                 } else {
                     self.run_nested(nested);
                 }
-                drop(place);
+                if let Some(place) = place {
+                    // Given back by a thread that goes on with user code instead of looking at
+                    // the queue: a worker asleep for want of a place must take it.
+                    drop(place);
+                    self.registry.place_given_back();
+                }
             }
         }
         Ran::Here
