@@ -629,3 +629,39 @@ fn a_batch_makes_one_attempt_per_item_of_a_retried_program() {
     );
     assert_eq!(runs.load(SeqCst), 3);
 }
+
+/// `on_progress`'s last call has every item accounted for, also when the results come in
+/// outside the driver's event loop: through nested waits, for a batch waited on inside a job
+/// of its one-thread pool (its last call said 9 of 10), and at once, on a shut-down pool (it
+/// was never called).
+#[test]
+fn on_progress_last_call_counts_every_item_inside_a_job_and_on_a_shut_down_pool() {
+    use asyncify_pool::Progress;
+    within_hang("batches with on_progress", || {
+        let pool = WorkerPool::new(1);
+        let inner = pool.asyncify(|i: u32| i + 1);
+        let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let s = Arc::clone(&seen);
+        let outer = pool.spawn(move || {
+            let on_progress = move |p| common::lock(&s).push(p);
+            inner.batch(0..10).on_progress(on_progress).wait().done()
+        });
+        assert_eq!(wait(outer), Ok(10));
+        let last = common::lock(&seen).last().copied();
+        assert_eq!(last.map(|p| (p.done, p.total)), Some((10, 10)), "{last:?}");
+
+        let program = pool.asyncify(|i: u32| i);
+        pool.shutdown();
+        let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let s = Arc::clone(&seen);
+        let on_progress = move |p| common::lock(&s).push(p);
+        let result = program.batch(0..5).on_progress(on_progress).wait();
+        assert_eq!(result.not_started(), 5);
+        let last = common::lock(&seen).last().copied();
+        assert_eq!(
+            last.map(|p| (p.not_started, p.total)),
+            Some((5, 5)),
+            "{last:?}"
+        );
+    });
+}

@@ -772,3 +772,20 @@ fn hooks_that_call_back_into_their_pool() {
         );
     });
 }
+
+/// A settings value whose `Drop` panics, handed to `context` or `scope` and held nowhere else:
+/// its last reference goes as the `context` returns or the `Scoped` future is dropped, through
+/// the guard, so `f`'s value (here a job's answer) is kept. Before, that release bypassed the
+/// guard: the job answered `Panicked`, and outside a job `context` panicked after `f`.
+#[test]
+fn a_context_or_scope_value_whose_drop_panics_costs_no_answer() {
+    common::quiet_planned_panics();
+    let hostile = || Overrides::new().with("v", Arc::new(common::PanicOnDrop("context value")));
+    let pool = WorkerPool::new(1);
+    let job = pool.spawn(move || settings::context(hostile(), || 41));
+    assert_eq!(wait(job), Ok(41), "a context's value cost the job's answer");
+    let job = pool.spawn(move || pollster::block_on(settings::scope(hostile(), async { 42 })));
+    assert_eq!(wait(job), Ok(42), "a scope's value cost the job's answer");
+    let out = catch_unwind(move || settings::context(hostile(), || 43));
+    assert_eq!(out.ok(), Some(43), "context panicked after f returned");
+}

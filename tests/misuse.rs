@@ -468,3 +468,39 @@ fn settings_reads_and_a_poll_from_a_thread_local_destructor_get_their_answers() 
         },
     );
 }
+
+/// A `max_errors` of another type in force at `batch()` (an `i32` through the string key, the
+/// mistake `configure` refuses for it) makes every item fail with `InvalidSetting`, as an
+/// unusable `async_max_workers` does for a call; a budget set on the batch takes its place.
+/// Before, the batch ran with 10, neither the override nor the configured value. (In a child:
+/// it configures the process.)
+#[test]
+fn a_mistyped_max_errors_in_a_context_fails_the_batch_with_invalid_setting() {
+    in_child(
+        "a_mistyped_max_errors_in_a_context_fails_the_batch_with_invalid_setting",
+        || {
+            settings::configure(Overrides::new().with(&settings::MAX_ERRORS, 1)).unwrap();
+            let pool = WorkerPool::new(1);
+            let fail = pool.asyncify(|_: u32| ());
+            let wrong = || Overrides::new().with("max_errors", 0i32);
+            let batch = settings::context(wrong(), || fail.batch(0..20).fail_if(|_| true));
+            let result = batch.wait();
+            assert_eq!(
+                (result.done(), result.failed(), result.not_started()),
+                (0, 0, 20)
+            );
+            assert!(result
+                .results()
+                .iter()
+                .all(|r| r.as_ref().is_err_and(JobError::is_invalid_setting)));
+            let batch = settings::context(wrong(), || {
+                fail.batch(0..20)
+                    .fail_if(|_| true)
+                    .max_errors(2)
+                    .concurrency(1)
+            });
+            let result = batch.wait();
+            assert_eq!((result.failed(), result.not_started()), (3, 17));
+        },
+    );
+}

@@ -30,8 +30,11 @@ impl<P: ?Sized> AsyncProgram<P> {
     ///
     /// The settings overrides and tracing span in force here are captured now and are in force
     /// for every item, as for [`call`](Self::call). The error budget defaults to the
-    /// `max_errors` setting in force here (10 unless configured). Nothing is submitted until
-    /// the batch is driven.
+    /// `max_errors` setting in force here (10 unless configured); a value of another type in
+    /// force there (an `i32` set through the string key `"max_errors"`, say) makes every item
+    /// fail with [`JobError::InvalidSetting`], as an unusable `async_max_workers` does for a
+    /// call, unless [`max_errors`](Batch::max_errors) sets the budget. Nothing is submitted
+    /// until the batch is driven.
     ///
     /// The program's options apply to each item as to a call (its deadline, its gates, its
     /// overload signal), but for a retry policy: a batch runs each item once.
@@ -58,7 +61,9 @@ impl<P: ?Sized> AsyncProgram<P> {
             inputs: inputs.into_iter().collect(),
             captured: Captured::here(),
             opts: Options {
-                max_errors: MAX_ERRORS.get().unwrap_or(DEFAULT_MAX_ERRORS),
+                max_errors: MAX_ERRORS
+                    .try_get()
+                    .map(|n| n.unwrap_or(DEFAULT_MAX_ERRORS)),
                 workers: self.follows_setting().then(settings::async_max_workers),
                 concurrency: usize::MAX,
                 on_progress: None,
@@ -138,7 +143,9 @@ type Predicate<O> = Box<dyn Fn(&O) -> bool + Send>;
 
 /// Everything the builder sets, moved into the driver when the batch starts.
 pub(super) struct Options<I, O> {
-    pub(super) max_errors: usize,
+    /// The budget: `max_errors(n)`, or the setting in force at `batch()`, where an unusable
+    /// one (a value of another type) is `Err`, and every item fails with it.
+    pub(super) max_errors: Result<usize, SettingsError>,
     /// For a program of the free `asyncify`: the `async_max_workers` in force at `batch()`.
     pub(super) workers: Option<Result<usize, SettingsError>>,
     pub(super) concurrency: usize,
@@ -184,7 +191,7 @@ where
     /// assert!(result.results()[9].as_ref().unwrap_err().is_cancelled());
     /// ```
     pub fn max_errors(mut self, n: usize) -> Self {
-        self.opts.max_errors = n;
+        self.opts.max_errors = Ok(n);
         self
     }
 

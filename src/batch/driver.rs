@@ -291,6 +291,11 @@ where
             Some(Err(e)) => self.refuse(JobError::invalid_setting(e)),
             _ => {}
         }
+        if let Err(e) = &self.opts.max_errors {
+            // An unusable `max_errors` in force at `batch()` (and no budget set on the batch).
+            let error = JobError::invalid_setting(e.clone());
+            self.refuse(error);
+        }
         #[cfg(feature = "progress")]
         if self.opts.progress_bar {
             self.bar = Some(Bar::new(self.total));
@@ -314,6 +319,10 @@ where
                         self.process(event);
                     }
                 }
+                // Results that came in outside the loop below (through nested waits, or at
+                // once: a shut-down pool, a refused setting) are reported too: the last call
+                // of `on_progress` has every item.
+                self.report();
                 self.close_bar();
                 self.let_go_of_callbacks();
                 return Advance::Done;
@@ -572,7 +581,12 @@ where
             *l = lingering;
         }
         self.ready.push_back((index, result));
-        if self.failed > self.opts.max_errors {
+        if self
+            .opts
+            .max_errors
+            .as_ref()
+            .is_ok_and(|&n| self.failed > n)
+        {
             self.stop();
         }
     }

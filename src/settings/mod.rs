@@ -293,7 +293,10 @@ fn global_value(key: &str) -> Option<Value> {
 /// ```
 pub const ASYNC_MAX_WORKERS: Key<usize> = Key::new("async_max_workers");
 /// The setting that bounds the failures a batch tolerates: a `usize`, default 10. Its string
-/// name is `"max_errors"`.
+/// name is `"max_errors"`; `configure` refuses a value of another type under it, and one in
+/// force through a `context` or `scope` when a batch is made fails that batch's items with
+/// [`JobError::InvalidSetting`](crate::JobError::InvalidSetting) (unless the batch sets its
+/// own budget with [`Batch::max_errors`](crate::Batch::max_errors)).
 ///
 /// # Examples
 ///
@@ -594,6 +597,11 @@ impl Drop for Installed {
 /// ```
 pub fn context<R>(overrides: Overrides, f: impl FnOnce() -> R) -> R {
     let layered = current().layered(&overrides);
+    // With nothing else in force, `layered` shares `overrides`' map, and the last reference to
+    // its values goes with whichever is dropped last: the caller's, dropped here, so that the
+    // last is the one in force, which `Installed` lets go of through the guard (a value's
+    // `Drop` is user code, and must not cost `f`'s value).
+    crate::guard::drop("a settings value", overrides);
     let _installed = install(layered);
     f()
 }
@@ -614,8 +622,10 @@ pub fn context<R>(overrides: Overrides, f: impl FnOnce() -> R) -> R {
 /// assert_eq!(pollster::block_on(fut), Some(7));
 /// ```
 pub fn scope<F: Future>(overrides: Overrides, future: F) -> Scoped<F> {
+    let layered = current().layered(&overrides);
+    crate::guard::drop("a settings value", overrides); // (see `context`)
     Scoped {
-        overrides: Some(current().layered(&overrides)),
+        overrides: Some(layered),
         future: Box::pin(future),
     }
 }
@@ -644,6 +654,14 @@ impl<F> fmt::Debug for Scoped<F> {
         f.debug_struct("Scoped")
             .field("overrides", &self.overrides)
             .finish_non_exhaustive()
+    }
+}
+
+/// The future's own overrides may hold the last reference to a settings value, whose `Drop`
+/// is user code: they go through the guard, as those of a `context` do.
+impl<F> Drop for Scoped<F> {
+    fn drop(&mut self) {
+        crate::guard::drop("a settings value", self.overrides.take());
     }
 }
 
