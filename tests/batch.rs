@@ -665,3 +665,39 @@ fn on_progress_last_call_counts_every_item_inside_a_job_and_on_a_shut_down_pool(
         );
     });
 }
+
+/// The same through a concurrency limit, where items wait in the limit's line and go the
+/// driven way: one attempt each, whatever the retry policy's classifier says (it may run
+/// there, as it does for a call's last attempt; nothing is kept for another attempt).
+#[test]
+fn a_batch_makes_one_attempt_per_item_of_a_retried_program_behind_a_limit() {
+    use asyncify_pool::Retry;
+    let pool = WorkerPool::new(2);
+    let classified = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&classified);
+    let limited = pool
+        .asyncify(|_: u32| 503u16)
+        .retry(
+            Retry::new(3)
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .retry_if(move |s: &u16| {
+                    c.fetch_add(1, SeqCst);
+                    *s == 503
+                }),
+        )
+        .concurrency_limit(1);
+    let result = within_hang("a limited batch of a retried program", move || {
+        (
+            limited.batch(0..20u32).max_errors(usize::MAX).wait(),
+            limited.stats(),
+        )
+    });
+    assert_eq!(result.0.done(), 20);
+    assert!(result.0.results().iter().all(|r| *r == Ok(503)));
+    assert_eq!((result.1.attempts, result.1.retries), (20, 0));
+    assert!(result.1.waited_for_slot > 0, "no item went the driven way");
+    assert!(
+        classified.load(SeqCst) <= 20,
+        "an item's output was classified twice"
+    );
+}

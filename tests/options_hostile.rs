@@ -755,3 +755,71 @@ fn a_blocking_drop_in_a_rate_line_at_the_close_holds_up_no_other_call() {
         "the second call in the rate line, {BOUND:?} after the close: {got:?}"
     );
 }
+
+/// An input that counts the drops of itself and its copies.
+struct CountedDrops(Arc<AtomicUsize>);
+
+impl Clone for CountedDrops {
+    fn clone(&self) -> Self {
+        CountedDrops(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for CountedDrops {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// A call with a retry policy waiting in a rate limiter's line holds its input and the copy
+/// for its first attempt; dropping its handle lets go of both at once, on the caller's thread,
+/// even while an `AbortHandle` keeps the call itself alive (the copy stayed until the call's
+/// last reference went: wherever that was, a helper thread of the timer, say).
+#[test]
+fn a_dropped_call_in_a_rate_line_lets_go_of_its_input_and_its_copy() {
+    let pool = WorkerPool::new(1);
+    let program = pool
+        .asyncify(|_: CountedDrops| 1u32)
+        .retry(Retry::new(2).retry_if(|_: &u32| false))
+        .rate_limit(1, Duration::from_secs(3600));
+    assert_eq!(program.call(CountedDrops(Arc::default())).wait(), Ok(1));
+    let drops = Arc::new(AtomicUsize::new(0));
+    let waiting = program.call(CountedDrops(Arc::clone(&drops)));
+    assert_eq!(program.stats().waited_for_rate, 1);
+    let abort = waiting.abort_handle();
+    drop(waiting);
+    assert_eq!(
+        drops.load(SeqCst),
+        2,
+        "the input and its copy go with the handle"
+    );
+    drop(abort);
+}
+
+/// An input whose `Clone` takes 100 ms.
+struct SlowClone;
+
+impl Clone for SlowClone {
+    fn clone(&self) -> Self {
+        std::thread::sleep(Duration::from_millis(100));
+        SlowClone
+    }
+}
+
+/// The retry policy's copy is made before the gates, and may take long: a deadline that passed
+/// meanwhile ends the call there, `TimedOut`, with no attempt made and no slot taken (the call
+/// took the slot and queued an attempt that only its worker found expired).
+#[test]
+fn a_deadline_that_passes_during_the_copy_ends_the_call_before_its_gates() {
+    let pool = WorkerPool::new(1);
+    let program = pool
+        .asyncify(|_: SlowClone| 1u32)
+        .timeout(Duration::from_millis(20))
+        .retry(Retry::new(2).retry_if(|_: &u32| false))
+        .concurrency_limit(1);
+    let out = program.call(SlowClone).wait();
+    assert!(out.as_ref().is_err_and(|e| e.is_timed_out()), "{out:?}");
+    let stats = program.stats();
+    assert_eq!((stats.calls, stats.attempts, stats.timed_out), (1, 0, 1));
+    assert_eq!(stats.in_flight, 0);
+}

@@ -311,8 +311,8 @@ fn panics_then_starts_at_once<P: asyncify_pool::Program<BadClone, Output = u16>>
 }
 
 /// User code never costs a limiter token: a call whose input's copy for a retry panics (on
-/// the caller's thread, at the call) starts no attempt and gives the token back, and the next
-/// call starts at once, not an hour later.
+/// the caller's thread, at the call, before the call takes a token) starts no attempt, and
+/// the next call starts at once, not an hour later.
 #[test]
 fn a_panicking_clone_costs_no_rate_token() {
     common::quiet_planned_panics();
@@ -330,8 +330,8 @@ fn a_panicking_clone_costs_no_rate_token() {
     assert_eq!(runs.load(SeqCst), 1, "only the second call started");
 }
 
-/// The same on the driven path (`retry_panics` always takes it), where the copy is made as
-/// the attempt is handed to the pool, after the token was taken.
+/// The same for a call that goes the driven way (`retry_panics` always does): its copy for
+/// the first attempt is also made at the call, before any gate.
 #[test]
 fn a_panicking_clone_on_the_driven_path_costs_no_rate_token() {
     common::quiet_planned_panics();

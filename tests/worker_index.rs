@@ -92,10 +92,12 @@ fn off_the_pools_threads_there_is_no_index() {
 
 /// Each level of `levels` nested waits records the index its job saw and the name of its
 /// thread, deepest last.
-fn nested_indexes(pool: WorkerPool, levels: u32, seen: Arc<Mutex<Vec<(usize, String)>>>) {
+type Seen = Arc<Mutex<Vec<(usize, String, std::thread::ThreadId)>>>;
+
+fn nested_indexes(pool: WorkerPool, levels: u32, seen: Seen) {
     let index = worker_index().expect("a job runs on a pool thread");
-    let name = std::thread::current().name().unwrap_or("").to_owned();
-    lock(&seen).push((index, name));
+    let this = std::thread::current();
+    lock(&seen).push((index, this.name().unwrap_or("").to_owned(), this.id()));
     if levels > 0 {
         let inner = pool.clone();
         pool.spawn(move || nested_indexes(inner, levels - 1, seen))
@@ -118,28 +120,39 @@ fn spare_threads_of_deep_nested_waits_take_unused_numbers() {
                 .thread_name("deep")
                 .build()
                 .expect("the OS takes a 96 KiB stack");
-            let seen = Arc::new(Mutex::new(Vec::new()));
+            let seen: Seen = Arc::default();
             let (inner, s) = (pool.clone(), Arc::clone(&seen));
             wait(pool.spawn(move || nested_indexes(inner, 400, s))).unwrap();
             let seen = lock(&seen).clone();
             assert_eq!(seen.len(), 401);
-            for (index, name) in &seen {
+            for (index, name, _) in &seen {
                 assert_eq!(name, &format!("deep-{index}"), "the name says the index");
             }
-            // One thread per number: the levels a thread ran are all together, so a number seen
-            // again later would be a second thread with it.
-            let mut runs: Vec<usize> = seen.iter().map(|(index, _)| *index).collect();
-            runs.dedup();
-            let mut numbers = runs.clone();
+            // One number per thread, and one thread per number.
+            let by_thread: std::collections::BTreeMap<_, _> = seen
+                .iter()
+                .map(|(index, _, thread)| (format!("{thread:?}"), *index))
+                .collect();
+            for (index, _, thread) in &seen {
+                assert_eq!(
+                    by_thread[&format!("{thread:?}")],
+                    *index,
+                    "a thread's number moved"
+                );
+            }
+            let mut numbers: Vec<usize> = by_thread.values().copied().collect();
             numbers.sort();
             numbers.dedup();
             assert_eq!(
-                runs.len(),
+                by_thread.len(),
                 numbers.len(),
-                "a number went to two threads: {runs:?}"
+                "a number went to two threads"
             );
-            assert_eq!(runs[0], 0, "the worker runs the first levels");
-            assert!(runs.len() > 1, "no level went to a spare thread: {runs:?}");
+            assert_eq!(seen[0].0, 0, "the worker runs the first levels");
+            assert!(
+                numbers.len() > 2,
+                "fewer than two spare threads: {numbers:?}"
+            );
             let highest = *numbers.last().unwrap();
             assert_eq!(pool.stats().live_threads, 1, "spare threads are no workers");
             pool.set_threads(2).unwrap();

@@ -976,6 +976,7 @@ where
                 std::mem::replace(&mut st.stage, Stage::Closed),
                 st.slot.take(),
                 st.token.take(),
+                st.copy.take(),
                 st.last.take(),
             ),
             keys: [

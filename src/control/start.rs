@@ -75,16 +75,21 @@ where
         }
         Some(None) | None => (input, None),
     };
-    // A `Clone` may take long: the rate limit looks at the time after it.
-    let now = match (&kept, &controls.rate) {
-        (Some(_), Some(_)) => Some(Instant::now()),
-        _ => now,
-    };
     // For a driven call: the original, and the copy for its first attempt.
     let driven = |input: I, kept: Option<I>| match kept {
         Some(original) => (original, Some(input)),
         None => (input, None),
     };
+    // A `Clone` may take long: the deadline and the rate limit look at the time after it.
+    let now = match now {
+        Some(_) if kept.is_some() => Some(Instant::now()),
+        now => now,
+    };
+    if kept.is_some() && deadline.zip(now).is_some_and(|(d, now)| now >= d) {
+        // (It ends at once, `TimedOut`, its inputs dropped through the guard.)
+        let (input, copy) = driven(input, kept);
+        return call::start(parts(run, captured), input, copy, None, None, now);
+    }
     // The gates, joining none of their lines: a call that must wait is a driven one.
     let slot = match &controls.limit {
         Some(limit) => match limit.try_acquire() {
