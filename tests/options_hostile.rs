@@ -796,30 +796,30 @@ fn a_dropped_call_in_a_rate_line_lets_go_of_its_input_and_its_copy() {
     drop(abort);
 }
 
-/// An input whose `Clone` takes 100 ms.
+/// An input whose `Clone` takes 300 ms.
 struct SlowClone;
 
 impl Clone for SlowClone {
     fn clone(&self) -> Self {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         SlowClone
     }
 }
 
-/// The retry policy's copy is made before the gates, and may take long: a deadline that passed
-/// meanwhile ends the call there, `TimedOut`, with no attempt made and no slot taken (the call
-/// took the slot and queued an attempt that only its worker found expired).
+/// The retry policy's copy is made at the call, before the gates, and may take long: the
+/// call's time starts after it, so a slow `Clone` takes none of the deadline's time, and the
+/// call runs (it took a slot and queued an attempt that its worker found expired).
 #[test]
-fn a_deadline_that_passes_during_the_copy_ends_the_call_before_its_gates() {
+fn a_slow_copy_at_the_call_takes_none_of_the_deadlines_time() {
     let pool = WorkerPool::new(1);
     let program = pool
         .asyncify(|_: SlowClone| 1u32)
-        .timeout(Duration::from_millis(20))
+        .timeout(Duration::from_millis(250))
         .retry(Retry::new(2).retry_if(|_: &u32| false))
         .concurrency_limit(1);
-    let out = program.call(SlowClone).wait();
-    assert!(out.as_ref().is_err_and(|e| e.is_timed_out()), "{out:?}");
+    // (250 ms is ample for a trivial job on an idle pool, but the copy alone takes 300.)
+    assert_eq!(program.call(SlowClone).wait(), Ok(1));
     let stats = program.stats();
-    assert_eq!((stats.calls, stats.attempts, stats.timed_out), (1, 0, 1));
+    assert_eq!((stats.calls, stats.attempts, stats.timed_out), (1, 1, 0));
     assert_eq!(stats.in_flight, 0);
 }

@@ -42,6 +42,19 @@ where
         return JobHandle::ready(Err(JobError::shut_down()));
     }
     let timed = controls.counts.call_is_timed();
+    // The input is copied for a second attempt first, on the caller's thread, while the call
+    // holds nothing yet: no concurrency slot, no rate token, no place in the queue (a `Clone`
+    // that calls this program, or waits for a call on this pool, would wait for what its own
+    // call holds). The call's time starts after it: its deadline, and the rate limit's look.
+    let policy = controls.retry.as_ref().filter(|p| p.attempts() > 1);
+    let (input, kept) = match policy.map(|p| p.copy(&input)) {
+        Some(Some(Ok(copy))) => (copy, Some(input)),
+        Some(Some(Err(message))) => {
+            guard::drop("an input", (input, captured, run));
+            return JobHandle::ready(Err(JobError::panicked(message)));
+        }
+        Some(None) | None => (input, None),
+    };
     // One clock read for the deadline, the rate limit's first look and the timing sample
     // (none without any of them).
     let now = (timed || controls.timeout.is_some() || controls.rate.is_some()).then(Instant::now);
@@ -58,34 +71,12 @@ where
         deadline,
         called,
     };
-    if deadline.zip(now).is_some_and(|(d, now)| now >= d) {
-        // (It ends at once, `TimedOut`.)
-        return call::start(parts(run, captured), input, None, None, None, now);
-    }
-    // The input is copied for a second attempt first, on the caller's thread, while the call
-    // holds nothing yet: no concurrency slot, no rate token, no place in the queue (a `Clone`
-    // that calls this program, or waits for a call on this pool, would wait for what its own
-    // call holds).
-    let policy = controls.retry.as_ref().filter(|p| p.attempts() > 1);
-    let (input, kept) = match policy.map(|p| p.copy(&input)) {
-        Some(Some(Ok(copy))) => (copy, Some(input)),
-        Some(Some(Err(message))) => {
-            guard::drop("an input", (input, captured, run));
-            return JobHandle::ready(Err(JobError::panicked(message)));
-        }
-        Some(None) | None => (input, None),
-    };
     // For a driven call: the original, and the copy for its first attempt.
     let driven = |input: I, kept: Option<I>| match kept {
         Some(original) => (original, Some(input)),
         None => (input, None),
     };
-    // A `Clone` may take long: the deadline and the rate limit look at the time after it.
-    let now = match now {
-        Some(_) if kept.is_some() => Some(Instant::now()),
-        now => now,
-    };
-    if kept.is_some() && deadline.zip(now).is_some_and(|(d, now)| now >= d) {
+    if deadline.zip(now).is_some_and(|(d, now)| now >= d) {
         // (It ends at once, `TimedOut`, its inputs dropped through the guard.)
         let (input, copy) = driven(input, kept);
         return call::start(parts(run, captured), input, copy, None, None, now);
