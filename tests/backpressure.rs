@@ -452,3 +452,99 @@ fn under_load_every_job_resolves_exactly_once() {
         stats.cancelled
     );
 }
+
+/// A task waker that counts how many of its kind are alive.
+struct LiveWaker(Arc<AtomicUsize>);
+
+impl std::task::Wake for LiveWaker {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for LiveWaker {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Handles given up while they wait for room (dropped, as a `tokio::time::timeout` around
+/// them would) take their task wakers out of the queue's list at once: the pool keeps none
+/// while the queue stays full. (All 1,000 were kept until room freed, and then all woken.)
+#[test]
+fn given_up_waiting_handles_leave_no_waker_behind() {
+    let pool = common::bounded_pool(1, 1);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| ());
+    let live = Arc::new(AtomicUsize::new(0));
+    for _ in 0..1_000 {
+        let mut handle = pool.spawn(|| ());
+        assert!(handle.is_waiting_for_room());
+        live.fetch_add(1, SeqCst);
+        let waker = std::task::Waker::from(Arc::new(LiveWaker(Arc::clone(&live))));
+        assert!(Pin::new(&mut handle)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(waker);
+        drop(handle);
+    }
+    assert_eq!(
+        live.load(SeqCst),
+        0,
+        "given-up handles' wakers are still held"
+    );
+    gate.open();
+    for b in blockers {
+        wait(b).unwrap();
+    }
+    assert_eq!(wait(queued), Ok(()));
+}
+
+/// A task waker whose `Drop` panics.
+struct DropPanics;
+
+impl std::task::Wake for DropPanics {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("planned: a waker's drop");
+        }
+    }
+}
+
+/// Dropping a handle that waits for room drops the last copy of the waker it registered through
+/// the guard: a `Drop` that panics there does not unwind out of the handle's drop (it did, and
+/// a handle dropped while its task unwound would have aborted the process).
+#[test]
+fn dropping_a_waiting_handle_whose_waker_panics_on_drop_does_not_panic() {
+    common::quiet_planned_panics();
+    let pool = common::bounded_pool(1, 1);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| ());
+    let mut handle = pool.spawn(|| ());
+    assert!(handle.is_waiting_for_room());
+    let waker = std::task::Waker::from(Arc::new(DropPanics));
+    assert!(Pin::new(&mut handle)
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    drop(waker);
+    // A second worker takes `queued` off the queue: the room wakes its waiters and lets go of
+    // their wakers, so the handle holds the last copy of its own.
+    pool.set_threads(2).unwrap();
+    common::spin_until("the queued job to run", || queued.is_finished());
+    assert!(
+        handle.is_waiting_for_room(),
+        "not polled since: it still holds its job"
+    );
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(handle)));
+    assert!(
+        dropped.is_ok(),
+        "dropping a JobHandle panicked with its waker's drop"
+    );
+    gate.open();
+    for b in blockers {
+        wait(b).unwrap();
+    }
+    assert_eq!(wait(queued), Ok(()));
+}

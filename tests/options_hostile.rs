@@ -796,12 +796,12 @@ fn a_dropped_call_in_a_rate_line_lets_go_of_its_input_and_its_copy() {
     drop(abort);
 }
 
-/// An input whose `Clone` takes 300 ms.
+/// An input whose `Clone` takes 600 ms.
 struct SlowClone;
 
 impl Clone for SlowClone {
     fn clone(&self) -> Self {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(600));
         SlowClone
     }
 }
@@ -814,10 +814,10 @@ fn a_slow_copy_at_the_call_takes_none_of_the_deadlines_time() {
     let pool = WorkerPool::new(1);
     let program = pool
         .asyncify(|_: SlowClone| 1u32)
-        .timeout(Duration::from_millis(250))
+        .timeout(Duration::from_millis(500))
         .retry(Retry::new(2).retry_if(|_: &u32| false))
         .concurrency_limit(1);
-    // (250 ms is ample for a trivial job on an idle pool, but the copy alone takes 300.)
+    // (500 ms is ample for a trivial job on an idle pool, but the copy alone takes 600.)
     assert_eq!(program.call(SlowClone).wait(), Ok(1));
     let stats = program.stats();
     assert_eq!((stats.calls, stats.attempts, stats.timed_out), (1, 1, 0));

@@ -318,11 +318,13 @@ impl<T> Future for JobHandle<T> {
 
 impl<T> Drop for JobHandle<T> {
     fn drop(&mut self) {
-        // A job still waiting for room is dropped with `pending`: it never runs.
         if let Some(inner) = self.inner.take() {
             inner.cancel();
             crate::guard::drop("a job's context", inner);
         }
+        // A job still waiting for room never runs; with it goes the last copy of the waker it
+        // registered (user code).
+        crate::guard::drop("a job waiting for room", self.pending.take());
     }
 }
 

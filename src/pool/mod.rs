@@ -237,6 +237,12 @@ impl WorkerPool {
         self.registry().poll_reserve(cx, registered)
     }
 
+    /// Gives up a wait for a queue slot registered by [`poll_reserve`](Self::poll_reserve).
+    #[cfg(feature = "tower")]
+    pub(crate) fn unregister_room(&self, registered: Option<(usize, std::task::Waker)>) {
+        self.registry().room.unregister(registered);
+    }
+
     /// A snapshot of the pool's counters (see [`Stats`]).
     ///
     /// # Examples

@@ -107,6 +107,29 @@ impl Room {
         round == self.round.load(SeqCst)
     }
 
+    /// A waiter gives up (its handle is dropped, or it found its slot after all): takes out the
+    /// waker it registered in `round`, if no wake-up has taken it yet, so that given-up
+    /// waiters do not keep their tasks' wakers for as long as the queue stays full. (Clones
+    /// of one task's waker are alike: any of them is that registration's.) The waker is
+    /// dropped after the lock, through the guard.
+    pub(crate) fn unregister(&self, registered: Option<(usize, Waker)>) {
+        let Some((round, waker)) = registered else {
+            return;
+        };
+        let taken = {
+            let mut wakers = lock(&self.wakers);
+            let at = self
+                .still_registered(round)
+                .then(|| wakers.iter().rposition(|w| w.will_wake(&waker)))
+                .flatten();
+            at.map(|at| {
+                self.waiting.fetch_sub(1, SeqCst);
+                wakers.swap_remove(at)
+            })
+        };
+        guard::drop("a waker", (waker, taken));
+    }
+
     /// Wakes every registered waiter (a slot freed, or the pool closed).
     pub(crate) fn wake_all(&self) {
         let wakers = {
@@ -118,6 +141,14 @@ impl Room {
         for waker in wakers {
             guard::wake(waker);
         }
+    }
+}
+
+/// Wakers still registered when the pool goes (user values) are dropped through the guard.
+impl Drop for Room {
+    fn drop(&mut self) {
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        guard::drop("a waker", wakers);
     }
 }
 

@@ -81,7 +81,7 @@ impl Registry {
             match self.reserve() {
                 Err(Refusal::Full) => {}
                 done => {
-                    crate::guard::drop("a waker", registered.take());
+                    self.room.unregister(registered.take());
                     return Poll::Ready(done);
                 }
             }
@@ -125,6 +125,13 @@ struct WaitingForRoom {
     /// the same round by the same task, the handle does not register again (a task re-polled
     /// while the queue stays full would otherwise add a waker per poll).
     registered: Option<(usize, Waker)>,
+}
+
+/// A handle that gives up waiting (dropped, or queued at last) takes its waker out of the room.
+impl Drop for WaitingForRoom {
+    fn drop(&mut self) {
+        self.registry.room.unregister(self.registered.take());
+    }
 }
 
 impl Submit for WaitingForRoom {

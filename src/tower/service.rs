@@ -149,8 +149,8 @@ impl<P: ?Sized> Clone for ProgramService<P> {
 
 impl<P: ?Sized> Drop for ProgramService<P> {
     fn drop(&mut self) {
-        // A registered waker is user code.
-        crate::guard::drop("a waker", self.registered.take());
+        // A registered waker (user code) leaves the room's list, through the guard.
+        self.program.pool().unregister_room(self.registered.take());
     }
 }
 
