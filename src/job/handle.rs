@@ -324,7 +324,9 @@ impl<T> Drop for JobHandle<T> {
         }
         // A job still waiting for room never runs; with it goes the last copy of the waker it
         // registered (user code).
-        crate::guard::drop("a job waiting for room", self.pending.take());
+        if let Some(pending) = self.pending.take() {
+            crate::guard::drop("a job waiting for room", pending);
+        }
     }
 }
 
