@@ -384,7 +384,9 @@ impl AbortHandle {
 
     /// True once the job is over: it returned (an aborted job that was running counts once it
     /// returns, unlike [`JobHandle::is_finished`], which turns true at the abort), was
-    /// cancelled before it started, or will never run.
+    /// cancelled before it started, or will never run. A job whose handle still waits for room
+    /// in a full bounded queue when the pool shuts down is known never to run once that handle
+    /// is polled or dropped (it holds the job until then), not before.
     ///
     /// # Examples
     ///
