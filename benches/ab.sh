@@ -11,7 +11,9 @@
 # ASYNCIFY_BENCH_CALLS (default 100000) pass through; AB_OPTIONS=1 adds the groups through a
 # program with a deadline, with a rate limit, and with every option (both revisions must have
 # them); AB_TRACING=1 adds, last, the call groups under a global tracing subscriber, outside
-# and inside a span (AB_TRACING=only: only those). Nothing in this repository is changed.
+# and inside a span (AB_TRACING=only: only those); AB_BOUNDED=1 adds bursts on pools with a
+# bounded queue (AB_CAPACITY, default 16; AB_BOUNDED=only: only those). Nothing in this
+# repository is changed.
 set -euo pipefail
 
 BASE_REV=${1:-04c4150}

@@ -33,6 +33,11 @@
 //! group runs twice more under it: outside any span (`global`), and inside one (`in_span`).
 //! `AB_TRACING=only` runs only these.
 //!
+//! With `AB_BOUNDED=1` (or `only`), each thread count also runs `throughput/call` on pools
+//! built with `queue_capacity(AB_CAPACITY)` (default 16) as `bounded16/call`: the burst keeps
+//! the queue full, so nearly every call waits for room and is woken when a worker makes some
+//! (the floor's queue stays unbounded).
+//!
 //! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15,
 //! `ASYNCIFY_BENCH_CALLS` and `AB_OPTIONS` pass through). The output is a Markdown table.
 
@@ -229,7 +234,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
 
     let tracing = std::env::var("AB_TRACING").unwrap_or_default();
-    let plain_groups = if tracing == "only" { &[][..] } else { &THREAD_COUNTS[..] };
+    let only = tracing == "only" || std::env::var("AB_BOUNDED").is_ok_and(|b| b == "only");
+    let plain_groups = if only { &[][..] } else { &THREAD_COUNTS[..] };
     for &threads in plain_groups {
         let floor = Floor::new(threads);
         let before_pool = before::WorkerPool::new(threads);
@@ -292,6 +298,35 @@ fn main() {
         drop((before_prog, after_prog));
         before_pool.shutdown();
         after_pool.shutdown();
+    }
+
+    let bounded = std::env::var("AB_BOUNDED").unwrap_or_default();
+    if bounded == "1" || bounded == "only" {
+        // A bounded queue that the burst keeps full: every call but the first `capacity`
+        // waits for room, and every job taken off the queue wakes the waiting task.
+        let capacity = env_usize("AB_CAPACITY", 16);
+        for threads in THREAD_COUNTS {
+            let floor = Floor::new(threads);
+            let before_pool = before::WorkerPool::builder()
+                .threads(threads)
+                .queue_capacity(capacity)
+                .build()
+                .expect("a bounded pool");
+            let after_pool = after::WorkerPool::builder()
+                .threads(threads)
+                .queue_capacity(capacity)
+                .build()
+                .expect("a bounded pool");
+            let before_prog = before_pool.asyncify(|x: u64| x);
+            let after_prog = after_pool.asyncify(|x: u64| x);
+            let (floor, bprog, aprog) = (&floor, &before_prog, &after_prog);
+            let call = calls!(rt, Shape::Throughput, calls, floor, bprog, aprog);
+            interleave(rounds, threads, &format!("bounded{capacity}/call"), &call);
+            drop(call);
+            drop((before_prog, after_prog));
+            before_pool.shutdown();
+            after_pool.shutdown();
+        }
     }
 
     if tracing == "1" || tracing == "only" {

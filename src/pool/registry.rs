@@ -52,7 +52,7 @@ use super::room::Room;
 use super::shutdown;
 use super::sleep::Sleep;
 use super::stats::{Counters, Stats, Sum};
-use super::timer::Timer;
+use super::timer::{RingerTask, Timer};
 use super::worker::{self, Role};
 use crate::error::PoolError;
 use crate::guard;
@@ -136,6 +136,24 @@ impl Registry {
             timer: Timer::new(config.name.clone(), config.stack_size),
             config,
         })
+    }
+    /// A worker took a job off the queue: frees its slot in a bounded queue, and has the
+    /// handles waiting for room woken by the timer's ringers, not on this thread, which is
+    /// about to run the job (see the room's docs).
+    pub(super) fn job_taken_off_the_queue(self: &Arc<Self>) {
+        if !self.room.release_for_hand_off() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let wake: RingerTask = Box::new(move || {
+            if let Some(registry) = me.upgrade() {
+                registry.room.wake_handed();
+                guard::drop("a pool", registry);
+            }
+        });
+        if let Some(wake) = self.timer.hand_off(wake) {
+            wake();
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -14,7 +14,17 @@
 //! without them.)
 //!
 //! Waking wakes every registered waiter: a woken handle that was dropped meanwhile must not
-//! swallow the only wake-up. The wakers are taken out under the lock and woken after it, each
+//! swallow the only wake-up.
+//!
+//! A worker frees a slot as it takes a job off the queue, before it runs that job, so it does
+//! not wake the waiters itself: their wakers are user code, and one that blocks would keep the
+//! job it just took in no queue and on no thread. It hands the wake-up to the timer's ringers
+//! ([`Timer::hand_off`](super::timer::Timer::hand_off)), and runs it itself only if the pool is
+//! closed or the OS refuses the timer a thread. While one such wake-up has not taken the
+//! wakers yet (`handing`), later releases ask for no other: it takes theirs too. The flag is
+//! cleared before the wakers are taken, so a waiter registered after that either has its
+//! `waiting` seen by a later release, which asks again, or sees the slot freed (the same
+//! Dekker pair). The wakers are taken out under the lock and woken after it, each
 //! through the guard, so a waker that panics neither poisons the room nor keeps the others
 //! asleep. `round` counts the wake-ups, so that a handle polled again in the same round by the
 //! same task does not register a second waker.
@@ -23,7 +33,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::task::Waker;
 
 use crate::guard;
-use crate::sync::{fence, lock, AtomicUsize, Mutex};
+use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex};
 
 pub(crate) struct Room {
     /// `None`: unbounded, every call finds room.
@@ -31,6 +41,9 @@ pub(crate) struct Room {
     used: AtomicUsize,
     waiting: AtomicUsize,
     round: AtomicUsize,
+    /// A wake-up asked for by [`release_for_hand_off`](Self::release_for_hand_off) has not
+    /// taken the wakers yet: the releases meanwhile need not ask for another.
+    handing: AtomicBool,
     wakers: Mutex<Vec<Waker>>,
 }
 
@@ -41,6 +54,7 @@ impl Room {
             used: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             round: AtomicUsize::new(0),
+            handing: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
         }
     }
@@ -56,17 +70,44 @@ impl Room {
         }
     }
 
-    /// Frees a slot taken by [`try_take`](Self::try_take), and wakes the waiters if any.
+    /// Frees a slot taken by [`try_take`](Self::try_take), and wakes the waiters if any, here.
     pub(crate) fn release(&self) {
+        if self.release_wants_wake() {
+            self.wake_all();
+        }
+    }
+
+    /// Frees a slot taken by [`try_take`](Self::try_take); true if waiters must be woken and no
+    /// wake-up is on its way to them already: the caller then has [`wake_handed`] called, on
+    /// this thread or another (a worker hands it on: see the module docs).
+    ///
+    /// [`wake_handed`]: Self::wake_handed
+    pub(crate) fn release_for_hand_off(&self) -> bool {
+        if !self.release_wants_wake() {
+            return false;
+        }
+        !self.handing.swap(true, SeqCst)
+    }
+
+    /// The wake-up a [`release_for_hand_off`](Self::release_for_hand_off) asked for. Later
+    /// releases ask for another from here on: the flag is cleared before the wakers are taken,
+    /// so a waiter that registers after they were taken is either seen by such a release or
+    /// finds the slot itself.
+    pub(crate) fn wake_handed(&self) {
+        // (A swap where a store would do: loom's model of a plain store lets a release's
+        // swap read past it, and the model below then fails; a swap it orders strictly.)
+        self.handing.swap(false, SeqCst);
+        self.wake_all();
+    }
+
+    fn release_wants_wake(&self) -> bool {
         if self.capacity.is_none() {
-            return;
+            return false;
         }
         // ORDERING: the releaser's half of the Dekker pattern (see the module docs).
         self.used.fetch_sub(1, SeqCst);
         fence(SeqCst);
-        if self.waiting.load(SeqCst) > 0 {
-            self.wake_all();
-        }
+        self.waiting.load(SeqCst) > 0
     }
 
     /// Registers `waker` to be woken when a slot frees; returns the round it is registered in.
@@ -81,12 +122,12 @@ impl Room {
         self.round.load(SeqCst)
     }
 
-    /// True if a waker registered in `round` is still registered (not woken since).
     /// Registers `cx`'s waker to be woken when a slot frees up, unless `registered` holds a
     /// registration of the same task that no wake-up has consumed yet (a task polled again
     /// while the queue stays full registers once, not once per poll). True if it registered
-    /// now: the caller then tries to take a slot once more. The waker's clone and the old
-    /// one's drop (user code) happen outside the room's lock.
+    /// now: the caller then tries to take a slot once more. A registration it replaces (another
+    /// task's) is taken out of the list. The waker's clone and the old one's drop (user code)
+    /// happen outside the room's lock.
     pub(crate) fn register_once(
         &self,
         cx: &std::task::Context<'_>,
@@ -99,10 +140,12 @@ impl Room {
         }
         let waker = cx.waker().clone();
         let round = self.register(waker.clone());
-        guard::drop("a waker", registered.replace((round, waker)));
+        // Another task's registration, or one a wake-up took: out of the list if still there.
+        self.unregister(registered.replace((round, waker)));
         true
     }
 
+    /// True if a waker registered in `round` is still registered (not woken since).
     fn still_registered(&self, round: usize) -> bool {
         round == self.round.load(SeqCst)
     }
@@ -190,6 +233,44 @@ mod loom_tests {
             let woken = flag.0.load(SeqCst);
             assert!(took || woken, "the freed slot was missed");
             assert!(room.used.load(SeqCst) <= 1);
+        });
+    }
+
+    /// Two releases by workers, each handing its wake-up on (run here after it, at any point
+    /// of the others' steps), while one waiter was registered before them and another
+    /// registers and retries: a release that asks for no wake-up of its own (one is on its
+    /// way) never leaves a waiter asleep with a slot free.
+    #[test]
+    fn handed_wake_ups_reach_every_waiter() {
+        loom::model(|| {
+            let room = Arc::new(Room::new(Some(2)));
+            assert!(room.try_take() && room.try_take());
+            let early = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            room.register(Waker::from(early.clone()));
+            let releasers: Vec<_> = (0..2)
+                .map(|_| {
+                    let room = room.clone();
+                    thread::spawn(move || {
+                        if room.release_for_hand_off() {
+                            room.wake_handed();
+                        }
+                    })
+                })
+                .collect();
+            let late = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let took = room.try_take() || {
+                room.register(Waker::from(late.clone()));
+                room.try_take()
+            };
+            for releaser in releasers {
+                releaser.join().unwrap();
+            }
+            assert!(early.0.load(SeqCst), "the early waiter was never woken");
+            assert!(
+                took || late.0.load(SeqCst),
+                "the late waiter missed a freed slot"
+            );
+            assert!(!room.handing.load(SeqCst), "a wake-up is still asked for");
         });
     }
 

@@ -422,15 +422,12 @@ impl Timer {
             if !after_close {
                 return Err(Closed);
             }
-            if !state.started {
-                // Nothing serves entries any more: a deadline after the close gets a thread
-                // of its own, which has no close to tell (its entries all came after it).
-                if let Err(e) = self.start(true) {
-                    drop(state);
-                    no_thread(&e);
-                    return Err(Closed);
-                }
-                state.started = true;
+            // Nothing serves entries any more: a deadline after the close gets a thread of
+            // its own, which has no close to tell (its entries all came after it).
+            if let Err(e) = self.serve_now(&mut state, true) {
+                drop(state);
+                no_thread(&e);
+                return Err(Closed);
             }
         }
         let index = match state.free.pop() {
@@ -463,13 +460,7 @@ impl Timer {
             index,
             generation,
         }));
-        let mut refused = None;
-        if !state.started {
-            match self.start(false) {
-                Ok(()) => state.started = true,
-                Err(e) => refused = Some(e),
-            }
-        }
+        let refused = self.serve_now(&mut state, false).err();
         if state.wake_at.is_none_or(|at| when < at) {
             state.wake_at = Some(when);
             self.shared.cv.notify_one();
@@ -479,6 +470,36 @@ impl Timer {
             no_thread(&e);
         }
         Ok(TimerKey::new(when, index, generation))
+    }
+
+    /// Queues `task` for the ringers, from any thread (a worker that must not run user code
+    /// in the middle of taking a job), as [`hand_to_ringers`] does from a ringer: gives back
+    /// `None`, starting the timer's thread if none serves yet. Gives `task` back to be run
+    /// there and then once the pool is closed, or if the OS refuses the thread.
+    ///
+    /// With a ringer idle and no task waiting, that ringer is woken directly; else the timer
+    /// thread is, which wakes or starts one (another if those alive take no task for
+    /// [`STALL`]).
+    pub(crate) fn hand_off(&self, task: RingerTask) -> Option<RingerTask> {
+        let mut state = lock(&self.shared.state);
+        if state.closed {
+            return Some(task);
+        }
+        if let Err(e) = self.serve_now(&mut state, false) {
+            drop(state);
+            no_thread(&e);
+            return Some(task);
+        }
+        let alone = !state.has_task() && state.running_handed < MAX_HANDED;
+        state.handed.push_back(task);
+        if alone && state.idle_ringers > 0 {
+            self.shared.ringer_cv.notify_one();
+        } else {
+            // Tasks wait already, or no ringer is idle: the timer thread looks, and starts a
+            // ringer if those alive are stuck.
+            self.shared.cv.notify_one();
+        }
+        None
     }
 
     /// Takes the entry out, if it has not rung. Wakes nobody.
@@ -542,6 +563,15 @@ impl Timer {
     #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         lock(&self.shared.state).live
+    }
+
+    /// Starts the thread unless one serves the entries already (see [`start`](Self::start)).
+    fn serve_now(&self, state: &mut State, told: bool) -> std::io::Result<()> {
+        if !state.started {
+            self.start(told)?;
+            state.started = true;
+        }
+        Ok(())
     }
 
     /// Starts the thread (under the state's lock, which it takes only once started); the OS's

@@ -406,9 +406,10 @@ impl Goal for Serve {
         // The permit first: a job never leaves the queue into a thread that cannot run it.
         let place = worker.take_place(registry.permits.try_acquire()?);
         let job = worker.rx.as_ref()?.try_recv().ok()?;
-        // Under the place: this wakes handles waiting for room (user wakers), and a waker that
-        // waits on a job of the pool runs it under this place.
-        registry.room.release();
+        // The handles waiting for room are woken on a ringer, not here: a waker that blocks
+        // would hold up `job`. (Here only if the pool is closed or the timer has no thread:
+        // then under the place, and a waker that waits on a job of the pool runs it under it.)
+        registry.job_taken_off_the_queue();
         self.rounds = 0;
         self.idle_since = None;
         Some(Work::Queued(job, place))
