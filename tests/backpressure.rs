@@ -642,3 +642,37 @@ fn a_waiting_handle_polled_by_task_after_task_keeps_only_the_last_tasks_waker() 
     assert_eq!(wait(handle), Ok("moved between tasks"));
     assert_eq!(live.load(SeqCst), 0);
 }
+
+/// A job held by a handle waiting for room, that nobody polls, counts as never running once the
+/// pool shuts down: its `AbortHandle` says it is finished, and its handle answers `ShutDown`
+/// without running it. (It stayed unfinished until its handle was polled or dropped.)
+#[test]
+fn a_held_job_nobody_polls_is_finished_once_the_pool_shuts_down() {
+    let pool = common::bounded_pool(1, 1);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| "queued");
+    let ran = Arc::new(AtomicBool::new(false));
+    let held = {
+        let ran = Arc::clone(&ran);
+        pool.spawn(move || ran.store(true, SeqCst))
+    };
+    assert!(held.is_waiting_for_room());
+    let abort = held.abort_handle();
+    gate.open();
+    for b in blockers {
+        assert_eq!(wait(b), Ok(()));
+    }
+    assert_eq!(wait(queued), Ok("queued"));
+    assert!(
+        !abort.is_finished(),
+        "the pool is open: the held job may still run"
+    );
+    common::assert_shutdown_returns(&pool);
+    assert!(
+        abort.is_finished(),
+        "the pool is shut down, but the job its handle holds does not count as finished"
+    );
+    assert!(held.is_finished());
+    assert!(wait(held).unwrap_err().is_shut_down());
+    assert!(!ran.load(SeqCst), "a job held at the shutdown ran");
+}

@@ -384,9 +384,8 @@ impl AbortHandle {
 
     /// True once the job is over: it returned (an aborted job that was running counts once it
     /// returns, unlike [`JobHandle::is_finished`], which turns true at the abort), was
-    /// cancelled before it started, or will never run. A job whose handle still waits for room
-    /// in a full bounded queue when the pool shuts down is known never to run once that handle
-    /// is polled or dropped (it holds the job until then), not before.
+    /// cancelled before it started, or will never run (it was still queued, or its handle
+    /// still waited for room in a full bounded queue, when the pool shut down).
     ///
     /// # Examples
     ///

@@ -194,6 +194,8 @@ impl Registry {
         // Handles waiting for room must learn that no room will come, and calls waiting for
         // time (a backoff, a rate limit) that the pool will not run them.
         self.room.wake_all();
+        // Jobs held by handles waiting for room never run now: dropped, their handles know.
+        self.room.drop_held();
         self.timer.close();
         true
     }

@@ -30,10 +30,15 @@
 //! same task does not register a second waker.
 
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 
 use crate::guard;
+use crate::job::Job;
 use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex};
+
+/// The shortest length of the held jobs' list at which it is swept.
+const HELD_SWEEP_MIN: usize = 64;
 
 pub(crate) struct Room {
     /// `None`: unbounded, every call finds room.
@@ -45,6 +50,20 @@ pub(crate) struct Room {
     /// taken the wakers yet: the releases meanwhile need not ask for another.
     handing: AtomicBool,
     wakers: Mutex<Vec<Waker>>,
+    /// The jobs held by handles waiting for room, for the close (see [`Held`]).
+    held: Mutex<HeldJobs>,
+}
+
+/// A job held by its handle until the bounded queue has room. The room keeps a `Weak` of each,
+/// so that the pool's close drops the jobs of handles nobody polls any more: they count as
+/// never running at once (their `AbortHandle`s say so), not only once polled.
+pub(crate) type Held = Mutex<Option<Job>>;
+
+struct HeldJobs {
+    jobs: Vec<Weak<Held>>,
+    /// The list is swept of the jobs that left it (queued, or their handles dropped) when it
+    /// grows to this length: the sweep's cost is spread over the registrations since the last.
+    sweep_at: usize,
 }
 
 impl Room {
@@ -56,6 +75,10 @@ impl Room {
             round: AtomicUsize::new(0),
             handing: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
+            held: Mutex::new(HeldJobs {
+                jobs: Vec::new(),
+                sweep_at: HELD_SWEEP_MIN,
+            }),
         }
     }
 
@@ -171,6 +194,31 @@ impl Room {
             })
         };
         guard::drop("a waker", (waker, taken));
+    }
+
+    /// A job that waits for room in its handle: kept for [`drop_held`](Self::drop_held).
+    pub(crate) fn hold(&self, job: Job) -> Arc<Held> {
+        let held = Arc::new(Mutex::new(Some(job)));
+        let mut list = lock(&self.held);
+        if list.jobs.len() >= list.sweep_at {
+            list.jobs.retain(|job| job.strong_count() > 0);
+            list.sweep_at = (2 * list.jobs.len()).max(HELD_SWEEP_MIN);
+        }
+        list.jobs.push(Arc::downgrade(&held));
+        held
+    }
+
+    /// At the close: takes every held job out of its handle and drops it through the guard
+    /// (outside every lock: a job's closure is user code), which tells its handle `ShutDown`.
+    pub(crate) fn drop_held(&self) {
+        let list = std::mem::take(&mut lock(&self.held).jobs);
+        for held in list {
+            let Some(held) = held.upgrade() else {
+                continue;
+            };
+            let job = lock(&held).take();
+            guard::drop("the work of a call refused at shutdown", (job, held));
+        }
     }
 
     /// Wakes every registered waiter (a slot freed, or the pool closed).

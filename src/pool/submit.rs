@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use super::registry::Registry;
+use super::room::Held;
 use crate::capture::Captured;
 use crate::error::{JobError, Refusal};
 use crate::job::{new_job, new_job_waking, Job, JobHandle, Submit};
@@ -46,7 +47,7 @@ impl Registry {
             self.push(job);
         } else {
             handle.set_pending(Box::new(WaitingForRoom {
-                job: Some(job),
+                job: self.room.hold(job),
                 registry: Arc::clone(self),
                 registered: None,
             }));
@@ -119,7 +120,8 @@ impl Registry {
 
 /// A job held by its handle until the bounded queue has room.
 struct WaitingForRoom {
-    job: Option<Job>,
+    /// Empty once queued, or dropped at the pool's close (see `Room::drop_held`).
+    job: Arc<Held>,
     registry: Arc<Registry>,
     /// The waker registered in the room, and the round it was registered in: polled again in
     /// the same round by the same task, the handle does not register again (a task re-polled
@@ -140,13 +142,17 @@ impl Submit for WaitingForRoom {
         let mut registered = false;
         loop {
             if registry.is_closed() {
-                // Dropping the job tells the handle `ShutDown`.
-                drop(self.job.take());
+                // Dropping the job tells the handle `ShutDown` (outside the lock: user code).
+                let job = lock(&self.job).take();
+                drop(job);
                 return Poll::Ready(());
             }
             if registry.room.try_take() {
-                if let Some(job) = self.job.take() {
-                    registry.push(job);
+                let job = lock(&self.job).take();
+                match job {
+                    Some(job) => registry.push(job),
+                    // The close took it meanwhile: the slot goes back.
+                    None => registry.room.release(),
                 }
                 return Poll::Ready(());
             }
@@ -161,8 +167,9 @@ impl Submit for WaitingForRoom {
         }
     }
 
-    fn into_job(mut self: Box<Self>) -> Option<Job> {
-        self.job.take()
+    fn into_job(self: Box<Self>) -> Option<Job> {
+        let job = lock(&self.job).take();
+        job
     }
 
     fn detach(self: Box<Self>) {
