@@ -44,6 +44,7 @@ mod registry;
 mod room;
 mod shutdown;
 mod sleep;
+mod starved;
 mod stats;
 mod submit;
 mod timer;

@@ -51,13 +51,14 @@ use super::permits::Permits;
 use super::room::Room;
 use super::shutdown;
 use super::sleep::Sleep;
+use super::starved::Starved;
 use super::stats::{Counters, Stats, Sum};
 use super::timer::{RingerTask, Timer};
 use super::worker::{self, Role};
 use crate::error::PoolError;
 use crate::guard;
 use crate::job::Job;
-use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex, StaticAtomicU64};
+use crate::sync::{lock, AtomicBool, AtomicUsize, Mutex, StaticAtomicU64};
 
 /// Pool ids, so that a handle knows which pool's workers may start its job out of line.
 static NEXT_ID: StaticAtomicU64 = StaticAtomicU64::new(1);
@@ -74,7 +75,7 @@ pub(crate) struct Registry {
     live: AtomicUsize,
     /// Sleeping workers that found jobs queued but no permit: a `set_threads` that raises the
     /// target wakes them (see [`queued_job_may_start`](Self::queued_job_may_start)).
-    starved: AtomicUsize,
+    starved: Starved,
     /// Queue entries whose job a waiting worker started out of line (see `job::cell`), so that
     /// `stats().queued` counts only jobs still to start.
     pub(super) husks: AtomicUsize,
@@ -121,7 +122,7 @@ impl Registry {
             room: Room::new(capacity),
             closed: AtomicBool::new(false),
             live: AtomicUsize::new(0),
-            starved: AtomicUsize::new(0),
+            starved: Starved::new(),
             husks: AtomicUsize::new(0),
             ctrl: Mutex::new(Ctrl {
                 rx: Some(rx),
@@ -273,13 +274,8 @@ impl Registry {
         self.permits.set_target(threads);
         let grown = self.grow_to(&mut ctrl, threads);
         drop(ctrl);
-        if threads > before {
-            // ORDERING: Dekker with a starved sleeper (see `queued_job_may_start`): the new
-            // target is written, then the count read.
-            fence(SeqCst);
-            if self.starved.load(Relaxed) > 0 {
-                self.sleep.wake_all();
-            }
+        if threads > before && self.starved.any_after_freeing() {
+            self.sleep.wake_all();
         }
         if self.live() > threads && self.keep_alive() != Duration::MAX {
             // Surplus workers asleep without a deadline must wake to start their keep-alive.
@@ -310,13 +306,8 @@ impl Registry {
         if self.permits.available() {
             return true;
         }
-        if !counted.replace(true) {
-            self.starved.fetch_add(1, SeqCst);
-            // ORDERING: Dekker with a growing `set_threads`: counted, then the target read
-            // again; it writes the target, then reads the count. One of them sees the other.
-            fence(SeqCst);
-        }
-        self.permits.available()
+        self.starved
+            .count_and_look(counted, || self.permits.available())
     }
 
     /// A place taken outside a job (by a hook, or a per-worker state's `Drop` between jobs,
@@ -324,19 +315,14 @@ impl Registry {
     /// next: a worker that went to sleep because every place was taken is woken for it. (A
     /// worker that gives back the place of a queued job takes the next job itself.)
     pub(super) fn place_given_back(&self) {
-        // ORDERING: Dekker with a starved sleeper (see `queued_job_may_start`): the place is
-        // back, then the count read.
-        fence(SeqCst);
-        if self.starved.load(Relaxed) > 0 {
+        if self.starved.any_after_freeing() {
             self.sleep.wake_one();
         }
     }
 
     /// Ends a sleep counted by [`queued_job_may_start`](Self::queued_job_may_start).
     pub(super) fn uncount_starved(&self, counted: &Cell<bool>) {
-        if counted.get() {
-            self.starved.fetch_sub(1, SeqCst);
-        }
+        self.starved.uncount(counted);
     }
 
     /// For a worker between jobs: true if it must leave, because the pool has more workers
