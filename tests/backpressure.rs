@@ -264,10 +264,7 @@ fn a_waiting_handle_is_told_shut_down_and_its_job_never_runs() {
 
     // Shut down from another thread: it waits for the blocker, but the waiting handle is
     // answered at once, while the blocker still holds the worker.
-    let closer = {
-        let pool = pool.clone();
-        std::thread::spawn(move || pool.shutdown())
-    };
+    let closer = shut_down_in_the_background(&pool);
     let out = done_rx.recv_timeout(HANG).expect("the waiting handle hung");
     assert!(out.unwrap_err().is_shut_down());
     waiter.join().unwrap();
@@ -675,4 +672,156 @@ fn a_held_job_nobody_polls_is_finished_once_the_pool_shuts_down() {
     assert!(held.is_finished());
     assert!(wait(held).unwrap_err().is_shut_down());
     assert!(!ran.load(SeqCst), "a job held at the shutdown ran");
+}
+
+/// Of the handles waiting for room, each is woken on its own: the first one's waker blocking
+/// does not keep the others asleep with room free. (They were woken one after the other on one
+/// thread, so the second waited for the first's waker to return.)
+#[test]
+fn a_blocking_room_waker_does_not_keep_the_other_waiters_asleep() {
+    let pool = common::bounded_pool(1, 1);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| ());
+    let mut first = pool.spawn(|| "first");
+    let mut second = pool.spawn(|| "second");
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let waker_gate = common::Gate::new();
+    let blocking = std::task::Waker::from(Arc::new(BlockingWaker {
+        entered: Mutex::new(Some(entered_tx)),
+        gate: Arc::clone(&waker_gate),
+    }));
+    let (woken, counting) = CountingWaker::new();
+    assert!(Pin::new(&mut first)
+        .poll(&mut Context::from_waker(&blocking))
+        .is_pending());
+    assert!(Pin::new(&mut second)
+        .poll(&mut Context::from_waker(&counting))
+        .is_pending());
+    gate.open();
+    entered_rx
+        .recv_timeout(HANG)
+        .expect("the first waiting handle was never woken");
+    common::spin_until("the second waiting handle to be woken", || {
+        woken.count() > 0
+    });
+    waker_gate.open();
+    for b in blockers {
+        assert_eq!(wait(b), Ok(()));
+    }
+    assert_eq!(wait(queued), Ok(()));
+    assert_eq!(wait(first), Ok("first"));
+    assert_eq!(wait(second), Ok("second"));
+}
+
+/// Says when its drop starts, then blocks until its gate opens.
+struct BlockingDrop {
+    dropping: mpsc::Sender<()>,
+    gate: Arc<common::Gate>,
+}
+
+impl Drop for BlockingDrop {
+    fn drop(&mut self) {
+        let _ = self.dropping.send(());
+        self.gate.wait();
+    }
+}
+
+/// A job whose handle waits for room in `pool`'s full queue, and whose closure holds a
+/// [`BlockingDrop`]: the handle, the drop's "started" signal, and the gate that ends the drop.
+fn held_with_a_blocking_drop(
+    pool: &WorkerPool,
+) -> (JobHandle<()>, mpsc::Receiver<()>, Arc<common::Gate>) {
+    let (dropping_tx, dropping) = mpsc::channel();
+    let gate = common::Gate::new();
+    let value = BlockingDrop {
+        dropping: dropping_tx,
+        gate: Arc::clone(&gate),
+    };
+    let held = pool.spawn(move || drop(value));
+    assert!(held.is_waiting_for_room());
+    (held, dropping, gate)
+}
+
+/// `pool.shutdown()` on a thread of its own.
+fn shut_down_in_the_background(pool: &WorkerPool) -> std::thread::JoinHandle<()> {
+    let pool = pool.clone();
+    std::thread::spawn(move || pool.shutdown())
+}
+
+/// A shutdown that drops the jobs held by handles waiting for room tells the calls waiting for
+/// time first: a held job whose `Drop` blocks does not keep a call waiting at a rate limit
+/// from its `ShutDown`.
+#[test]
+fn a_held_job_whose_drop_blocks_does_not_delay_the_shutdown_of_calls_waiting_for_time() {
+    let pool = common::bounded_pool(1, 1);
+    let limited = pool
+        .asyncify(|x: u32| x)
+        .rate_limit(1, Duration::from_secs(3_600));
+    assert_eq!(wait(limited.call(1)), Ok(1));
+    let waiting_for_a_token = limited.call(2);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| ());
+    let (held, dropping, drop_gate) = held_with_a_blocking_drop(&pool);
+    assert!(held.is_waiting_for_room());
+    let closer = shut_down_in_the_background(&pool);
+    dropping
+        .recv_timeout(HANG)
+        .expect("the held job was never dropped");
+    let answer = common::within_hang("the rate-limited call", move || wait(waiting_for_a_token));
+    assert!(answer.unwrap_err().is_shut_down());
+    drop_gate.open();
+    gate.open();
+    closer.join().unwrap();
+    for b in blockers {
+        assert_eq!(wait(b), Ok(()));
+    }
+    assert_eq!(wait(queued), Ok(()));
+    assert!(wait(held).unwrap_err().is_shut_down());
+}
+
+/// A job held by a handle waiting for room is not run after the shutdown by a worker that
+/// waits on that handle (it would run it in place of queueing it), even while the close is
+/// still dropping the held jobs ahead of it.
+#[test]
+fn a_held_job_is_not_run_by_a_waiting_worker_after_the_shutdown() {
+    let pool = common::bounded_pool(1, 1);
+    let (handle_tx, handle_rx) = mpsc::channel::<JobHandle<()>>();
+    let (started_tx, started) = mpsc::channel();
+    let waiter_gate = common::Gate::new();
+    let waiter = {
+        let gate = Arc::clone(&waiter_gate);
+        pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            gate.wait();
+            let held = handle_rx.recv_timeout(HANG).unwrap();
+            held.wait()
+        })
+    };
+    started.recv_timeout(HANG).unwrap();
+    let queued = pool.spawn(|| ());
+    let (first_held, dropping, drop_gate) = held_with_a_blocking_drop(&pool);
+    let ran = Arc::new(AtomicBool::new(false));
+    let second_held = {
+        let ran = Arc::clone(&ran);
+        pool.spawn(move || ran.store(true, SeqCst))
+    };
+    assert!(first_held.is_waiting_for_room() && second_held.is_waiting_for_room());
+    handle_tx.send(second_held).unwrap();
+    let closer = shut_down_in_the_background(&pool);
+    // The close is dropping the first held job; the second is still in its handle.
+    dropping
+        .recv_timeout(HANG)
+        .expect("the held job was never dropped");
+    waiter_gate.open();
+    let answer = common::within_hang("the waiting job", move || wait(waiter));
+    drop_gate.open();
+    closer.join().unwrap();
+    assert!(
+        answer.expect("the waiting job").unwrap_err().is_shut_down(),
+        "the held job was run after the shutdown"
+    );
+    assert!(!ran.load(SeqCst), "a job held at the shutdown ran");
+    assert_eq!(wait(queued), Ok(()));
+    assert!(wait(first_held).unwrap_err().is_shut_down());
+    assert_eq!(pool.stats().queued, 0, "a husk is still counted as queued");
 }

@@ -195,9 +195,11 @@ impl Registry {
         // Handles waiting for room must learn that no room will come, and calls waiting for
         // time (a backoff, a rate limit) that the pool will not run them.
         self.room.wake_all();
-        // Jobs held by handles waiting for room never run now: dropped, their handles know.
-        self.room.drop_held();
         self.timer.close();
+        // Jobs held by handles waiting for room never run now: dropped, their handles know.
+        // Last: a held job's `Drop` is user code, and one that blocks must not keep the calls
+        // waiting for time from being told.
+        self.room.drop_held();
         true
     }
 

@@ -20,7 +20,9 @@
 //! not wake the waiters itself: their wakers are user code, and one that blocks would keep the
 //! job it just took in no queue and on no thread. It hands the wake-up to the timer's ringers
 //! ([`Timer::hand_off`](super::timer::Timer::hand_off)), and runs it itself only if the pool is
-//! closed or the OS refuses the timer a thread. While one such wake-up has not taken the
+//! closed or the OS refuses the timer a thread. There each waiter's waker after the first is
+//! handed on as a task of its own ([`hand_to_ringers`]), so that one that blocks keeps no
+//! other asleep (up to the ringers' bound on such tasks). While one such wake-up has not taken the
 //! wakers yet (`handing`), later releases ask for no other: it takes theirs too. The flag is
 //! cleared before the wakers are taken, so a waiter registered after that either has its
 //! `waiting` seen by a later release, which asks again, or sees the slot freed (the same
@@ -33,6 +35,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
+use super::timer::hand_to_ringers;
 use crate::guard;
 use crate::job::Job;
 use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex};
@@ -64,6 +67,8 @@ struct HeldJobs {
     /// The list is swept of the jobs that left it (queued, or their handles dropped) when it
     /// grows to this length: the sweep's cost is spread over the registrations since the last.
     sweep_at: usize,
+    /// [`Room::drop_held`] has run: no job is held from then on.
+    closed: bool,
 }
 
 impl Room {
@@ -78,6 +83,7 @@ impl Room {
             held: Mutex::new(HeldJobs {
                 jobs: Vec::new(),
                 sweep_at: HELD_SWEEP_MIN,
+                closed: false,
             }),
         }
     }
@@ -117,10 +123,22 @@ impl Room {
     /// so a waiter that registers after they were taken is either seen by such a release or
     /// finds the slot itself.
     pub(crate) fn wake_handed(&self) {
-        // (A swap where a store would do: loom's model of a plain store lets a release's
-        // swap read past it, and the model below then fails; a swap it orders strictly.)
+        // (A swap, not a store: it reads the `true` of every release that asked for no
+        // wake-up of its own, so what those releases saw comes before the wakers are taken
+        // below. The loom model fails with a store.)
         self.handing.swap(false, SeqCst);
-        self.wake_all();
+        let mut wakers = self.take_wakers().into_iter();
+        let first = wakers.next();
+        // Each of the others as a task of its own, first: behind a waker that blocks, the rest
+        // are woken by other ringers (here and now, off a ringer).
+        for waker in wakers {
+            if let Some(wake) = hand_to_ringers(Box::new(move || guard::wake(waker))) {
+                wake();
+            }
+        }
+        if let Some(first) = first {
+            guard::wake(first);
+        }
     }
 
     fn release_wants_wake(&self) -> bool {
@@ -197,21 +215,33 @@ impl Room {
     }
 
     /// A job that waits for room in its handle: kept for [`drop_held`](Self::drop_held).
-    pub(crate) fn hold(&self, job: Job) -> Arc<Held> {
-        let held = Arc::new(Mutex::new(Some(job)));
+    ///
+    /// # Errors
+    ///
+    /// The job back if `drop_held` has run (the pool closed after its caller looked): it is
+    /// refused, as a job held at the close would have been dropped.
+    pub(crate) fn hold(&self, job: Job) -> Result<Arc<Held>, Job> {
         let mut list = lock(&self.held);
+        if list.closed {
+            return Err(job);
+        }
+        let held = Arc::new(Mutex::new(Some(job)));
         if list.jobs.len() >= list.sweep_at {
             list.jobs.retain(|job| job.strong_count() > 0);
             list.sweep_at = (2 * list.jobs.len()).max(HELD_SWEEP_MIN);
         }
         list.jobs.push(Arc::downgrade(&held));
-        held
+        Ok(held)
     }
 
     /// At the close: takes every held job out of its handle and drops it through the guard
     /// (outside every lock: a job's closure is user code), which tells its handle `ShutDown`.
     pub(crate) fn drop_held(&self) {
-        let list = std::mem::take(&mut lock(&self.held).jobs);
+        let list = {
+            let mut list = lock(&self.held);
+            list.closed = true;
+            std::mem::take(&mut list.jobs)
+        };
         for held in list {
             let Some(held) = held.upgrade() else {
                 continue;
@@ -223,15 +253,17 @@ impl Room {
 
     /// Wakes every registered waiter (a slot freed, or the pool closed).
     pub(crate) fn wake_all(&self) {
-        let wakers = {
-            let mut wakers = lock(&self.wakers);
-            self.waiting.store(0, SeqCst);
-            self.round.fetch_add(1, SeqCst);
-            std::mem::take(&mut *wakers)
-        };
-        for waker in wakers {
+        for waker in self.take_wakers() {
             guard::wake(waker);
         }
+    }
+
+    /// Every registered waker, out of the list (a new round).
+    fn take_wakers(&self) -> Vec<Waker> {
+        let mut wakers = lock(&self.wakers);
+        self.waiting.store(0, SeqCst);
+        self.round.fetch_add(1, SeqCst);
+        std::mem::take(&mut *wakers)
     }
 }
 

@@ -46,11 +46,15 @@ impl Registry {
         if self.room.try_take() {
             self.push(job);
         } else {
-            handle.set_pending(Box::new(WaitingForRoom {
-                job: self.room.hold(job),
-                registry: Arc::clone(self),
-                registered: None,
-            }));
+            match self.room.hold(job) {
+                Ok(job) => handle.set_pending(Box::new(WaitingForRoom {
+                    job,
+                    registry: Arc::clone(self),
+                    registered: None,
+                })),
+                // The pool closed meanwhile: dropping the job tells the handle `ShutDown`.
+                Err(job) => drop(job),
+            }
         }
         handle
     }
@@ -169,6 +173,11 @@ impl Submit for WaitingForRoom {
 
     fn into_job(self: Box<Self>) -> Option<Job> {
         let job = lock(&self.job).take();
+        if self.registry.is_closed() {
+            // Refused, as at the handle's next poll: dropping it tells the handle `ShutDown`.
+            drop(job);
+            return None;
+        }
         job
     }
 

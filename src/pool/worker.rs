@@ -494,8 +494,11 @@ impl<T> Goal for Await<'_, T> {
         } else {
             Some(worker.take_place(worker.registry.permits.try_acquire()?))
         };
+        let held = self.handle.is_waiting_for_room();
         let nested = match self.handle.take_pending() {
             Some(job) => Nested::Held(job),
+            // A held job refused at the close (dropped, or being dropped): nothing to run.
+            None if held => return None,
             None => Nested::OutOfLine(self.handle.out_of_line()?),
         };
         Some(Work::Nested(nested, place))
