@@ -33,10 +33,10 @@
 //! group runs twice more under it: outside any span (`global`), and inside one (`in_span`).
 //! `AB_TRACING=only` runs only these.
 //!
-//! With `AB_BOUNDED=1` (or `only`), each thread count also runs `throughput/call` on pools
-//! built with `queue_capacity(AB_CAPACITY)` (default 16) as `bounded16/call`: the burst keeps
-//! the queue full, so nearly every call waits for room and is woken when a worker makes some
-//! (the floor's queue stays unbounded).
+//! With `AB_BOUNDED=1` (or `only`), each thread count also runs `bounded16/64tasks`: 64 tasks
+//! on the runtime, each making `ASYNCIFY_BENCH_CALLS / 64` calls one after the other, on pools
+//! built with `queue_capacity(AB_CAPACITY)` (default 16): most calls wait for room and are
+//! woken when a worker makes some (the floor's queue stays unbounded).
 //!
 //! Run: `bash benches/ab.sh [BASE_REV] [NEW_REV]` (`AB_ROUNDS`, default 15,
 //! `ASYNCIFY_BENCH_CALLS` and `AB_OPTIONS` pass through). The output is a Markdown table.
@@ -174,6 +174,27 @@ where
 
 type Measure<'a> = Box<dyn Fn() -> f64 + 'a>;
 
+/// The tasks of a `bounded` group.
+const TASKS: usize = 64;
+
+/// [`TASKS`] tasks spawned on `runtime`, each making `calls / TASKS` calls one after the other
+/// (`task(n)`: a task of `n` calls): ns per call.
+fn tasks<T, Fut>(runtime: &tokio::runtime::Runtime, calls: usize, task: T) -> f64
+where
+    T: Fn(u64) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let per_task = (calls / TASKS).max(1) as u64;
+    runtime.block_on(async move {
+        let start = Instant::now();
+        let spawned: Vec<_> = (0..TASKS).map(|_| tokio::spawn(task(per_task))).collect();
+        for handle in spawned {
+            handle.await.expect("a task");
+        }
+        start.elapsed().as_nanos() as f64 / (per_task * TASKS as u64) as f64
+    })
+}
+
 /// Runs `rounds` counted rounds (plus warm-up round 0) of `[floor, before, after]`, rotating
 /// the starting contender, and prints one table row per contender.
 fn interleave(rounds: usize, threads: usize, group: &str, entries: &[(&str, Measure<'_>); 3]) {
@@ -302,11 +323,11 @@ fn main() {
 
     let bounded = std::env::var("AB_BOUNDED").unwrap_or_default();
     if bounded == "1" || bounded == "only" {
-        // A bounded queue that the burst keeps full: every call but the first `capacity`
-        // waits for room, and every job taken off the queue wakes the waiting task.
+        // A bounded queue smaller than the number of tasks calling: most calls wait for room,
+        // and a worker that takes a job off the queue has a waiting task woken.
         let capacity = env_usize("AB_CAPACITY", 16);
         for threads in THREAD_COUNTS {
-            let floor = Floor::new(threads);
+            let floor = std::sync::Arc::new(Floor::new(threads));
             let before_pool = before::WorkerPool::builder()
                 .threads(threads)
                 .queue_capacity(capacity)
@@ -320,9 +341,50 @@ fn main() {
             let before_prog = before_pool.asyncify(|x: u64| x);
             let after_prog = after_pool.asyncify(|x: u64| x);
             let (floor, bprog, aprog) = (&floor, &before_prog, &after_prog);
-            let call = calls!(rt, Shape::Throughput, calls, floor, bprog, aprog);
-            interleave(rounds, threads, &format!("bounded{capacity}/call"), &call);
-            drop(call);
+            let entries: [(&str, Measure<'_>); 3] = [
+                (
+                    "floor",
+                    Box::new(move || {
+                        tasks(rt, calls, |n| {
+                            let floor = std::sync::Arc::clone(floor);
+                            async move {
+                                for i in 0..n {
+                                    black_box(floor.call(move || black_box(i)).await.unwrap());
+                                }
+                            }
+                        })
+                    }),
+                ),
+                (
+                    "before",
+                    Box::new(move || {
+                        tasks(rt, calls, |n| {
+                            let program = bprog.clone();
+                            async move {
+                                for i in 0..n {
+                                    black_box(program.call(i).await.unwrap());
+                                }
+                            }
+                        })
+                    }),
+                ),
+                (
+                    "after",
+                    Box::new(move || {
+                        tasks(rt, calls, |n| {
+                            let program = aprog.clone();
+                            async move {
+                                for i in 0..n {
+                                    black_box(program.call(i).await.unwrap());
+                                }
+                            }
+                        })
+                    }),
+                ),
+            ];
+            let group = format!("bounded{capacity}/{TASKS}tasks");
+            interleave(rounds, threads, &group, &entries);
+            drop(entries);
             drop((before_prog, after_prog));
             before_pool.shutdown();
             after_pool.shutdown();

@@ -148,13 +148,24 @@ impl Registry {
         let me = Arc::downgrade(self);
         let wake: RingerTask = Box::new(move || {
             if let Some(registry) = me.upgrade() {
-                registry.room.wake_handed();
+                registry.room.wake_handed(&|| registry.room_drainer());
                 guard::drop("a pool", registry);
             }
         });
         if let Some(wake) = self.timer.hand_off(wake) {
             wake();
         }
+    }
+
+    /// A task that wakes the handles still to be woken for room (see `Room::drain`).
+    fn room_drainer(self: &Arc<Self>) -> RingerTask {
+        let me = Arc::downgrade(self);
+        Box::new(move || {
+            if let Some(registry) = me.upgrade() {
+                registry.room.drain_again(&|| registry.room_drainer());
+                guard::drop("a pool", registry);
+            }
+        })
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -20,9 +20,10 @@
 //! not wake the waiters itself: their wakers are user code, and one that blocks would keep the
 //! job it just took in no queue and on no thread. It hands the wake-up to the timer's ringers
 //! ([`Timer::hand_off`](super::timer::Timer::hand_off)), and runs it itself only if the pool is
-//! closed or the OS refuses the timer a thread. There each waiter's waker after the first is
-//! handed on as a task of its own ([`hand_to_ringers`]), so that one that blocks keeps no
-//! other asleep (up to the ringers' bound on such tasks). While one such wake-up has not taken the
+//! closed or the OS refuses the timer a thread. The wakers are woken one at a time, and before
+//! a wake-up that leaves others behind another drainer is queued for the ringers
+//! ([`hand_to_ringers`]), so that one that blocks keeps no other asleep (up to the ringers'
+//! bound on such tasks), at the cost of at most one more task per round in the usual case. While one such wake-up has not taken the
 //! wakers yet (`handing`), later releases ask for no other: it takes theirs too. The flag is
 //! cleared before the wakers are taken, so a waiter registered after that either has its
 //! `waiting` seen by a later release, which asks again, or sees the slot freed (the same
@@ -31,11 +32,12 @@
 //! asleep. `round` counts the wake-ups, so that a handle polled again in the same round by the
 //! same task does not register a second waker.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
-use super::timer::hand_to_ringers;
+use super::timer::{hand_to_ringers, RingerTask};
 use crate::guard;
 use crate::job::Job;
 use crate::sync::{fence, lock, AtomicBool, AtomicUsize, Mutex};
@@ -53,6 +55,11 @@ pub(crate) struct Room {
     /// taken the wakers yet: the releases meanwhile need not ask for another.
     handing: AtomicBool,
     wakers: Mutex<Vec<Waker>>,
+    /// Wakers taken out of `wakers` by a handed wake-up, still to be woken (see
+    /// [`drain`](Self::drain)).
+    to_wake: Mutex<VecDeque<Waker>>,
+    /// A follow-up drainer is queued for the ringers and has not started.
+    drainer_queued: AtomicBool,
     /// The jobs held by handles waiting for room, for the close (see [`Held`]).
     held: Mutex<HeldJobs>,
 }
@@ -80,6 +87,8 @@ impl Room {
             round: AtomicUsize::new(0),
             handing: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
+            to_wake: Mutex::new(VecDeque::new()),
+            drainer_queued: AtomicBool::new(false),
             held: Mutex::new(HeldJobs {
                 jobs: Vec::new(),
                 sweep_at: HELD_SWEEP_MIN,
@@ -118,26 +127,54 @@ impl Room {
         !self.handing.swap(true, SeqCst)
     }
 
-    /// The wake-up a [`release_for_hand_off`](Self::release_for_hand_off) asked for. Later
-    /// releases ask for another from here on: the flag is cleared before the wakers are taken,
-    /// so a waiter that registers after they were taken is either seen by such a release or
-    /// finds the slot itself.
-    pub(crate) fn wake_handed(&self) {
+    /// The wake-up a [`release_for_hand_off`](Self::release_for_hand_off) asked for, on a
+    /// ringer (or here and now, off one). Later releases ask for another from here on: the
+    /// flag is cleared before the wakers are taken, so a waiter that registers after they were
+    /// taken is either seen by such a release or finds the slot itself. The wakers are then
+    /// woken one at a time ([`drain`](Self::drain)); `follow_up()` makes a task that drains
+    /// too, for a ringer to take if a waker blocks.
+    pub(crate) fn wake_handed(&self, follow_up: &dyn Fn() -> RingerTask) {
         // (A swap, not a store: it reads the `true` of every release that asked for no
         // wake-up of its own, so what those releases saw comes before the wakers are taken
         // below. The loom model fails with a store.)
         self.handing.swap(false, SeqCst);
-        let mut wakers = self.take_wakers().into_iter();
-        let first = wakers.next();
-        // Each of the others as a task of its own, first: behind a waker that blocks, the rest
-        // are woken by other ringers (here and now, off a ringer).
-        for waker in wakers {
-            if let Some(wake) = hand_to_ringers(Box::new(move || guard::wake(waker))) {
-                wake();
-            }
+        let wakers = self.take_wakers();
+        if wakers.is_empty() {
+            return;
         }
-        if let Some(first) = first {
-            guard::wake(first);
+        lock(&self.to_wake).extend(wakers);
+        self.drain(follow_up);
+    }
+
+    /// A follow-up drainer's task: see [`wake_handed`](Self::wake_handed).
+    pub(crate) fn drain_again(&self, follow_up: &dyn Fn() -> RingerTask) {
+        self.drainer_queued.store(false, SeqCst);
+        self.drain(follow_up);
+    }
+
+    /// Wakes the wakers taken for waking, one at a time, until none is left. Before each
+    /// wake-up that leaves others behind, it makes sure another drainer is queued for the
+    /// ringers, so that a waker that blocks keeps no other asleep: that drainer wakes the rest
+    /// (and, before any wake-up of its own that leaves others, queues the next). Whoever adds
+    /// wakers drains them, so none is left with no drainer running or queued.
+    fn drain(&self, follow_up: &dyn Fn() -> RingerTask) {
+        loop {
+            let (waker, more) = {
+                let mut to_wake = lock(&self.to_wake);
+                let Some(waker) = to_wake.pop_front() else {
+                    return;
+                };
+                (waker, !to_wake.is_empty())
+            };
+            if more
+                && !self.drainer_queued.swap(true, SeqCst)
+                && hand_to_ringers(follow_up()).is_some()
+            {
+                // Off a ringer (the pool closed, or the timer has no thread): this thread
+                // wakes them all itself.
+                self.drainer_queued.store(false, SeqCst);
+            }
+            guard::wake(waker);
         }
     }
 
@@ -271,7 +308,8 @@ impl Room {
 impl Drop for Room {
     fn drop(&mut self) {
         let wakers = std::mem::take(&mut *lock(&self.wakers));
-        guard::drop("a waker", wakers);
+        let to_wake = std::mem::take(&mut *lock(&self.to_wake));
+        guard::drop("a waker", (wakers, to_wake));
     }
 }
 
@@ -332,7 +370,8 @@ mod loom_tests {
                     let room = room.clone();
                     thread::spawn(move || {
                         if room.release_for_hand_off() {
-                            room.wake_handed();
+                            // (Off a ringer: no follow-up drainer is queued.)
+                            room.wake_handed(&|| Box::new(|| {}));
                         }
                     })
                 })
