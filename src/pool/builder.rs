@@ -190,10 +190,11 @@ impl Builder {
     /// the input back instead. A capacity of 0 is taken as 1; `usize::MAX` is unbounded.
     ///
     /// The handles waiting for room are woken from the pool's timer threads (started the first
-    /// time a worker makes room while a handle waits), each on its own, not by the worker that
-    /// made room: a waker that blocks holds up no job and no other handle's wake-up. While
-    /// eight such wakers block at once, further wake-ups wait for one of them to return. Once
-    /// the pool is shut down, the worker wakes them itself.
+    /// time a worker makes room while a handle waits), not by the worker that made room: a
+    /// waker that blocks holds up no job, and the handles after it are woken by another of
+    /// those threads. While eight such wakers block at once, further wake-ups wait for one of
+    /// them to return. Once the pool is shut down, the worker wakes them itself. Handing the
+    /// wake-ups over costs throughput when many tasks wait on a small queue (`BENCHMARKS.md`).
     ///
     /// # Examples
     ///
