@@ -192,8 +192,10 @@ impl Builder {
     /// The handles waiting for room are woken from the pool's timer threads (started the first
     /// time a worker makes room while a handle waits), not by the worker that made room: a
     /// waker that blocks holds up no job, and the handles after it are woken by another of
-    /// those threads. While eight such wakers block at once, further wake-ups wait for one of
-    /// them to return. Once the pool is shut down, the worker wakes them itself. Handing the
+    /// those threads, started once the first has been stuck for 10 ms. The timer's threads run
+    /// at most eight such pieces of work at once (the pool's own included): while eight block,
+    /// further wake-ups wait for one of them to return. Once the pool is shut down, the worker
+    /// wakes them itself. Handing the
     /// wake-ups over costs throughput when many tasks wait on a small queue (`BENCHMARKS.md`).
     ///
     /// # Examples

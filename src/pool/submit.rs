@@ -145,19 +145,26 @@ impl Submit for WaitingForRoom {
         let registry = &self.registry;
         let mut registered = false;
         loop {
+            // With the job gone, the close has it (`Room::drop_held`) and is about to drop it,
+            // which tells the handle `ShutDown` through its cell: until then the job is
+            // neither queued nor refused, so this stays pending (ready, the handle would offer
+            // the cell to a waiting worker to run out of line).
             if registry.is_closed() {
                 // Dropping the job tells the handle `ShutDown` (outside the lock: user code).
                 let job = lock(&self.job).take();
+                let Some(job) = job else {
+                    return Poll::Pending;
+                };
                 drop(job);
                 return Poll::Ready(());
             }
             if registry.room.try_take() {
                 let job = lock(&self.job).take();
-                match job {
-                    Some(job) => registry.push(job),
-                    // The close took it meanwhile: the slot goes back.
-                    None => registry.room.release(),
-                }
+                let Some(job) = job else {
+                    registry.room.release();
+                    return Poll::Pending;
+                };
+                registry.push(job);
                 return Poll::Ready(());
             }
             let Some(cx) = cx.as_ref().filter(|_| !registered) else {
@@ -172,12 +179,9 @@ impl Submit for WaitingForRoom {
     }
 
     fn into_job(self: Box<Self>) -> Option<Job> {
+        // (The caller drops it if the pool is closed: it may hold a lock here, and dropping a
+        // job runs user code and wakes its caller.)
         let job = lock(&self.job).take();
-        if self.registry.is_closed() {
-            // Refused, as at the handle's next poll: dropping it tells the handle `ShutDown`.
-            drop(job);
-            return None;
-        }
         job
     }
 

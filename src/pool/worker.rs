@@ -496,10 +496,24 @@ impl<T> Goal for Await<'_, T> {
         };
         let held = self.handle.is_waiting_for_room();
         let nested = match self.handle.take_pending() {
-            Some(job) => Nested::Held(job),
-            // A held job refused at the close (dropped, or being dropped): nothing to run.
-            None if held => return None,
-            None => Nested::OutOfLine(self.handle.out_of_line()?),
+            Some(job) if worker.registry.is_closed() => {
+                // Refused, as at the handle's next poll: dropping it (here, holding no lock)
+                // tells the handle `ShutDown`.
+                drop(job);
+                None
+            }
+            Some(job) => Some(Nested::Held(job)),
+            // A held job refused at the close (being dropped by it): nothing to run.
+            None if held => None,
+            None => self.handle.out_of_line().map(Nested::OutOfLine),
+        };
+        let Some(nested) = nested else {
+            if let Some(place) = place {
+                // A place taken for nothing: a worker asleep for want of one may take it.
+                drop(place);
+                worker.registry.place_given_back();
+            }
+            return None;
         };
         Some(Work::Nested(nested, place))
     }
