@@ -825,3 +825,46 @@ fn a_held_job_is_not_run_by_a_waiting_worker_after_the_shutdown() {
     assert!(wait(first_held).unwrap_err().is_shut_down());
     assert_eq!(pool.stats().queued, 0, "a husk is still counted as queued");
 }
+
+/// Three waiting handles whose wakers block, one after the other, ahead of a fourth: each
+/// blocked waker has another ringer take over the rest, so the fourth is woken while all three
+/// still block.
+#[test]
+fn several_blocking_room_wakers_in_a_row_do_not_keep_the_last_waiter_asleep() {
+    let pool = common::bounded_pool(1, 1);
+    let (gate, blockers) = common::occupy(&pool, 1);
+    let queued = pool.spawn(|| ());
+    let waker_gate = common::Gate::new();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let mut blocked: Vec<JobHandle<usize>> = (0..3).map(|i| pool.spawn(move || i)).collect();
+    for handle in &mut blocked {
+        let waker = std::task::Waker::from(Arc::new(BlockingWaker {
+            entered: Mutex::new(Some(entered_tx.clone())),
+            gate: Arc::clone(&waker_gate),
+        }));
+        assert!(Pin::new(handle)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+    }
+    let mut last = pool.spawn(|| 3);
+    let (woken, counting) = CountingWaker::new();
+    assert!(Pin::new(&mut last)
+        .poll(&mut Context::from_waker(&counting))
+        .is_pending());
+    gate.open();
+    for i in 0..3 {
+        entered_rx
+            .recv_timeout(HANG)
+            .unwrap_or_else(|_| panic!("only {i} of the blocking wakers were reached"));
+    }
+    common::spin_until("the last waiting handle to be woken", || woken.count() > 0);
+    waker_gate.open();
+    for b in blockers {
+        assert_eq!(wait(b), Ok(()));
+    }
+    assert_eq!(wait(queued), Ok(()));
+    for (i, handle) in blocked.into_iter().enumerate() {
+        assert_eq!(wait(handle), Ok(i));
+    }
+    assert_eq!(wait(last), Ok(3));
+}

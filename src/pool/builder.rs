@@ -195,8 +195,8 @@ impl Builder {
     /// those threads, started once the first has been stuck for 10 ms. The timer's threads run
     /// at most eight such pieces of work at once (the pool's own included): while eight block,
     /// further wake-ups wait for one of them to return. Once the pool is shut down, the worker
-    /// wakes them itself. Handing the
-    /// wake-ups over costs throughput when many tasks wait on a small queue (`BENCHMARKS.md`).
+    /// wakes them itself. Handing the wake-ups over costs throughput when many tasks wait on a
+    /// small queue of short jobs (`BENCHMARKS.md`).
     ///
     /// # Examples
     ///

@@ -138,6 +138,7 @@ impl Registry {
             config,
         })
     }
+
     /// A worker took a job off the queue: frees its slot in a bounded queue, and has the
     /// handles waiting for room woken by the timer's ringers, not on this thread, which is
     /// about to run the job (see the room's docs).

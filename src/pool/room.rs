@@ -23,11 +23,13 @@
 //! closed or the OS refuses the timer a thread. The wakers are woken one at a time, and before
 //! a wake-up that leaves others behind another drainer is queued for the ringers
 //! ([`hand_to_ringers`]), so that one that blocks keeps no other asleep (up to the ringers'
-//! bound on such tasks), at the cost of at most one more task per round in the usual case. While one such wake-up has not taken the
-//! wakers yet (`handing`), later releases ask for no other: it takes theirs too. The flag is
-//! cleared before the wakers are taken, so a waiter registered after that either has its
-//! `waiting` seen by a later release, which asks again, or sees the slot freed (the same
-//! Dekker pair). The wakers are taken out under the lock and woken after it, each
+//! bound on such tasks), at the cost of at most one more task per round in the usual case.
+//! While one such wake-up has not taken the wakers yet (`handing`), later releases ask for no
+//! other: it takes theirs too. The flag is cleared before the wakers are taken, so a waiter
+//! registered after that either has its `waiting` seen by a later release, which asks again,
+//! or sees the slot freed (the same Dekker pair).
+//!
+//! The wakers are taken out under the lock and woken after it, each
 //! through the guard, so a waker that panics neither poisons the room nor keeps the others
 //! asleep. `round` counts the wake-ups, so that a handle polled again in the same round by the
 //! same task does not register a second waker.
