@@ -52,8 +52,8 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// the caller's captured overrides and span, with a backoff between them during which the
     /// call waits on the pool's timer, holding no worker. The input is cloned for each attempt
     /// but the last: for the first, at the call, on the caller's thread, before the call takes
-    /// a concurrency slot or a rate token and before its [`timeout`](Self::timeout) starts. [`stats`](Self::stats) counts attempts and retries. Replaces an earlier
-    /// policy.
+    /// a concurrency slot or a rate token and before its [`timeout`](Self::timeout) starts.
+    /// [`stats`](Self::stats) counts attempts and retries. Replaces an earlier policy.
     ///
     /// A [`batch`](Self::batch) of the program runs each item once: the policy applies to
     /// calls, not to a batch's items, which have the batch's own failure handling
