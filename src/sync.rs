@@ -6,12 +6,12 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize},
+    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicUsize},
     Condvar, Mutex, MutexGuard, RwLock,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize},
+    atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicUsize},
     Condvar, Mutex, MutexGuard, RwLock,
 };
 

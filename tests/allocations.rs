@@ -96,14 +96,15 @@ fn spawned() {
     assert_one_allocation("pool.spawn waited", per_call);
 }
 
-/// A deadline or a retry policy adds one allocation, the small handle that keeps them (the
-/// deadline's timer entry takes none once the timer has grown to the load); a concurrency or a
-/// rate limit that lets the call in at once adds none.
+/// A retry policy adds one allocation, the small handle that keeps what another attempt needs;
+/// a deadline adds none (it sits in the job's own allocation, and its timer entry takes none
+/// once the timer has grown to the load), nor does a concurrency or a rate limit that lets the
+/// call in at once.
 fn with_options() {
     let pool = WorkerPool::new(2);
     let plain = pool.asyncify(|x: u64| x + 1);
     for (what, program, handles) in [
-        ("timeout", plain.timeout(Duration::from_secs(60)), 1.0),
+        ("timeout", plain.timeout(Duration::from_secs(60)), 0.0),
         (
             "retry",
             plain.retry(Retry::new(3).retry_if(|_: &u64| false)),

@@ -632,3 +632,39 @@ fn a_call_detached_after_the_close_keeps_its_deadline() {
         );
     }
 }
+
+/// A call whose deadline passed before its job started never runs its program, and the pool
+/// counts that job `cancelled`, like one called off in the queue, not `completed`: whether the
+/// timer cut it off in the queue or the worker that took it found the deadline passed (with a
+/// deadline of a nanosecond on an idle pool, the worker is usually first). With and without a
+/// retry policy, whose first attempt goes another way.
+#[test]
+fn a_job_past_its_deadline_before_it_starts_is_counted_cancelled_not_completed() {
+    const CALLS: u64 = 200;
+    let plain = |_: u32| -> u32 { panic!("a call past its deadline ran its program") };
+    for retried in [false, true] {
+        let pool = WorkerPool::new(1);
+        let program = pool.asyncify(plain).timeout(Duration::from_nanos(1));
+        let program = if retried {
+            program.retry(Retry::new(3))
+        } else {
+            program
+        };
+        for i in 0..CALLS {
+            assert!(wait(program.call(i as u32)).unwrap_err().is_timed_out());
+        }
+        // Counted as the worker leaves the job (after the caller may have its answer), and a
+        // job the timer cut off when a worker takes its entry off the queue.
+        spin_until("every job counted", || {
+            let s = pool.stats();
+            s.completed + s.panicked + s.cancelled == CALLS
+        });
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.completed, stats.panicked, stats.cancelled),
+            (0, 0, CALLS),
+            "retry policy: {retried}"
+        );
+        assert_eq!(program.stats().timed_out, CALLS, "retry policy: {retried}");
+    }
+}

@@ -77,7 +77,10 @@ impl Attempt {
                 // The slot and the token go back; `expired` (whoever owns the deadline) samples
                 // it.
                 drop((slot, token));
-                return expired();
+                let expired = expired();
+                // The program never ran: counted as a job called off in the queue.
+                crate::job::decline();
+                return expired;
             }
             let input = input();
             // The program starts (a copy of the input that panicked gave the token back as it

@@ -1,4 +1,4 @@
-//! A controlled call that passed its gates at once and has a deadline or a retry policy: the
+//! A controlled call that passed its gates at once and has a retry policy: the
 //! caller's handle is on its first attempt's own cell, through this thin layer, with no driver
 //! between the worker and the caller.
 //!
@@ -41,26 +41,30 @@ use crate::error::JobError;
 use crate::guard;
 use crate::job::{Abort, Completion, Cut, Job, JobHandle, Runnable};
 use crate::pool::{Alarm, Registry, TimerKey};
-use crate::sync::{lock, AtomicU64, AtomicU8, Mutex};
+use crate::sync::{lock, AtomicU16, AtomicU64, Mutex};
 
 /// The deadline came (whether or not it cut the attempt off).
-const DEADLINE: u8 = 1;
+const DEADLINE: u16 = 1;
 /// An `AbortHandle` aborted the call.
-const ABORTED: u8 = 2;
+const ABORTED: u16 = 2;
 /// A stopping batch asked the call to stop.
-const STOP_ASKED: u8 = 4;
+const STOP_ASKED: u16 = 4;
 /// A call took over: every request goes to it.
-const HANDED_OVER: u8 = 8;
+const HANDED_OVER: u16 = 8;
 /// The handle was detached.
-const DETACHED: u8 = 16;
+const DETACHED: u16 = 16;
 /// The handle was dropped.
-const CANCELLED: u8 = 32;
+const CANCELLED: u16 = 32;
 /// The worker took the original input, to hand over to a retry.
-const TAKEN: u8 = 64;
+const TAKEN: u16 = 64;
 /// A call adopted the attempt (a detach): it has the input, the deadline and the verdict.
-const ADOPTED: u8 = 128;
+const ADOPTED: u16 = 128;
+/// The worker that took the first attempt found the deadline passed and did not run it (the
+/// attempt ends `Expired`): an alarm that counted the timeout first, and then finds the
+/// attempt ended, keeps its count.
+const EXPIRED: u16 = 256;
 /// What ends the call, or leaves it to a call that adopted it: no hand-over after it.
-const ENDING: u8 = DEADLINE | ABORTED | STOP_ASKED | CANCELLED | ADOPTED;
+const ENDING: u16 = DEADLINE | ABORTED | STOP_ASKED | CANCELLED | ADOPTED;
 
 /// `entry` when the deadline has no entry on the timer.
 const NO_ENTRY: u64 = u64::MAX;
@@ -78,8 +82,8 @@ pub(super) struct Direct<I, O, R> {
     again: Option<Again<I, R>>,
     called: Option<Instant>,
     /// [`DEADLINE`], [`ABORTED`], [`STOP_ASKED`], [`HANDED_OVER`], [`DETACHED`],
-    /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`].
-    events: AtomicU8,
+    /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`], [`EXPIRED`].
+    events: AtomicU16,
     /// The call that took over (set before [`HANDED_OVER`], never changed after).
     next: Mutex<Option<Arc<dyn Continued<O>>>>,
 }
@@ -110,7 +114,7 @@ pub(super) fn new<I, O, R>(
         entry: AtomicU64::new(NO_ENTRY),
         again,
         called,
-        events: AtomicU8::new(0),
+        events: AtomicU16::new(0),
         next: Mutex::new(None),
     })
 }
@@ -223,13 +227,13 @@ where
     }
 
     /// Sets `bit` unless one of `unless` (or [`ENDING`]'s, with `0`) is set; true if it did.
-    fn claim(&self, unless: u8, bit: u8) -> bool {
+    fn claim(&self, unless: u16, bit: u16) -> bool {
         self.claim_seen(if unless == 0 { ENDING } else { unless }, bit)
             .is_some()
     }
 
     /// Sets `bit` unless one of `unless` is set: what was there before, or `None` if refused.
-    fn claim_seen(&self, unless: u8, bit: u8) -> Option<u8> {
+    fn claim_seen(&self, unless: u16, bit: u16) -> Option<u16> {
         self.events
             .fetch_update(SeqCst, SeqCst, |e| (e & unless == 0).then_some(e | bit))
             .ok()
@@ -252,6 +256,10 @@ where
                 if let Some(limit) = &me.controls.limit {
                     limit.sample(Sample::TimedOut);
                 }
+            } else {
+                // The alarm came first and counted; its cut may now find the attempt ended,
+                // and must not take the count back (the call did time out).
+                me.events.fetch_or(EXPIRED, SeqCst);
             }
             guard::drop("a call", me);
         }
@@ -267,7 +275,7 @@ where
     }
 
     /// Marks `event`; returns the call that took over, if one had (the event is then its).
-    fn mark(&self, event: u8) -> Option<Arc<dyn Continued<O>>> {
+    fn mark(&self, event: u16) -> Option<Arc<dyn Continued<O>>> {
         if self.events.fetch_or(event, SeqCst) & HANDED_OVER == 0 {
             return None;
         }
@@ -409,7 +417,7 @@ where
         let done = self.attempt().is_done();
         // Adopt unless the call ended, the worker hands over, or the attempt is over.
         let adoptable =
-            |e: u8| !done && e & (DEADLINE | ABORTED | CANCELLED | TAKEN | HANDED_OVER) == 0;
+            |e: u16| !done && e & (DEADLINE | ABORTED | CANCELLED | TAKEN | HANDED_OVER) == 0;
         let seen = self
             .events
             .fetch_update(SeqCst, SeqCst, |e| {
@@ -527,13 +535,14 @@ where
             return;
         }
         // Counted before the cut wakes the caller, who then finds it counted; taken back if
-        // the attempt had ended first.
+        // the attempt had ended first, unless it ended expired: its worker found the deadline
+        // passed after this marked it, and left the count to this alarm.
         let timed_out = &self.controls.counts.timed_out;
         Counts::add(timed_out);
-        if !Arc::clone(self.attempt())
+        let cut = Arc::clone(self.attempt())
             .abort_target()
-            .abort(Cut::TimedOut)
-        {
+            .abort(Cut::TimedOut);
+        if !cut && self.events.load(SeqCst) & EXPIRED == 0 {
             timed_out.fetch_sub(1, Relaxed);
             return;
         }

@@ -7,6 +7,8 @@
 //! * Otherwise, with neither a deadline nor a retry policy: the caller's handle is the
 //!   attempt's own, a job like a plain call's (the attempt's job gives the slot back and makes
 //!   the samples).
+//! * Otherwise, with a deadline and no retry policy: the same job, in a [`timed`] cell that
+//!   keeps the deadline too.
 //! * Otherwise: a [`direct`] handle on the first attempt, which keeps the
 //!   deadline and hands over to a call if the policy wants another attempt.
 
@@ -16,7 +18,8 @@ use std::time::Instant;
 use super::attempt::{Attempt, Step};
 use super::call::{self, Parts};
 use super::direct::{self, Again, Direct};
-use super::{Controls, Counts, Policy};
+use super::timed;
+use super::{with_deadline, Controls, Counts, Policy};
 use crate::capture::Captured;
 use crate::error::{JobError, Refusal};
 use crate::guard;
@@ -104,7 +107,9 @@ where
         None => None,
     };
     let sampled = called.map(|called| (Arc::clone(&controls.counts), called));
-    if controls.timeout.is_none() && controls.retry.is_none() {
+    let retries = kept.is_some();
+    if deadline.is_none() && !retries {
+        // (No timeout, one too long to have a deadline, or a policy of one attempt.)
         Counts::add(&controls.counts.attempts);
         let plan = Attempt {
             slot,
@@ -144,7 +149,24 @@ where
             return JobHandle::ready(Err(JobError::shut_down()));
         }
     };
-    let retries = kept.is_some();
+    if let (Some(deadline), false) = (deadline, retries) {
+        Counts::add(&controls.counts.attempts);
+        let plan = Attempt {
+            slot,
+            token,
+            // (The call checks it as a worker takes the job: see `timed`.)
+            deadline: None,
+            sampled,
+        };
+        let run = move |input| with_deadline(deadline, || run(input));
+        let job = plan.job(
+            run,
+            move || input,
+            |out| out,
+            || unreachable!("an attempt without a deadline always starts"),
+        );
+        return timed::submit(registry, controls, reserved, deadline, job, captured);
+    }
     let again = kept.map(|kept| Again {
         run: run.clone(),
         captured: captured.clone(),

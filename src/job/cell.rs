@@ -117,7 +117,7 @@ impl Side {
 }
 
 /// The cell shared by a job's queue entry, its runner and its handle.
-pub(super) struct Cell<F, T> {
+pub(crate) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
     /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`],
     /// [`DETACHED`], [`DONE`], [`TIMED`] and [`CUT_BY_DEADLINE`]; read without the lock.
@@ -170,18 +170,42 @@ impl<F, T> Cell<F, T> {
     }
 }
 
-impl<F, T> Runnable for Cell<F, T>
+impl<F, T> Cell<F, T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
+    /// A queued job's cell, [`TIMED`] if the thread's timing sample takes it (see `sampled`).
+    pub(crate) fn queued(f: F, captured: Captured) -> Self {
+        Self::new(Stage::Queued(f, captured), super::sampled())
+    }
+
+    /// True once the handle was detached: nobody will take the result.
+    pub(crate) fn is_detached(&self) -> bool {
+        self.flag(DETACHED)
+    }
+
+    /// True once the handle was dropped (or aborted) while the job ran.
+    pub(crate) fn was_dropped(&self) -> bool {
+        self.flag(CANCELLED)
+    }
+
+    /// [`Runnable::run`] for a cell that is a part of `owner` (which `cell` finds in it): the
+    /// owner is what sits in `CURRENT` while the job runs and what completes it, so that what
+    /// it adds to the cell is kept on the way out (a controlled call's deadline).
+    pub(crate) fn run_as<O: Runnable>(
+        owner: Arc<O>,
+        cell: impl Fn(&O) -> &Self,
+        start: Start,
+        record: &dyn Fn(Outcome),
+    ) {
+        let this = cell(&owner);
         let (f, mut captured) = {
-            let mut slot = self.lock();
+            let mut slot = this.lock();
             match std::mem::replace(&mut slot.stage, Stage::Running) {
                 Stage::Queued(f, captured) => {
                     if start == Start::OutOfLine {
-                        self.flags.fetch_or(OUT_OF_LINE, Relaxed);
+                        this.flags.fetch_or(OUT_OF_LINE, Relaxed);
                     }
                     (f, captured)
                 }
@@ -189,22 +213,23 @@ where
                     slot.stage = other;
                     let outcome = match start {
                         Start::OutOfLine => Outcome::Lost,
-                        Start::FromQueue { .. } if self.flag(OUT_OF_LINE) => Outcome::Husk,
+                        Start::FromQueue { .. } if this.flag(OUT_OF_LINE) => Outcome::Husk,
                         Start::FromQueue { .. } => Outcome::Cancelled,
                     };
                     drop(slot);
                     record(outcome);
                     // The queue entry may be the cell's last owner, and the cell still holds
                     // the caller's context (user values): dropped through the guard.
-                    guard::drop("a finished job's context", self);
+                    guard::drop("a finished job's context", owner);
                     return;
                 }
             }
         };
-        let started = self.flag(TIMED).then(Instant::now);
+        let started = this.flag(TIMED).then(Instant::now);
         // Moved into `CURRENT` (not cloned: the count's cache line stays with the caller) for
         // `is_cancelled`, and taken back after.
-        let previous = CURRENT.with(|c| c.replace(Some(self)));
+        let owner: Arc<dyn Runnable> = owner;
+        let previous = CURRENT.with(|c| c.replace(Some(owner)));
         let result = captured
             .run_in_place(|| guard::call(f))
             .map_err(JobError::panicked);
@@ -229,6 +254,16 @@ where
             guard::wake(waker);
         }
     }
+}
+
+impl<F, T> Runnable for Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
+        Cell::run_as(self, |cell| cell, start, record);
+    }
 
     fn complete(
         &self,
@@ -241,8 +276,10 @@ where
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
             .expect("complete is called with this cell's own result type");
+        let declined = super::take_declined();
         let outcome = |abandoned| match &result {
             Err(_) => Outcome::Panicked(timing),
+            Ok(_) if declined => Outcome::Cancelled,
             Ok(_) if abandoned => Outcome::Abandoned(timing),
             Ok(_) => Outcome::Completed(timing),
         };

@@ -28,7 +28,8 @@ use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
 use crate::limits::TIMING_SAMPLE;
-use cell::{Cell, Stage};
+pub(crate) use cell::Cell;
+use cell::Stage;
 pub(crate) use handle::{thread_waker, Submit};
 pub use handle::{AbortHandle, JobHandle};
 
@@ -178,6 +179,11 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// The queue entry of `cell`, a job made elsewhere (a controlled call's own).
+    pub(crate) fn of(cell: Arc<dyn Runnable>) -> Self {
+        Job { cell: Some(cell) }
+    }
+
     pub(crate) fn run(mut self, record: &dyn Fn(Outcome)) {
         if let Some(cell) = self.cell.take() {
             // A stamped entry puts in when it was queued.
@@ -292,6 +298,25 @@ impl Runnable for Stamped {
     ) -> Option<Waker> {
         self.cell.complete(result, captured, timing, record)
     }
+}
+
+thread_local! {
+    /// Set by a job that returns without running its program (see [`decline`]), for its
+    /// runner's count.
+    static DECLINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a running job as it returns without having run its program (a controlled call's
+/// attempt that found its deadline passed): its runner counts it `cancelled`, as a job called
+/// off in the queue, not `completed`. (Last thing before it returns: a nested job run in
+/// between would take the mark.)
+pub(crate) fn decline() {
+    let _ = DECLINED.try_with(|d| d.set(true));
+}
+
+/// Whether the job that just returned on this thread declined to run (and the mark is cleared).
+fn take_declined() -> bool {
+    DECLINED.try_with(|d| d.replace(false)).unwrap_or(false)
 }
 
 thread_local! {

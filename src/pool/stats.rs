@@ -192,7 +192,7 @@ pub struct Stats {
     /// is the only trace of a panic nobody received).
     pub panicked: u64,
     /// Jobs taken off the queue without running because their caller had dropped or aborted
-    /// the handle (or their batch had cancelled them).
+    /// the handle, their batch had cancelled them, or their call's deadline had passed.
     pub cancelled: u64,
     /// Jobs that ran and returned after their caller dropped or
     /// [aborted](crate::AbortHandle::abort) the handle while they ran: their output was
