@@ -96,10 +96,10 @@ fn spawned() {
     assert_one_allocation("pool.spawn waited", per_call);
 }
 
-/// A retry policy adds one allocation, the small handle that keeps what another attempt needs;
-/// a deadline adds none (it sits in the job's own allocation, and its timer entry takes none
-/// once the timer has grown to the load), nor does a concurrency or a rate limit that lets the
-/// call in at once.
+/// A deadline or a retry policy adds no allocation when the call passes its gates at once (the
+/// call keeps them in its job's own allocation, and the deadline's timer entry takes none once
+/// the timer has grown to the load), nor does a concurrency or a rate limit that lets the call
+/// in at once.
 fn with_options() {
     let pool = WorkerPool::new(2);
     let plain = pool.asyncify(|x: u64| x + 1);
@@ -108,7 +108,7 @@ fn with_options() {
         (
             "retry",
             plain.retry(Retry::new(3).retry_if(|_: &u64| false)),
-            1.0,
+            0.0,
         ),
         ("concurrency_limit", plain.concurrency_limit(64), 0.0),
         (

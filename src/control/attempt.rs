@@ -45,6 +45,33 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
+    /// The job of an attempt with no deadline to check as it starts (it always starts), whose
+    /// output is the call's answer: see [`job`](Self::job).
+    pub(super) fn starting<I, O>(
+        slot: Option<Slot>,
+        token: Option<Token>,
+        sampled: Option<(Arc<Counts>, Instant)>,
+        run: impl FnOnce(I) -> O + Send + 'static,
+        input: I,
+    ) -> impl FnOnce() -> O + Send + 'static
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        let plan = Attempt {
+            slot,
+            token,
+            deadline: None,
+            sampled,
+        };
+        plan.job(
+            run,
+            move || input,
+            |out| out,
+            || unreachable!("an attempt without a deadline always starts"),
+        )
+    }
+
     /// The job: `then(output)`, or `expired()` if the deadline had passed when it started (it
     /// did not run the program; the slot and the token are back, and `expired` takes the
     /// adaptive limit's sample of the timeout if it is the one to).

@@ -1,6 +1,6 @@
-//! A controlled call that passed its gates at once and has a retry policy: the
-//! caller's handle is on its first attempt's own cell, through this thin layer, with no driver
-//! between the worker and the caller.
+//! A controlled call that passed its gates at once and has a retry policy: the call and its
+//! first attempt's cell are one allocation (the queue holds the call as the attempt's job), and
+//! the caller's handle is on it, with no driver between the worker and the caller.
 //!
 //! The worker wakes the caller directly, as for a plain call. What the options add happens
 //! around that: the deadline is an entry on the pool's timer whose alarm cuts the attempt off
@@ -27,9 +27,10 @@
 //!   off), the worker that finds the deadline passed as it starts the attempt, or a call that
 //!   adopted the attempt (with its own entry on the timer).
 
+use std::any::Any;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::attempt::Step;
@@ -39,8 +40,8 @@ use super::{Controls, Counts};
 use crate::capture::Captured;
 use crate::error::JobError;
 use crate::guard;
-use crate::job::{Abort, Completion, Cut, Job, JobHandle, Runnable};
-use crate::pool::{Alarm, Registry, TimerKey};
+use crate::job::{Abort, Cell, Completion, Cut, Job, JobHandle, Outcome, Runnable, Start, Timing};
+use crate::pool::{Alarm, Registry, Reserved, TimerKey};
 use crate::sync::{lock, AtomicU16, AtomicU64, Mutex};
 
 /// The deadline came (whether or not it cut the attempt off).
@@ -69,12 +70,14 @@ const ENDING: u16 = DEADLINE | ABORTED | STOP_ASKED | CANCELLED | ADOPTED;
 /// `entry` when the deadline has no entry on the timer.
 const NO_ENTRY: u64 = u64::MAX;
 
-pub(super) struct Direct<I, O, R> {
+pub(super) struct Direct<I, O, R, F> {
     registry: Arc<Registry>,
     controls: Arc<Controls>,
-    /// The first attempt, as its handle would see it (made with the call, queued right after
-    /// it; it never waits for room).
-    attempt: Arc<dyn Completion<Step<O>>>,
+    /// The first attempt's cell (made with the call, queued right after it as this call
+    /// itself; it never waits for room).
+    cell: Cell<F, Step<O>>,
+    /// This call, for a call that adopts the attempt (see [`FirstOf`]).
+    me: Weak<Self>,
     deadline: Option<Instant>,
     /// The sequence number of the deadline's entry on the timer, or [`NO_ENTRY`].
     entry: AtomicU64,
@@ -95,38 +98,88 @@ pub(super) struct Again<I, R> {
     pub(super) input: Mutex<Option<I>>,
 }
 
-/// A direct call, before its first attempt is queued (see [`Direct::queued`]):
-/// `attempt(me)` makes that attempt, not yet queued, whose job may reach the call through
-/// `me` (which upgrades once the attempt is queued: the call is whole by then).
-pub(super) fn new<I, O, R>(
+/// What the first attempt's job reaches of its call (type-erased: the job is a part of the
+/// call, whose type cannot name its own job's).
+pub(super) trait First<O>: Send + Sync {
+    /// See [`after_first`].
+    fn hand_over_if_wanted(&self, out: O) -> Step<O>;
+    /// See [`expired`].
+    fn expired_here(&self) -> Step<O>;
+}
+
+/// A direct call, before its first attempt is queued (see [`Direct::queued`]): `attempt(me)`
+/// makes that attempt's job, run under `captured`, which may reach the call through `me`
+/// (which upgrades once the attempt is queued: the call is whole by then).
+pub(super) fn new<I, O, R, F>(
     registry: &Arc<Registry>,
     controls: &Arc<Controls>,
     deadline: Option<Instant>,
     called: Option<Instant>,
     again: Option<Again<I, R>>,
-    attempt: impl FnOnce(&Weak<Direct<I, O, R>>) -> Arc<dyn Completion<Step<O>>>,
-) -> Arc<Direct<I, O, R>> {
-    Arc::new_cyclic(|me| Direct {
-        registry: Arc::clone(registry),
-        controls: Arc::clone(controls),
-        attempt: attempt(me),
-        deadline,
-        entry: AtomicU64::new(NO_ENTRY),
-        again,
-        called,
-        events: AtomicU16::new(0),
-        next: Mutex::new(None),
-    })
-}
-
-impl<I, O, R> Direct<I, O, R>
+    captured: Captured,
+    attempt: impl FnOnce(&Weak<dyn First<O>>) -> F,
+) -> Arc<Direct<I, O, R, F>>
 where
     I: Send + 'static,
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
 {
-    /// The first attempt is queued: the caller's handle, with the deadline on the timer.
-    pub(super) fn queued(self: Arc<Self>) -> JobHandle<O> {
+    Arc::new_cyclic(|me| {
+        let first: Weak<dyn First<O>> = Weak::clone(me) as Weak<dyn First<O>>;
+        Direct {
+            registry: Arc::clone(registry),
+            controls: Arc::clone(controls),
+            cell: Cell::queued(attempt(&first), captured),
+            me: Weak::clone(me),
+            deadline,
+            entry: AtomicU64::new(NO_ENTRY),
+            again,
+            called,
+            events: AtomicU16::new(0),
+            next: Mutex::new(None),
+        }
+    })
+}
+
+/// The end of the first attempt's job, on its worker, for a call with a retry policy
+/// (`me`: the call, gone if the caller let go): `out` for the caller, or, if the policy
+/// wants another attempt, a call that takes over (the classifier is user code: it runs
+/// here, inside the job, under the caller's context, holding no lock).
+pub(super) fn after_first<O>(me: &Weak<dyn First<O>>, out: O) -> Step<O> {
+    let Some(me) = me.upgrade() else {
+        return Step::Done(out);
+    };
+    let step = me.hand_over_if_wanted(out);
+    // Possibly the call's last owner now (its caller let go meanwhile), with the input,
+    // the program and the context in it: through the guard.
+    guard::drop("a call", me);
+    step
+}
+
+/// The attempt expired (its deadline had passed when a worker took it): counted on that
+/// worker, whether or not the caller polls, unless the alarm cut it off first or a call
+/// that adopted it counts it.
+pub(super) fn expired<O>(me: &Weak<dyn First<O>>) -> Step<O> {
+    let Some(me) = me.upgrade() else {
+        return Step::Expired;
+    };
+    let step = me.expired_here();
+    guard::drop("a call", me);
+    step
+}
+
+impl<I, O, R, F> Direct<I, O, R, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
+{
+    /// Queues the first attempt in the place `reserved` holds: the caller's handle, with the
+    /// deadline on the timer.
+    pub(super) fn queued(self: Arc<Self>, reserved: Reserved) -> JobHandle<O> {
+        reserved.fill(Job::of(Arc::clone(&self) as Arc<dyn Runnable>));
         if let Some(deadline) = self.deadline {
             let alarm: Weak<dyn Alarm> = Arc::downgrade(&self) as Weak<dyn Alarm>;
             match self.registry.timer.deadline(deadline, alarm) {
@@ -135,7 +188,7 @@ where
                 // The pool closed meanwhile and the OS refused the timer a thread: refused,
                 // unless the attempt has started already.
                 Err(_closed) => {
-                    let _ = self.attempt.revoke(JobError::shut_down());
+                    let _ = Completion::revoke(&self.cell, JobError::shut_down());
                 }
             }
         }
@@ -161,23 +214,8 @@ where
         self.again.as_ref().and_then(|a| lock(&a.input).take())
     }
 
-    fn attempt(&self) -> &Arc<dyn Completion<Step<O>>> {
-        &self.attempt
-    }
-
-    /// The end of the first attempt's job, on its worker, for a call with a retry policy
-    /// (`me`: the call, gone if the caller let go): `out` for the caller, or, if the policy
-    /// wants another attempt, a call that takes over (the classifier is user code: it runs
-    /// here, inside the job, under the caller's context, holding no lock).
-    pub(super) fn after_first(me: &Weak<Self>, out: O) -> Step<O> {
-        let Some(me) = me.upgrade() else {
-            return Step::Done(out);
-        };
-        let step = me.hand_over_if_wanted(out);
-        // Possibly the call's last owner now (its caller let go meanwhile), with the input,
-        // the program and the context in it: through the guard.
-        guard::drop("a call", me);
-        step
+    fn attempt(&self) -> &Cell<F, Step<O>> {
+        &self.cell
     }
 
     fn hand_over_if_wanted(&self, out: O) -> Step<O> {
@@ -239,33 +277,6 @@ where
             .ok()
     }
 
-    /// The attempt expired (its deadline had passed when a worker took it): counted on that
-    /// worker, whether or not the caller polls, unless the alarm cut it off first or a call
-    /// that adopted it counts it.
-    pub(super) fn expired(me: &Weak<Self>) -> Step<O> {
-        if let Some(me) = me.upgrade() {
-            let seen = me.events.fetch_or(DEADLINE, SeqCst);
-            if seen & (ABORTED | ADOPTED | HANDED_OVER) == ABORTED {
-                // Aborted first (its cut may have come as a worker took the job, or may come
-                // after this): the answer is `Cancelled`, and no timeout is counted.
-                guard::drop("a call", me);
-                return Step::Aborted;
-            }
-            if seen & (DEADLINE | ADOPTED | HANDED_OVER) == 0 {
-                Counts::add(&me.controls.counts.timed_out);
-                if let Some(limit) = &me.controls.limit {
-                    limit.sample(Sample::TimedOut);
-                }
-            } else {
-                // The alarm came first and counted; its cut may now find the attempt ended,
-                // and must not take the count back (the call did time out).
-                me.events.fetch_or(EXPIRED, SeqCst);
-            }
-            guard::drop("a call", me);
-        }
-        Step::Expired
-    }
-
     /// The call that took over, if one has.
     fn next(&self) -> Option<Arc<dyn Continued<O>>> {
         if self.events.load(SeqCst) & HANDED_OVER == 0 {
@@ -323,7 +334,150 @@ where
     }
 }
 
-impl<I, O, R> Direct<I, O, R> {
+impl<I, O, R, F> First<O> for Direct<I, O, R, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
+{
+    fn hand_over_if_wanted(&self, out: O) -> Step<O> {
+        Direct::hand_over_if_wanted(self, out)
+    }
+
+    fn expired_here(&self) -> Step<O> {
+        let seen = self.events.fetch_or(DEADLINE, SeqCst);
+        if seen & (ABORTED | ADOPTED | HANDED_OVER) == ABORTED {
+            // Aborted first (its cut may have come as a worker took the job, or may come
+            // after this): the answer is `Cancelled`, and no timeout is counted.
+            return Step::Aborted;
+        }
+        if seen & (DEADLINE | ADOPTED | HANDED_OVER) == 0 {
+            Counts::add(&self.controls.counts.timed_out);
+            if let Some(limit) = &self.controls.limit {
+                limit.sample(Sample::TimedOut);
+            }
+        } else {
+            // The alarm came first and counted; its cut may now find the attempt ended,
+            // and must not take the count back (the call did time out).
+            self.events.fetch_or(EXPIRED, SeqCst);
+        }
+        Step::Expired
+    }
+}
+
+/// The queue entry of the first attempt, and its runner's view: the attempt's cell.
+impl<I, O, R, F> Runnable for Direct<I, O, R, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
+{
+    fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
+        Cell::run_as(self, |direct| &direct.cell, start, record);
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        Runnable::revoke(&self.cell, error)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        Runnable::is_cancelled(&self.cell)
+    }
+
+    fn is_husk(&self) -> bool {
+        self.cell.is_husk()
+    }
+
+    fn is_timed(&self) -> bool {
+        self.cell.is_timed()
+    }
+
+    fn complete(
+        &self,
+        result: &mut dyn Any,
+        captured: Captured,
+        timing: Option<Timing>,
+        record: &dyn Fn(Outcome),
+    ) -> Option<Waker> {
+        self.cell.complete(result, captured, timing, record)
+    }
+}
+
+/// The first attempt as a call that adopts it sees it: the attempt's own cell, inside the
+/// direct call (which it keeps alive until it lets go of the attempt, once the attempt ends).
+struct FirstOf<I, O, R, F>(Arc<Direct<I, O, R, F>>);
+
+impl<I, O, R, F> Completion<Step<O>> for FirstOf<I, O, R, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
+{
+    fn poll_done(&self, cx: Option<&mut Context<'_>>) -> Poll<Result<Step<O>, JobError>> {
+        self.0.cell.poll_done(cx)
+    }
+
+    fn may_be_ready(&self) -> bool {
+        self.0.cell.may_be_ready()
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.cell.is_done()
+    }
+
+    fn is_queued(&self) -> bool {
+        self.0.cell.is_queued()
+    }
+
+    fn cancel(&self) {
+        self.0.cell.cancel();
+    }
+
+    fn revoke(&self, error: JobError) -> bool {
+        Completion::revoke(&self.0.cell, error)
+    }
+
+    fn ask_to_stop(&self) {
+        self.0.cell.ask_to_stop();
+    }
+
+    fn on_spare(&self) {
+        self.0.cell.on_spare();
+    }
+
+    fn detach(&self) {
+        self.0.cell.detach();
+    }
+
+    fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
+        Some(Arc::clone(&self.0) as Arc<dyn Runnable>)
+    }
+
+    fn abort_target(self: Arc<Self>) -> Arc<dyn Abort> {
+        self
+    }
+}
+
+impl<I, O, R, F> Abort for FirstOf<I, O, R, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
+{
+    fn abort(&self, cut: Cut) -> bool {
+        Abort::abort(&self.0.cell, cut)
+    }
+
+    fn is_finished(&self) -> bool {
+        Abort::is_finished(&self.0.cell)
+    }
+}
+
+impl<I, O, R, F> Direct<I, O, R, F> {
     /// Takes the deadline's entry off the timer, if it is there.
     fn cancel_entry(&self) {
         let seq = self.entry.swap(NO_ENTRY, Relaxed);
@@ -335,17 +489,18 @@ impl<I, O, R> Direct<I, O, R> {
     }
 }
 
-impl<I, O, R> Drop for Direct<I, O, R> {
+impl<I, O, R, F> Drop for Direct<I, O, R, F> {
     fn drop(&mut self) {
         self.cancel_entry();
     }
 }
 
-impl<I, O, R> Completion<O> for Direct<I, O, R>
+impl<I, O, R, F> Completion<O> for Direct<I, O, R, F>
 where
     I: Send + 'static,
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
 {
     fn poll_done(&self, mut cx: Option<&mut Context<'_>>) -> Poll<Result<O, JobError>> {
         if let Some(next) = self.next() {
@@ -389,7 +544,7 @@ where
     fn revoke(&self, error: JobError) -> bool {
         match self.next() {
             Some(next) => next.revoke(error),
-            None => self.attempt().revoke(error),
+            None => Completion::revoke(self.attempt(), error),
         }
     }
 
@@ -444,7 +599,11 @@ where
             deadline: self.deadline,
             called: self.called,
         };
-        let attempt = JobHandle::new(Arc::clone(self.attempt()), self.registry.id);
+        let Some(me) = self.me.upgrade() else {
+            return; // (not reached: the handle detaching holds the call)
+        };
+        let first = Arc::new(FirstOf(me)) as Arc<dyn Completion<Step<O>>>;
+        let attempt = JobHandle::new(first, self.registry.id);
         let adopted = call::adopt(parts, self.take_input(), attempt);
         // Published, so that an `AbortHandle` (or a stopping batch) reaches it from now on.
         *lock(&self.next) = Some(Arc::clone(&adopted));
@@ -463,7 +622,7 @@ where
     fn out_of_line(self: Arc<Self>) -> Option<Arc<dyn Runnable>> {
         match self.next() {
             Some(next) => next.out_of_line(),
-            None => Arc::clone(self.attempt()).out_of_line(),
+            None => Some(self),
         }
     }
 
@@ -476,11 +635,12 @@ where
     }
 }
 
-impl<I, O, R> Abort for Direct<I, O, R>
+impl<I, O, R, F> Abort for Direct<I, O, R, F>
 where
     I: Send + 'static,
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
 {
     fn abort(&self, cut: Cut) -> bool {
         let event = if cut == Cut::TimedOut {
@@ -499,7 +659,7 @@ where
             // A cut here as well would answer `Cancelled` to a call counted as timed out.
             return false;
         }
-        Arc::clone(self.attempt()).abort_target().abort(cut)
+        Abort::abort(self.attempt(), cut)
     }
 
     fn is_finished(&self) -> bool {
@@ -507,16 +667,17 @@ where
             Some(next) => next.is_finished(),
             // Adopted, not yet published: the adopting call may still retry.
             None if self.events.load(SeqCst) & ADOPTED != 0 => false,
-            None => Arc::clone(self.attempt()).abort_target().is_finished(),
+            None => Abort::is_finished(self.attempt()),
         }
     }
 }
 
-impl<I, O, R> Alarm for Direct<I, O, R>
+impl<I, O, R, F> Alarm for Direct<I, O, R, F>
 where
     I: Send + 'static,
     O: Send + 'static,
     R: Fn(I) -> O + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Step<O> + Send + 'static,
 {
     /// The deadline: a queued attempt never starts, a running one is cut off; either way the
     /// handle resolves to `TimedOut` now, and an adaptive limit takes it as an overload.
@@ -539,9 +700,7 @@ where
         // passed after this marked it, and left the count to this alarm.
         let timed_out = &self.controls.counts.timed_out;
         Counts::add(timed_out);
-        let cut = Arc::clone(self.attempt())
-            .abort_target()
-            .abort(Cut::TimedOut);
+        let cut = Abort::abort(self.attempt(), Cut::TimedOut);
         if !cut && self.events.load(SeqCst) & EXPIRED == 0 {
             timed_out.fetch_sub(1, Relaxed);
             return;

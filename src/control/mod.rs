@@ -16,18 +16,19 @@
 //!
 //! [`start`] takes the shortest way that keeps the options: a call that passes its gates at
 //! once is its first attempt's own job (no deadline, no retry policy), that job's cell with the
-//! deadline beside it in one allocation ([`timed`]: a deadline, no retry policy), or a thin
-//! handle over that job ([`direct`]) that keeps the deadline and hands over to a driven call if
-//! the policy wants another attempt. A call that must wait is driven from the start ([`call`]).
+//! deadline beside it in one allocation ([`timed`]: a deadline, no retry policy), or that cell
+//! inside a call ([`direct`]) that keeps the deadline and hands over to a driven call if the
+//! policy wants another attempt. A call that must wait is driven from the start ([`call`]).
 //!
 //! The deadline, if any, is an entry on the pool's timer from the call on: when it rings the
 //! call ends with `TimedOut` wherever it is (a queued attempt never starts, a running one sees
 //! `is_cancelled()`). At the pool's close every wait outside the queue ends.
 //!
 //! Files: [`start`] (the way a call takes), [`attempt`] (an attempt's job), [`timed`] (a
-//! deadline on the job's own cell), [`direct`] (the thin handle), [`call`] (the driver of a call's attempts), [`limit`] and [`rate`] (the
-//! gates), [`line`] (how waiters leave a gate's line), [`retry`] (the policy and its backoff),
-//! [`deadline`] (the deadline in force inside a call), [`stats`] (what a program counts).
+//! deadline on the job's own cell), [`direct`] (the call around a first attempt), [`call`]
+//! (the driver of a call's attempts), [`limit`] and [`rate`] (the gates), [`line`] (how
+//! waiters leave a gate's line), [`retry`] (the policy and its backoff), [`deadline`] (the
+//! deadline in force inside a call), [`stats`] (what a program counts).
 //!
 //! Locks: a call's own state, then a line's (a limit's or a limiter's), then the timer's, in
 //! that order only; every admission out of a line is made after its lock is released. User

@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use super::attempt::{Attempt, Step};
 use super::call::{self, Parts};
-use super::direct::{self, Again, Direct};
+use super::direct::{self, Again};
 use super::timed;
 use super::{with_deadline, Controls, Counts, Policy};
 use crate::capture::Captured;
 use crate::error::{JobError, Refusal};
 use crate::guard;
-use crate::job::{new_job, JobHandle};
+use crate::job::JobHandle;
 use crate::pool::Registry;
 use crate::sync::Mutex;
 
@@ -111,18 +111,7 @@ where
     if deadline.is_none() && !retries {
         // (No timeout, one too long to have a deadline, or a policy of one attempt.)
         Counts::add(&controls.counts.attempts);
-        let plan = Attempt {
-            slot,
-            token,
-            deadline: None,
-            sampled,
-        };
-        let job = plan.job(
-            run,
-            move || input,
-            |out| out,
-            || unreachable!("an attempt without a deadline always starts"),
-        );
+        let job = Attempt::starting(slot, token, sampled, run, input);
         return registry.submit(job, captured);
     }
     if policy.is_some_and(Policy::retries_panics) {
@@ -151,20 +140,10 @@ where
     };
     if let (Some(deadline), false) = (deadline, retries) {
         Counts::add(&controls.counts.attempts);
-        let plan = Attempt {
-            slot,
-            token,
-            // (The call checks it as a worker takes the job: see `timed`.)
-            deadline: None,
-            sampled,
-        };
+        // The deadline in force inside the job; the call checks it as a worker takes the job
+        // (see `timed`).
         let run = move |input| with_deadline(deadline, || run(input));
-        let job = plan.job(
-            run,
-            move || input,
-            |out| out,
-            || unreachable!("an attempt without a deadline always starts"),
-        );
+        let job = Attempt::starting(slot, token, sampled, run, input);
         return timed::submit(registry, controls, reserved, deadline, job, captured);
     }
     let again = kept.map(|kept| Again {
@@ -172,32 +151,34 @@ where
         captured: captured.clone(),
         input: Mutex::new(Some(kept)),
     });
-    let mut queued = None;
-    let direct = direct::new(registry, controls, deadline, called, again, |me| {
-        let me_for_then = retries.then(|| Weak::clone(me));
-        let then = move |out| match &me_for_then {
-            Some(me) => Direct::after_first(me, out),
-            None => Step::Done(out),
-        };
-        let me_for_expired = deadline.map(|_| Weak::clone(me));
-        let expired = move || match &me_for_expired {
-            Some(me) => Direct::expired(me),
-            None => Step::Expired,
-        };
-        let plan = Attempt {
-            slot,
-            token,
-            deadline,
-            sampled,
-        };
-        let job = plan.job(run, move || input, then, expired);
-        let (job, handle) = new_job(job, captured, registry.id);
-        queued = Some(job);
-        handle
-            .into_completion()
-            .unwrap_or_else(|_| unreachable!("a job made here is not waiting for room"))
-    });
+    // The call is the first attempt's cell too: one allocation.
+    let direct = direct::new(
+        registry,
+        controls,
+        deadline,
+        called,
+        again,
+        captured,
+        |me| {
+            let me_for_then = retries.then(|| Weak::clone(me));
+            let then = move |out| match &me_for_then {
+                Some(me) => direct::after_first(me, out),
+                None => Step::Done(out),
+            };
+            let me_for_expired = deadline.map(|_| Weak::clone(me));
+            let expired = move || match &me_for_expired {
+                Some(me) => direct::expired(me),
+                None => Step::Expired,
+            };
+            let plan = Attempt {
+                slot,
+                token,
+                deadline,
+                sampled,
+            };
+            plan.job(run, move || input, then, expired)
+        },
+    );
     Counts::add(&controls.counts.attempts);
-    reserved.fill(queued.expect("the attempt is made with the call"));
-    direct.queued()
+    direct.queued(reserved)
 }

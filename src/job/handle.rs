@@ -211,18 +211,6 @@ impl<T> JobHandle<T> {
         }
     }
 
-    /// What the handle is on, for a handle of its own around it (a controlled call's first
-    /// attempt); the handle itself back if its job still waits for room in a bounded queue.
-    pub(crate) fn into_completion(mut self) -> Result<Arc<dyn Completion<T>>, Self> {
-        if self.pending.is_some() {
-            return Err(self);
-        }
-        Ok(self
-            .inner
-            .take()
-            .expect("a handle not yet polled has its cell"))
-    }
-
     /// Hands the handle a job that must still be queued when the bounded queue has room.
     pub(crate) fn set_pending(&mut self, submit: Box<dyn Submit>) {
         self.pending = Some(submit);
