@@ -668,3 +668,74 @@ fn a_job_past_its_deadline_before_it_starts_is_counted_cancelled_not_completed()
         assert_eq!(program.stats().timed_out, CALLS, "retry policy: {retried}");
     }
 }
+
+/// A detached call with a deadline and a retry policy, adopted by another call while its first
+/// attempt runs, lets go of everything once it ends, whether its deadline cuts it off or an
+/// `AbortHandle` does: the program (and what it holds) is freed with the pool and the program.
+#[test]
+fn an_adopted_call_cut_off_by_its_deadline_or_an_abort_leaves_nothing_behind() {
+    for abort in [false, true] {
+        let alive = Arc::new(());
+        let pool = WorkerPool::new(1);
+        let (started_tx, started) = mpsc::channel();
+        let started_tx = std::sync::Mutex::new(started_tx);
+        let held = Arc::clone(&alive);
+        let program = pool
+            .asyncify(move |_: u32| {
+                let _held = &held;
+                let _ = started_tx.lock().unwrap().send(());
+                let start = Instant::now();
+                while !is_cancelled() && start.elapsed() < HANG {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .timeout(Duration::from_millis(if abort { 3_600_000 } else { 100 }))
+            .retry(Retry::new(2).retry_if(|_: &()| true));
+        let handle = program.call(1);
+        started.recv_timeout(HANG).expect("the attempt started");
+        let aborter = handle.abort_handle();
+        handle.detach(); // the attempt runs: a call adopts it
+        if abort {
+            aborter.abort();
+        }
+        spin_until("the call finished", || aborter.is_finished());
+        drop((aborter, program));
+        pool.shutdown();
+        spin_until("the program was freed", || Arc::strong_count(&alive) == 1);
+    }
+}
+
+/// A dropped call with a retry policy lets go of its input's copy at once, not when a worker
+/// gets to its place in the queue: the input (whose `Drop` is user code) goes on the caller's
+/// thread, with the handle.
+#[test]
+fn a_dropped_retried_call_in_the_queue_drops_its_inputs_with_the_handle() {
+    #[derive(Clone)]
+    struct Input(Arc<AtomicUsize>);
+    impl Drop for Input {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let pool = WorkerPool::new(1);
+    let (gate, busy) = occupy(&pool, 1);
+    let program = pool
+        .asyncify(|_: Input| ())
+        .timeout(Duration::from_secs(3600))
+        .retry(Retry::new(2));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let handle = program.call(Input(Arc::clone(&dropped)));
+    // The input and its copy for a second attempt are both in the call.
+    assert_eq!(dropped.load(SeqCst), 0);
+    let me = std::thread::current().id();
+    drop(handle);
+    assert_eq!(
+        dropped.load(SeqCst),
+        2,
+        "the call's input or its copy outlived the handle on {me:?}"
+    );
+    gate.open();
+    for h in busy {
+        assert_eq!(wait(h), Ok(()));
+    }
+}

@@ -91,11 +91,29 @@ pub(super) struct Direct<I, O, R, F> {
     next: Mutex<Option<Arc<dyn Continued<O>>>>,
 }
 
-/// The program, the caller's context and the original input, for another attempt.
-pub(super) struct Again<I, R> {
-    pub(super) run: R,
-    pub(super) captured: Captured,
-    pub(super) input: Mutex<Option<I>>,
+/// The program, the caller's context and the original input, for another attempt: taken
+/// whole and once, by the worker's hand-over to a retry or by a detach's adoption (each with
+/// its claim), or dropped with the caller's handle if neither has claimed it.
+pub(super) struct Again<I, R>(Mutex<Option<Kept<I, R>>>);
+
+pub(super) struct Kept<I, R> {
+    run: R,
+    captured: Captured,
+    input: I,
+}
+
+impl<I, R> Again<I, R> {
+    pub(super) fn new(run: R, captured: Captured, input: I) -> Self {
+        Again(Mutex::new(Some(Kept {
+            run,
+            captured,
+            input,
+        })))
+    }
+
+    fn take(&self) -> Option<Kept<I, R>> {
+        lock(&self.0).take()
+    }
 }
 
 /// What the first attempt's job reaches of its call (type-erased: the job is a part of the
@@ -143,16 +161,15 @@ where
 }
 
 /// The end of the first attempt's job, on its worker, for a call with a retry policy
-/// (`me`: the call, gone if the caller let go): `out` for the caller, or, if the policy
-/// wants another attempt, a call that takes over (the classifier is user code: it runs
-/// here, inside the job, under the caller's context, holding no lock).
+/// (`me`: the call, which the job's runner holds while the job runs): `out` for the caller, or,
+/// if the policy wants another attempt, a call that takes over (the classifier is user code:
+/// it runs here, inside the job, under the caller's context, holding no lock).
 pub(super) fn after_first<O>(me: &Weak<dyn First<O>>, out: O) -> Step<O> {
     let Some(me) = me.upgrade() else {
-        return Step::Done(out);
+        return Step::Done(out); // (not reached: the runner holds the call)
     };
     let step = me.hand_over_if_wanted(out);
-    // Possibly the call's last owner now (its caller let go meanwhile), with the input,
-    // the program and the context in it: through the guard.
+    // (Through the guard, as any release of the call: it holds user values.)
     guard::drop("a call", me);
     step
 }
@@ -196,24 +213,6 @@ where
         JobHandle::new(self, id)
     }
 
-    /// The program, for the attempts after the first.
-    pub(super) fn again_run(&self) -> Option<R> {
-        self.again.as_ref().map(|a| a.run.clone())
-    }
-
-    /// The caller's context, for the attempts after the first.
-    pub(super) fn again_captured(&self) -> Captured {
-        self.again
-            .as_ref()
-            .map_or_else(Captured::default, |a| a.captured.clone())
-    }
-
-    /// The original input, for a call that adopts the attempt (with a detach's claim: the
-    /// worker's hand-over then never takes it).
-    pub(super) fn take_input(&self) -> Option<I> {
-        self.again.as_ref().and_then(|a| lock(&a.input).take())
-    }
-
     fn attempt(&self) -> &Cell<F, Step<O>> {
         &self.cell
     }
@@ -231,10 +230,10 @@ where
         if !retry || !self.claim(0, TAKEN) {
             return self.unless_aborted(Step::Judged(out, retry));
         }
-        let Some(input) = lock(&again.input).take() else {
+        let Some(kept) = again.take() else {
             return Step::Done(out); // (not reached: only the claim takes it)
         };
-        let next = call::prepare(self.parts(again), input);
+        let next = call::prepare(self.parts(Some(kept.run), kept.captured), kept.input);
         *lock(&self.next) = Some(Arc::clone(&next));
         let Some(seen) = self.claim_seen(ENDING & !ADOPTED, HANDED_OVER) else {
             // Ended meanwhile: the new call goes unstarted, and the output is the answer, unless
@@ -293,12 +292,12 @@ where
         lock(&self.next).clone()
     }
 
-    fn parts(&self, again: &Again<I, R>) -> Parts<R> {
+    fn parts(&self, run: Option<R>, captured: Captured) -> Parts<R> {
         Parts {
             registry: Arc::clone(&self.registry),
             controls: Arc::clone(&self.controls),
-            run: Some(again.run.clone()),
-            captured: again.captured.clone(),
+            run,
+            captured,
             deadline: self.deadline,
             called: self.called,
         }
@@ -352,12 +351,12 @@ where
             // after this): the answer is `Cancelled`, and no timeout is counted.
             return Step::Aborted;
         }
-        if seen & (DEADLINE | ADOPTED | HANDED_OVER) == 0 {
+        if seen & (DEADLINE | ADOPTED | HANDED_OVER | CANCELLED) == 0 {
             Counts::add(&self.controls.counts.timed_out);
             if let Some(limit) = &self.controls.limit {
                 limit.sample(Sample::TimedOut);
             }
-        } else {
+        } else if seen & DEADLINE != 0 {
             // The alarm came first and counted; its cut may now find the attempt ended,
             // and must not take the count back (the call did time out).
             self.events.fetch_or(EXPIRED, SeqCst);
@@ -394,6 +393,10 @@ where
         self.cell.is_timed()
     }
 
+    fn decline(&self) {
+        self.cell.decline();
+    }
+
     fn complete(
         &self,
         result: &mut dyn Any,
@@ -406,7 +409,8 @@ where
 }
 
 /// The first attempt as a call that adopts it sees it: the attempt's own cell, inside the
-/// direct call (which it keeps alive until it lets go of the attempt, once the attempt ends).
+/// direct call, which this keeps alive until the adopting call lets go of the attempt's handle
+/// (once it has the attempt's answer; its abort handle on the attempt is weak).
 struct FirstOf<I, O, R, F>(Arc<Direct<I, O, R, F>>);
 
 impl<I, O, R, F> Completion<Step<O>> for FirstOf<I, O, R, F>
@@ -456,12 +460,18 @@ where
         Some(Arc::clone(&self.0) as Arc<dyn Runnable>)
     }
 
+    /// A weak view: the adopting call keeps an attempt's abort handle for as long as it lives,
+    /// and the direct call holds the adopting call (a cycle, if this were strong).
     fn abort_target(self: Arc<Self>) -> Arc<dyn Abort> {
-        self
+        Arc::new(FirstAbort(Arc::downgrade(&self.0)))
     }
 }
 
-impl<I, O, R, F> Abort for FirstOf<I, O, R, F>
+/// An abort handle on the first attempt, for a call that adopted it (see
+/// [`FirstOf::abort_target`]). A direct call that is gone has finished: nothing holds its job.
+struct FirstAbort<I, O, R, F>(Weak<Direct<I, O, R, F>>);
+
+impl<I, O, R, F> Abort for FirstAbort<I, O, R, F>
 where
     I: Send + 'static,
     O: Send + 'static,
@@ -469,11 +479,22 @@ where
     F: FnOnce() -> Step<O> + Send + 'static,
 {
     fn abort(&self, cut: Cut) -> bool {
-        Abort::abort(&self.0.cell, cut)
+        let Some(direct) = self.0.upgrade() else {
+            return false;
+        };
+        let ended = Abort::abort(&direct.cell, cut);
+        // Possibly the call's last owner now, with user values in it.
+        guard::drop("a call", direct);
+        ended
     }
 
     fn is_finished(&self) -> bool {
-        Abort::is_finished(&self.0.cell)
+        let Some(direct) = self.0.upgrade() else {
+            return true;
+        };
+        let finished = Abort::is_finished(&direct.cell);
+        guard::drop("a call", direct);
+        finished
     }
 }
 
@@ -535,9 +556,21 @@ where
 
     fn cancel(&self) {
         self.cancel_entry();
-        match self.mark(CANCELLED) {
-            Some(next) => next.cancel(),
-            None => self.attempt().cancel(),
+        let seen = self.events.fetch_or(CANCELLED, SeqCst);
+        if seen & HANDED_OVER != 0 {
+            let next = lock(&self.next).clone(); // (the lock is not held past this line)
+            if let Some(next) = next {
+                next.cancel();
+            }
+            return;
+        }
+        self.attempt().cancel();
+        if seen & (TAKEN | ADOPTED) == 0 {
+            // Nothing can claim it any more: the input, the program and the context for another
+            // attempt go with the handle, on the caller's thread (the queue may hold the call
+            // for long).
+            let kept = self.again.as_ref().and_then(Again::take);
+            guard::drop("a dropped call's input", kept);
         }
     }
 
@@ -591,20 +624,17 @@ where
             // Ended, over, or being handed over (the hand-over passes the detach on).
             return self.attempt().detach();
         }
-        let parts = Parts {
-            registry: Arc::clone(&self.registry),
-            controls: Arc::clone(&self.controls),
-            run: self.again_run(),
-            captured: self.again_captured(),
-            deadline: self.deadline,
-            called: self.called,
-        };
         let Some(me) = self.me.upgrade() else {
             return; // (not reached: the handle detaching holds the call)
         };
+        // (With the adoption's claim: the worker's hand-over never takes these.)
+        let (parts, input) = match self.again.as_ref().and_then(Again::take) {
+            Some(kept) => (self.parts(Some(kept.run), kept.captured), Some(kept.input)),
+            None => (self.parts(None, Captured::default()), None),
+        };
         let first = Arc::new(FirstOf(me)) as Arc<dyn Completion<Step<O>>>;
         let attempt = JobHandle::new(first, self.registry.id);
-        let adopted = call::adopt(parts, self.take_input(), attempt);
+        let adopted = call::adopt(parts, input, attempt);
         // Published, so that an `AbortHandle` (or a stopping batch) reaches it from now on.
         *lock(&self.next) = Some(Arc::clone(&adopted));
         let seen = self.events.fetch_or(HANDED_OVER, SeqCst);
@@ -724,24 +754,27 @@ mod tests {
     use crate::{Retry, WorkerPool};
     use std::time::Duration;
 
-    /// Every way a direct call ends takes its deadline's entry off the timer: answered,
-    /// answered and retried, dropped before its answer, detached, aborted.
+    /// Every way a timed call ends takes its deadline's entry off the timer: answered,
+    /// answered and retried, dropped before its answer, detached, aborted; with a retry policy
+    /// (a direct call) and without one (`timed`).
     #[test]
     fn no_entry_stays_behind_an_ended_call() {
         let pool = WorkerPool::new(2);
         let timer = &pool.registry().timer;
         let timed = pool.asyncify(|x: u32| x).timeout(Duration::from_secs(3600));
         let retried = timed.retry(Retry::new(2).retry_if(|x: &u32| *x == 7));
-        let handles: Vec<_> = (0..500).map(|i| timed.call(i)).collect();
-        for (i, h) in handles.into_iter().enumerate() {
-            assert_eq!(h.wait(), Ok(i as u32));
+        for program in [&timed, &retried] {
+            let handles: Vec<_> = (0..500).map(|i| program.call(i)).collect();
+            for (i, h) in handles.into_iter().enumerate() {
+                assert_eq!(h.wait(), Ok(i as u32));
+            }
+            drop(program.call(1));
+            program.call(2).detach();
+            let handle = program.call(3);
+            handle.abort_handle().abort();
+            let _ = handle.wait();
         }
         assert_eq!(retried.call(7).wait(), Ok(7));
-        drop(timed.call(1));
-        timed.call(2).detach();
-        let handle = timed.call(3);
-        handle.abort_handle().abort();
-        let _ = handle.wait();
         // A detached call's entry goes once its attempt ends (it is another call's then).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while timer.len() > 0 && std::time::Instant::now() < deadline {

@@ -9,8 +9,8 @@
 //!   the samples).
 //! * Otherwise, with a deadline and no retry policy: the same job, in a [`timed`] cell that
 //!   keeps the deadline too.
-//! * Otherwise: a [`direct`] handle on the first attempt, which keeps the
-//!   deadline and hands over to a call if the policy wants another attempt.
+//! * Otherwise: a [`direct`] call around the first attempt's cell, which keeps the deadline
+//!   and hands over to a driven call if the policy wants another attempt.
 
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -25,7 +25,6 @@ use crate::error::{JobError, Refusal};
 use crate::guard;
 use crate::job::JobHandle;
 use crate::pool::Registry;
-use crate::sync::Mutex;
 
 /// Starts a call of `run` on `input` under `controls`, on `registry`'s pool.
 pub(crate) fn start<I, O, R>(
@@ -146,11 +145,7 @@ where
         let job = Attempt::starting(slot, token, sampled, run, input);
         return timed::submit(registry, controls, reserved, deadline, job, captured);
     }
-    let again = kept.map(|kept| Again {
-        run: run.clone(),
-        captured: captured.clone(),
-        input: Mutex::new(Some(kept)),
-    });
+    let again = kept.map(|kept| Again::new(run.clone(), captured.clone(), kept));
     // The call is the first attempt's cell too: one allocation.
     let direct = direct::new(
         registry,

@@ -11,7 +11,8 @@
 //! decides, as for an [`AbortHandle`](crate::AbortHandle), which may race them).
 //!
 //! The entry goes off the timer when the call ends: at the caller's answer, at the drop of the
-//! handle, at an abort, or, for a detached call, when its job ends.
+//! handle, at an abort, when the job is called off in the queue or found expired, or, for a
+//! detached call, when its job ends.
 //!
 //! A call with a retry policy goes through [`direct`](super::direct) instead: it may hand over
 //! to another attempt, which this one never does.
@@ -26,6 +27,7 @@ use super::limit::Sample;
 use super::{Controls, Counts};
 use crate::capture::Captured;
 use crate::error::JobError;
+use crate::guard;
 use crate::job::{Abort, Cell, Completion, Cut, Job, JobHandle, Outcome, Runnable, Start, Timing};
 use crate::pool::{Alarm, Registry, Reserved, TimerKey};
 use crate::sync::AtomicU64;
@@ -86,11 +88,8 @@ where
     /// Cuts the job off for its deadline (a queued one never starts, a running one sees
     /// `is_cancelled()`): true if this ended it, and then counted, here, before the cut wakes
     /// the caller (who finds it counted), and taken by an adaptive limit as an overload. Not
-    /// for a call whose handle was dropped: nobody waits for it.
+    /// for a call whose handle was dropped: nobody waits for it (the cell refuses the cut).
     fn time_out(&self) -> bool {
-        if self.cell.was_dropped() {
-            return false;
-        }
         let timed_out = &self.controls.counts.timed_out;
         Counts::add(timed_out);
         if !Abort::abort(&self.cell, Cut::TimedOut) {
@@ -129,15 +128,41 @@ where
 {
     fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
         if Instant::now() >= self.deadline {
-            // Not started by its deadline: it never starts (the cell's run below then finds it
-            // ended and only counts it).
-            self.time_out();
+            // Not started by its deadline: it never starts. Counted, in the program's stats and
+            // the pool's, before its caller is woken (who then finds it counted).
+            let timed_out = &self.controls.counts.timed_out;
+            Counts::add(timed_out);
+            if let Some(waker) = self.cell.revoke_unwoken(JobError::timed_out()) {
+                if let Some(limit) = &self.controls.limit {
+                    limit.sample(Sample::TimedOut);
+                }
+                record(match start {
+                    // (Its queue entry, found later, counts it called off.)
+                    Start::OutOfLine => Outcome::Lost,
+                    Start::FromQueue { .. } => Outcome::Cancelled,
+                });
+                self.cancel_entry();
+                if let Some(waker) = waker {
+                    guard::wake(waker);
+                }
+                // The queue entry may be the last owner, with the caller's context in it.
+                guard::drop("a finished job's context", self);
+                return;
+            }
+            // It had left the queue (dropped, cut off, or started out of line): the cell's
+            // run below finds out which, and counts it.
+            timed_out.fetch_sub(1, Relaxed);
         }
         Cell::run_as(self, |timed| &timed.cell, start, record);
     }
 
     fn revoke(&self, error: JobError) -> bool {
-        Runnable::revoke(&self.cell, error)
+        let revoked = Runnable::revoke(&self.cell, error);
+        if revoked {
+            // It never runs: the deadline is of no more use.
+            self.cancel_entry();
+        }
+        revoked
     }
 
     fn is_cancelled(&self) -> bool {
@@ -150,6 +175,10 @@ where
 
     fn is_timed(&self) -> bool {
         self.cell.is_timed()
+    }
+
+    fn decline(&self) {
+        self.cell.decline();
     }
 
     fn complete(
@@ -199,7 +228,7 @@ where
     }
 
     fn revoke(&self, error: JobError) -> bool {
-        Completion::revoke(&self.cell, error)
+        Runnable::revoke(self, error)
     }
 
     fn ask_to_stop(&self) {

@@ -71,6 +71,9 @@ const TIMED: u16 = 128;
 /// Set with [`ABORTED`] when a deadline cut the running job off: its handle resolves to
 /// `TimedOut` instead.
 const CUT_BY_DEADLINE: u16 = 256;
+/// Set by the running job when it returns without having run its program (see
+/// [`decline`](super::decline)): its runner counts it as called off.
+const DECLINED: u16 = 512;
 
 /// Where a job is (see the module docs for who moves it out of each stage).
 pub(super) enum Stage<F, T> {
@@ -120,7 +123,8 @@ impl Side {
 pub(crate) struct Cell<F, T> {
     pub(super) slot: Mutex<Slot<F, T>>,
     /// [`CANCELLED`], [`OUT_OF_LINE`], [`STOP_ASKED`], [`ABORTED`], [`ON_SPARE`],
-    /// [`DETACHED`], [`DONE`], [`TIMED`] and [`CUT_BY_DEADLINE`]; read without the lock.
+    /// [`DETACHED`], [`DONE`], [`TIMED`], [`CUT_BY_DEADLINE`] and [`DECLINED`]; read without
+    /// the lock.
     pub(super) flags: AtomicU16,
 }
 
@@ -185,9 +189,21 @@ where
         self.flag(DETACHED)
     }
 
-    /// True once the handle was dropped (or aborted) while the job ran.
-    pub(crate) fn was_dropped(&self) -> bool {
-        self.flag(CANCELLED)
+    /// Resolves a still-queued job with `error`, like [`Runnable::revoke`], but gives back the
+    /// waker to wake instead of waking it (the caller may have something to do first); `None`
+    /// if the job had left the queue.
+    pub(crate) fn revoke_unwoken(&self, error: JobError) -> Option<Option<Waker>> {
+        let error = Box::new(error);
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Queued(..)) {
+            return None;
+        }
+        let work = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)));
+        self.flags.fetch_or(DONE, Relaxed);
+        let waker = slot.side.take_waker();
+        drop(slot);
+        guard::drop("the work of a job that never ran", work);
+        Some(waker)
     }
 
     /// [`Runnable::run`] for a cell that is a part of `owner` (which `cell` finds in it): the
@@ -276,7 +292,7 @@ where
             .downcast_mut::<Option<Result<T, JobError>>>()
             .and_then(Option::take)
             .expect("complete is called with this cell's own result type");
-        let declined = super::take_declined();
+        let declined = self.flag(DECLINED);
         let outcome = |abandoned| match &result {
             Err(_) => Outcome::Panicked(timing),
             Ok(_) if declined => Outcome::Cancelled,
@@ -314,20 +330,19 @@ where
     }
 
     fn revoke(&self, error: JobError) -> bool {
-        let error = Box::new(error);
-        let mut slot = self.lock();
-        if !matches!(slot.stage, Stage::Queued(..)) {
-            return false;
+        match self.revoke_unwoken(error) {
+            Some(waker) => {
+                if let Some(waker) = waker {
+                    guard::wake(waker);
+                }
+                true
+            }
+            None => false,
         }
-        let work = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)));
-        self.flags.fetch_or(DONE, Relaxed);
-        let waker = slot.side.take_waker();
-        drop(slot);
-        guard::drop("the work of a job that never ran", work);
-        if let Some(waker) = waker {
-            guard::wake(waker);
-        }
-        true
+    }
+
+    fn decline(&self) {
+        self.flags.fetch_or(DECLINED, Relaxed);
     }
 
     fn is_cancelled(&self) -> bool {
@@ -479,6 +494,11 @@ where
         let mut slot = self.lock();
         if !matches!(slot.stage, Stage::Running) || self.flag(ABORTED) {
             return false; // finished (the result stays), nobody wants it, or aborted already
+        }
+        if cut == Cut::TimedOut && self.flag(CANCELLED) {
+            // Its handle is gone: nobody waits for the deadline, and the job already sees
+            // `is_cancelled()`.
+            return false;
         }
         // The runner owns the work; it finds CANCELLED when it completes and discards the
         // output. The handle, woken, finds ABORTED and resolves to `cut`'s error now.

@@ -90,6 +90,8 @@ pub(crate) trait Runnable: Send + Sync + 'static {
     /// True if the caller put the job in the timing sample (see [`sampled`]), so its queue
     /// entry is to note when it enters the queue.
     fn is_timed(&self) -> bool;
+    /// The running job returns without having run its program (see [`decline`]).
+    fn decline(&self);
     /// Stores the result passed as `&mut Option<Result<T, JobError>>` (type-erased so the cell can
     /// sit in the thread-local `CURRENT` as a plain `dyn Runnable` while the job runs), and
     /// returns the waker to wake, if the caller still waits. `captured` goes back into the cell.
@@ -289,6 +291,10 @@ impl Runnable for Stamped {
         false
     }
 
+    fn decline(&self) {
+        self.cell.decline();
+    }
+
     fn complete(
         &self,
         result: &mut dyn Any,
@@ -300,23 +306,16 @@ impl Runnable for Stamped {
     }
 }
 
-thread_local! {
-    /// Set by a job that returns without running its program (see [`decline`]), for its
-    /// runner's count.
-    static DECLINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Called by a running job as it returns without having run its program (a controlled call's
+/// Called by a running job that returns without having run its program (a controlled call's
 /// attempt that found its deadline passed): its runner counts it `cancelled`, as a job called
-/// off in the queue, not `completed`. (Last thing before it returns: a nested job run in
-/// between would take the mark.)
+/// off in the queue, not `completed`. The mark is on the job's own cell (`CURRENT`), so a job
+/// run nested meanwhile on this thread cannot take it.
 pub(crate) fn decline() {
-    let _ = DECLINED.try_with(|d| d.set(true));
-}
-
-/// Whether the job that just returned on this thread declined to run (and the mark is cleared).
-fn take_declined() -> bool {
-    DECLINED.try_with(|d| d.replace(false)).unwrap_or(false)
+    let _ = CURRENT.try_with(|c| {
+        if let Some(job) = c.borrow().as_ref() {
+            job.decline();
+        }
+    });
 }
 
 thread_local! {
