@@ -739,3 +739,46 @@ fn a_dropped_retried_call_in_the_queue_drops_its_inputs_with_the_handle() {
         assert_eq!(wait(h), Ok(()));
     }
 }
+
+/// A retried call that ends while its first attempt is still queued (its deadline came, or an
+/// `AbortHandle` aborted it) lets go of its input and the input's copy when its caller has the
+/// answer, not when a worker gets to its place in the queue.
+#[test]
+fn a_retried_call_that_ends_in_the_queue_lets_go_of_its_inputs_with_the_answer() {
+    #[derive(Clone)]
+    struct Input(Arc<AtomicUsize>);
+    impl Drop for Input {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    for abort in [false, true] {
+        let pool = WorkerPool::new(1);
+        let (gate, busy) = occupy(&pool, 1);
+        let program = pool
+            .asyncify(|_: Input| ())
+            .timeout(Duration::from_millis(if abort { 3_600_000 } else { 50 }))
+            .retry(Retry::new(2));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let handle = program.call(Input(Arc::clone(&dropped)));
+        let aborter = handle.abort_handle();
+        if abort {
+            aborter.abort();
+        }
+        let out = wait(handle);
+        assert!(
+            matches!(&out, Err(e) if e.is_timed_out() || e.is_cancelled()),
+            "{out:?}"
+        );
+        assert_eq!(
+            dropped.load(SeqCst),
+            2,
+            "abort {abort}: the input or its copy outlived the answer"
+        );
+        drop(aborter);
+        gate.open();
+        for h in busy {
+            assert_eq!(wait(h), Ok(()));
+        }
+    }
+}

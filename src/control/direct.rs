@@ -25,7 +25,8 @@
 //! * After `HANDED_OVER`, every event goes to the new call.
 //! * `DEADLINE` has one owner, who counts the timeout: the alarm (which cuts the attempt
 //!   off), the worker that finds the deadline passed as it starts the attempt, or a call that
-//!   adopted the attempt (with its own entry on the timer).
+//!   adopted the attempt (with its own entry on the timer). Nobody counts it for a call whose
+//!   handle was dropped first.
 
 use std::any::Any;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -93,7 +94,8 @@ pub(super) struct Direct<I, O, R, F> {
 
 /// The program, the caller's context and the original input, for another attempt: taken
 /// whole and once, by the worker's hand-over to a retry or by a detach's adoption (each with
-/// its claim), or dropped with the caller's handle if neither has claimed it.
+/// its claim), or, if neither has claimed it, let go of when the call is dropped or answered
+/// without a retry (the queue may hold the call long after).
 pub(super) struct Again<I, R>(Mutex<Option<Kept<I, R>>>);
 
 pub(super) struct Kept<I, R> {
@@ -175,8 +177,8 @@ pub(super) fn after_first<O>(me: &Weak<dyn First<O>>, out: O) -> Step<O> {
 }
 
 /// The attempt expired (its deadline had passed when a worker took it): counted on that
-/// worker, whether or not the caller polls, unless the alarm cut it off first or a call
-/// that adopted it counts it.
+/// worker, whether or not the caller polls, unless the alarm cut it off first, a call that
+/// adopted it counts it, or its handle was dropped (nobody waits for it).
 pub(super) fn expired<O>(me: &Weak<dyn First<O>>) -> Step<O> {
     let Some(me) = me.upgrade() else {
         return Step::Expired;
@@ -211,6 +213,13 @@ where
         }
         let id = self.registry.id;
         JobHandle::new(self, id)
+    }
+
+    /// Drops what another attempt would need, if nobody took it (only once no claim on it
+    /// can succeed).
+    fn let_go_of_again(&self) {
+        let kept = self.again.as_ref().and_then(Again::take);
+        guard::drop("a finished call's input", kept);
     }
 
     fn attempt(&self) -> &Cell<F, Step<O>> {
@@ -310,8 +319,11 @@ where
         cx: Option<&mut Context<'_>>,
     ) -> Poll<Result<O, JobError>> {
         if !matches!(result, Ok(Step::HandedOver)) {
-            // The answer is the attempt's: the deadline is of no more use.
+            // The answer is the attempt's: the deadline is of no more use, nor is what another
+            // attempt would need (the attempt ended, or what cut it off ended the call: no
+            // hand-over can claim it now).
             self.cancel_entry();
+            self.let_go_of_again();
         }
         match result {
             Ok(Step::Done(out) | Step::Judged(out, _)) => Poll::Ready(Ok(out)),
@@ -356,9 +368,10 @@ where
             if let Some(limit) = &self.controls.limit {
                 limit.sample(Sample::TimedOut);
             }
-        } else if seen & DEADLINE != 0 {
+        } else if seen & (DEADLINE | CANCELLED) == DEADLINE {
             // The alarm came first and counted; its cut may now find the attempt ended,
-            // and must not take the count back (the call did time out).
+            // and must not take the count back (the call did time out). Not for a dropped
+            // call: its cut is refused, and its count goes back.
             self.events.fetch_or(EXPIRED, SeqCst);
         }
         Step::Expired
@@ -378,7 +391,12 @@ where
     }
 
     fn revoke(&self, error: JobError) -> bool {
-        Runnable::revoke(&self.cell, error)
+        let revoked = Runnable::revoke(&self.cell, error);
+        if revoked {
+            // It never runs: the deadline is of no more use.
+            self.cancel_entry();
+        }
+        revoked
     }
 
     fn is_cancelled(&self) -> bool {
@@ -410,7 +428,8 @@ where
 
 /// The first attempt as a call that adopts it sees it: the attempt's own cell, inside the
 /// direct call, which this keeps alive until the adopting call lets go of the attempt's handle
-/// (once it has the attempt's answer; its abort handle on the attempt is weak).
+/// (once it has the attempt's answer, or as it ends early; its abort handle on the attempt is
+/// weak).
 struct FirstOf<I, O, R, F>(Arc<Direct<I, O, R, F>>);
 
 impl<I, O, R, F> Completion<Step<O>> for FirstOf<I, O, R, F>
@@ -566,18 +585,15 @@ where
         }
         self.attempt().cancel();
         if seen & (TAKEN | ADOPTED) == 0 {
-            // Nothing can claim it any more: the input, the program and the context for another
-            // attempt go with the handle, on the caller's thread (the queue may hold the call
-            // for long).
-            let kept = self.again.as_ref().and_then(Again::take);
-            guard::drop("a dropped call's input", kept);
+            // Nothing can claim it any more: it goes with the handle, on the caller's thread.
+            self.let_go_of_again();
         }
     }
 
     fn revoke(&self, error: JobError) -> bool {
         match self.next() {
             Some(next) => next.revoke(error),
-            None => Completion::revoke(self.attempt(), error),
+            None => Runnable::revoke(self, error),
         }
     }
 
@@ -622,7 +638,12 @@ where
         }
         if !adoptable(seen) {
             // Ended, over, or being handed over (the hand-over passes the detach on).
-            return self.attempt().detach();
+            self.attempt().detach();
+            if seen & (TAKEN | HANDED_OVER) == 0 {
+                // Ended or over: no hand-over can claim it now.
+                self.let_go_of_again();
+            }
+            return;
         }
         let Some(me) = self.me.upgrade() else {
             return; // (not reached: the handle detaching holds the call)

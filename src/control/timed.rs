@@ -132,15 +132,10 @@ where
             // the pool's, before its caller is woken (who then finds it counted).
             let timed_out = &self.controls.counts.timed_out;
             Counts::add(timed_out);
-            if let Some(waker) = self.cell.revoke_unwoken(JobError::timed_out()) {
+            if let Some(waker) = self.cell.expire(start, record) {
                 if let Some(limit) = &self.controls.limit {
                     limit.sample(Sample::TimedOut);
                 }
-                record(match start {
-                    // (Its queue entry, found later, counts it called off.)
-                    Start::OutOfLine => Outcome::Lost,
-                    Start::FromQueue { .. } => Outcome::Cancelled,
-                });
                 self.cancel_entry();
                 if let Some(waker) = waker {
                     guard::wake(waker);

@@ -189,15 +189,28 @@ where
         self.flag(DETACHED)
     }
 
-    /// Resolves a still-queued job with `error`, like [`Runnable::revoke`], but gives back the
-    /// waker to wake instead of waking it (the caller may have something to do first); `None`
-    /// if the job had left the queue.
-    pub(crate) fn revoke_unwoken(&self, error: JobError) -> Option<Option<Waker>> {
+    /// A runner that took the job (`start`) found its deadline passed: if it is still queued,
+    /// it ends `TimedOut` without running, counted by `record` as a job called off, under the
+    /// lock, before anyone can see the result (taken out of line, its queue entry is then a
+    /// husk). Gives back the waker to wake; `None` if the job had left the queue.
+    pub(crate) fn expire(&self, start: Start, record: &dyn Fn(Outcome)) -> Option<Option<Waker>> {
+        self.take_queued(JobError::timed_out(), || {
+            if start == Start::OutOfLine {
+                self.flags.fetch_or(OUT_OF_LINE, Relaxed);
+            }
+            record(Outcome::Cancelled);
+        })
+    }
+
+    /// Resolves a still-queued job with `error`, after `then` under the lock: the waker to
+    /// wake, or `None` if the job had left the queue.
+    fn take_queued(&self, error: JobError, then: impl FnOnce()) -> Option<Option<Waker>> {
         let error = Box::new(error);
         let mut slot = self.lock();
         if !matches!(slot.stage, Stage::Queued(..)) {
             return None;
         }
+        then();
         let work = std::mem::replace(&mut slot.stage, Stage::Done(Err(error)));
         self.flags.fetch_or(DONE, Relaxed);
         let waker = slot.side.take_waker();
@@ -330,7 +343,7 @@ where
     }
 
     fn revoke(&self, error: JobError) -> bool {
-        match self.revoke_unwoken(error) {
+        match self.take_queued(error, || {}) {
             Some(waker) => {
                 if let Some(waker) = waker {
                     guard::wake(waker);

@@ -127,7 +127,7 @@ impl Cut {
 pub(crate) trait Abort: Send + Sync {
     /// Cancels the job as a dropped handle does, and resolves its handle to `cut`'s error at
     /// once (see `AbortHandle`). True if this ended it: false once it has finished or was
-    /// aborted already.
+    /// aborted already, and for a deadline's cut ([`Cut::TimedOut`]) once its handle is gone.
     fn abort(&self, cut: Cut) -> bool;
     /// True once the job has finished, was called off or will never run.
     fn is_finished(&self) -> bool;
