@@ -782,3 +782,37 @@ fn a_retried_call_that_ends_in_the_queue_lets_go_of_its_inputs_with_the_answer()
         }
     }
 }
+
+/// A caller that has its `TimedOut` finds exactly its own timeout counted in the program's
+/// stats, at once: whichever of the timer and the worker that took the job cuts it off counts
+/// it, as it wins, and the other counts nothing (before, both counted and the loser took its
+/// count back, so a caller could read one too many). With an `AbortHandle` racing the deadline
+/// as well, a call answered `Cancelled` is never counted timed out.
+#[test]
+fn a_timed_out_caller_reads_exactly_the_timeouts_answered() {
+    for threads in [1, 2] {
+        let pool = WorkerPool::new(threads);
+        let program = pool
+            .asyncify(|_: u32| -> u32 { panic!("a call past its deadline ran its program") })
+            .timeout(Duration::from_nanos(1));
+        let mut timed_out = 0;
+        for i in 0..3000u32 {
+            let handle = program.call(i);
+            if i % 3 == 0 {
+                let aborter = handle.abort_handle();
+                std::thread::spawn(move || aborter.abort());
+            }
+            let out = wait(handle).unwrap_err();
+            if out.is_timed_out() {
+                timed_out += 1;
+            } else {
+                assert!(out.is_cancelled(), "call {i}: {out:?}");
+            }
+            assert_eq!(
+                program.stats().timed_out,
+                timed_out,
+                "call {i} on {threads} threads: not the timeouts answered"
+            );
+        }
+    }
+}

@@ -86,15 +86,14 @@ where
     T: Send + 'static,
 {
     /// Cuts the job off for its deadline (a queued one never starts, a running one sees
-    /// `is_cancelled()`): true if this ended it, and then counted, here, before the cut wakes
-    /// the caller (who finds it counted), and taken by an adaptive limit as an overload. Not
+    /// `is_cancelled()`): true if this ended it, and then counted, under the cell's lock as the
+    /// cut wins (so the caller finds it counted, and a cut that loses counts nothing), and
+    /// taken by an adaptive limit as an overload. Not
     /// for a call whose handle was dropped: nobody waits for it (the cell refuses the cut).
     fn time_out(&self) -> bool {
         let timed_out = &self.controls.counts.timed_out;
-        Counts::add(timed_out);
-        if !Abort::abort(&self.cell, Cut::TimedOut) {
+        if !self.cell.cut_off(Cut::TimedOut, || Counts::add(timed_out)) {
             // It had ended, or was ended otherwise first.
-            timed_out.fetch_sub(1, Relaxed);
             return false;
         }
         if let Some(limit) = &self.controls.limit {
@@ -131,8 +130,7 @@ where
             // Not started by its deadline: it never starts. Counted, in the program's stats and
             // the pool's, before its caller is woken (who then finds it counted).
             let timed_out = &self.controls.counts.timed_out;
-            Counts::add(timed_out);
-            if let Some(waker) = self.cell.expire(start, record) {
+            if let Some(waker) = self.cell.expire(start, record, || Counts::add(timed_out)) {
                 if let Some(limit) = &self.controls.limit {
                     limit.sample(Sample::TimedOut);
                 }
@@ -146,7 +144,6 @@ where
             }
             // It had left the queue (dropped, cut off, or started out of line): the cell's
             // run below finds out which, and counts it.
-            timed_out.fetch_sub(1, Relaxed);
         }
         Cell::run_as(self, |timed| &timed.cell, start, record);
     }

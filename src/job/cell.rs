@@ -193,13 +193,62 @@ where
     /// it ends `TimedOut` without running, counted by `record` as a job called off, under the
     /// lock, before anyone can see the result (taken out of line, its queue entry is then a
     /// husk). Gives back the waker to wake; `None` if the job had left the queue.
-    pub(crate) fn expire(&self, start: Start, record: &dyn Fn(Outcome)) -> Option<Option<Waker>> {
+    /// `count`, also under the lock, is the caller's own count of the timeout.
+    pub(crate) fn expire(
+        &self,
+        start: Start,
+        record: &dyn Fn(Outcome),
+        count: impl FnOnce(),
+    ) -> Option<Option<Waker>> {
         self.take_queued(JobError::timed_out(), || {
             if start == Start::OutOfLine {
                 self.flags.fetch_or(OUT_OF_LINE, Relaxed);
             }
             record(Outcome::Cancelled);
+            count();
         })
+    }
+
+    /// [`Abort::abort`], with `then` run under the lock if this cut ends the job, before
+    /// anyone can see the answer (a deadline's count of the timeout: pool code, no user code).
+    pub(crate) fn cut_off(&self, cut: Cut, then: impl FnOnce()) -> bool {
+        let mut then = Some(then);
+        let mut once = || {
+            if let Some(then) = then.take() {
+                then();
+            }
+        };
+        if let Some(waker) = self.take_queued(cut.error(), &mut once) {
+            if let Some(waker) = waker {
+                guard::wake(waker);
+            }
+            return true; // it was queued: it never runs
+        }
+        let mut slot = self.lock();
+        if !matches!(slot.stage, Stage::Running) || self.flag(ABORTED) {
+            return false; // finished (the result stays), nobody wants it, or aborted already
+        }
+        if cut == Cut::TimedOut && self.flag(CANCELLED) {
+            // Its handle is gone: nobody waits for the deadline, and the job already sees
+            // `is_cancelled()`.
+            return false;
+        }
+        once();
+        // The runner owns the work; it finds CANCELLED when it completes and discards the
+        // output. The handle, woken, finds ABORTED and resolves to `cut`'s error now.
+        let by_deadline = if cut == Cut::TimedOut {
+            CUT_BY_DEADLINE
+        } else {
+            0
+        };
+        self.flags
+            .fetch_or(CANCELLED | ABORTED | by_deadline, Relaxed);
+        let waker = slot.side.take_waker();
+        drop(slot);
+        if let Some(waker) = waker {
+            guard::wake(waker);
+        }
+        true
     }
 
     /// Resolves a still-queued job with `error`, after `then` under the lock: the waker to
@@ -501,33 +550,7 @@ where
     T: Send + 'static,
 {
     fn abort(&self, cut: Cut) -> bool {
-        if Runnable::revoke(self, cut.error()) {
-            return true; // it was queued: it never runs
-        }
-        let mut slot = self.lock();
-        if !matches!(slot.stage, Stage::Running) || self.flag(ABORTED) {
-            return false; // finished (the result stays), nobody wants it, or aborted already
-        }
-        if cut == Cut::TimedOut && self.flag(CANCELLED) {
-            // Its handle is gone: nobody waits for the deadline, and the job already sees
-            // `is_cancelled()`.
-            return false;
-        }
-        // The runner owns the work; it finds CANCELLED when it completes and discards the
-        // output. The handle, woken, finds ABORTED and resolves to `cut`'s error now.
-        let by_deadline = if cut == Cut::TimedOut {
-            CUT_BY_DEADLINE
-        } else {
-            0
-        };
-        self.flags
-            .fetch_or(CANCELLED | ABORTED | by_deadline, Relaxed);
-        let waker = slot.side.take_waker();
-        drop(slot);
-        if let Some(waker) = waker {
-            guard::wake(waker);
-        }
-        true
+        self.cut_off(cut, || {})
     }
 
     fn is_finished(&self) -> bool {
