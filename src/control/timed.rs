@@ -88,8 +88,8 @@ where
     /// Cuts the job off for its deadline (a queued one never starts, a running one sees
     /// `is_cancelled()`): true if this ended it, and then counted, under the cell's lock as the
     /// cut wins (so the caller finds it counted, and a cut that loses counts nothing), and
-    /// taken by an adaptive limit as an overload. Not
-    /// for a call whose handle was dropped: nobody waits for it (the cell refuses the cut).
+    /// taken by an adaptive limit as an overload. Not for a call whose handle was dropped:
+    /// nobody waits for it (the cell refuses the cut).
     fn time_out(&self) -> bool {
         let timed_out = &self.controls.counts.timed_out;
         if !self.cell.cut_off(Cut::TimedOut, || Counts::add(timed_out)) {
@@ -128,7 +128,7 @@ where
     fn run(self: Arc<Self>, start: Start, record: &dyn Fn(Outcome)) {
         if Instant::now() >= self.deadline {
             // Not started by its deadline: it never starts. Counted, in the program's stats and
-            // the pool's, before its caller is woken (who then finds it counted).
+            // the pool's, under the cell's lock as it wins (its caller then finds it counted).
             let timed_out = &self.controls.counts.timed_out;
             if let Some(waker) = self.cell.expire(start, record, || Counts::add(timed_out)) {
                 if let Some(limit) = &self.controls.limit {
