@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use std::time::Duration;
 
-use asyncify_pool::{Retry, WorkerPool};
+use asyncify_pool::{Overload, Retry, WorkerPool};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -98,8 +98,8 @@ fn spawned() {
 
 /// A deadline or a retry policy adds no allocation when the call passes its gates at once (the
 /// call keeps them in its job's own allocation, and the deadline's timer entry takes none once
-/// the timer has grown to the load), nor does a concurrency or a rate limit that lets the call
-/// in at once.
+/// the timer has grown to the load), nor does a concurrency (fixed or adaptive) or a rate
+/// limit that lets the call in at once, nor all four together.
 fn with_options() {
     let pool = WorkerPool::new(2);
     let plain = pool.asyncify(|x: u64| x + 1);
@@ -114,6 +114,20 @@ fn with_options() {
         (
             "rate_limit",
             plain.rate_limit(u32::MAX, Duration::from_secs(1)),
+            0.0,
+        ),
+        (
+            "adaptive_concurrency",
+            plain.adaptive_concurrency(64, 64, Overload::when(|_: &u64| false)),
+            0.0,
+        ),
+        (
+            "all four",
+            plain
+                .timeout(Duration::from_secs(60))
+                .retry(Retry::new(3).retry_if(|_: &u64| false))
+                .rate_limit(u32::MAX, Duration::from_secs(1))
+                .adaptive_concurrency(64, 64, Overload::when(|_: &u64| false)),
             0.0,
         ),
     ] {
