@@ -795,23 +795,72 @@ fn a_timed_out_caller_reads_exactly_the_timeouts_answered() {
         let program = pool
             .asyncify(|_: u32| -> u32 { panic!("a call past its deadline ran its program") })
             .timeout(Duration::from_nanos(1));
-        let mut timed_out = 0;
-        for i in 0..3000u32 {
-            let handle = program.call(i);
-            if i % 3 == 0 {
-                let aborter = handle.abort_handle();
-                std::thread::spawn(move || aborter.abort());
+        timeouts_counted_as_answered(
+            |i| program.call(i),
+            || program.stats().timed_out,
+            &format!("timed on {threads} threads"),
+        );
+    }
+}
+
+/// Makes 3,000 calls, a third of them with an abort racing, and checks after each answer that
+/// `timed_out()` reads the `TimedOut` answers so far (an `Ok` answer must be 0).
+fn timeouts_counted_as_answered(
+    call: impl Fn(u32) -> asyncify_pool::JobHandle<u32>,
+    timed_out: impl Fn() -> u64,
+    what: &str,
+) {
+    let mut answered = 0;
+    for i in 0..3000u32 {
+        let handle = call(i);
+        if i % 3 == 0 {
+            let aborter = handle.abort_handle();
+            std::thread::spawn(move || aborter.abort());
+        }
+        match wait(handle) {
+            Ok(out) => assert_eq!(out, 0, "{what}, call {i}"),
+            Err(e) if e.is_timed_out() => answered += 1,
+            Err(e) => assert!(e.is_cancelled(), "{what}, call {i}: {e:?}"),
+        }
+        assert_eq!(
+            timed_out(),
+            answered,
+            "{what}, call {i}: not the timeouts answered"
+        );
+    }
+}
+
+/// The same with a retry policy (the call owns its attempts and the alarm is the call's):
+/// a caller that has its answer finds exactly the timeouts answered counted, whether the
+/// deadline passes before a worker takes the attempt (a 1 ns deadline: the alarm and the
+/// worker race to end it) or as the program ends (a deadline about as long as the program:
+/// the alarm races the answer). Before, the alarm counted first and took its count back when
+/// its cut lost, or counted after the worker's `TimedOut` was already visible.
+#[test]
+fn a_retried_caller_reads_exactly_the_timeouts_answered() {
+    for threads in [1, 2] {
+        let pool = WorkerPool::new(threads);
+        let never: fn(u32) -> u32 = |_| panic!("a call past its deadline ran its program");
+        let spin: fn(u32) -> u32 = |_| {
+            let end = Instant::now() + Duration::from_micros(20);
+            while Instant::now() < end {
+                std::hint::spin_loop();
             }
-            let out = wait(handle).unwrap_err();
-            if out.is_timed_out() {
-                timed_out += 1;
-            } else {
-                assert!(out.is_cancelled(), "call {i}: {out:?}");
-            }
-            assert_eq!(
-                program.stats().timed_out,
-                timed_out,
-                "call {i} on {threads} threads: not the timeouts answered"
+            0
+        };
+        let expired = pool
+            .asyncify(never)
+            .timeout(Duration::from_nanos(1))
+            .retry(Retry::new(2));
+        let racing = pool
+            .asyncify(spin)
+            .timeout(Duration::from_micros(20))
+            .retry(Retry::new(2).retry_if(|_: &u32| false));
+        for (name, program) in [("expired", &expired), ("racing", &racing)] {
+            timeouts_counted_as_answered(
+                |i| program.call(i),
+                || program.stats().timed_out,
+                &format!("{name} on {threads} threads"),
             );
         }
     }

@@ -61,10 +61,10 @@ const CANCELLED: u16 = 32;
 const TAKEN: u16 = 64;
 /// A call adopted the attempt (a detach): it has the input, the deadline and the verdict.
 const ADOPTED: u16 = 128;
-/// The worker that took the first attempt found the deadline passed and did not run it (the
-/// attempt ends `Expired`): an alarm that counted the timeout first, and then finds the
-/// attempt ended, keeps its count.
-const EXPIRED: u16 = 256;
+/// The timeout is counted: by the alarm, under the attempt's lock as its cut wins, or by the
+/// worker that found the deadline passed, before its answer is seen. Whoever sets it first
+/// counts; the other counts nothing (so a caller with its `TimedOut` finds it counted once).
+const COUNTED: u16 = 256;
 /// What ends the call, or leaves it to a call that adopted it: no hand-over after it.
 const ENDING: u16 = DEADLINE | ABORTED | STOP_ASKED | CANCELLED | ADOPTED;
 
@@ -86,7 +86,7 @@ pub(super) struct Direct<I, O, R, F> {
     again: Option<Again<I, R>>,
     called: Option<Instant>,
     /// [`DEADLINE`], [`ABORTED`], [`STOP_ASKED`], [`HANDED_OVER`], [`DETACHED`],
-    /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`], [`EXPIRED`].
+    /// [`CANCELLED`], [`TAKEN`], [`ADOPTED`], [`COUNTED`].
     events: AtomicU16,
     /// The call that took over (set before [`HANDED_OVER`], never changed after).
     next: Mutex<Option<Arc<dyn Continued<O>>>>,
@@ -226,6 +226,23 @@ where
         &self.cell
     }
 
+    /// Counts the first attempt's timeout, unless it is counted already (see [`COUNTED`]):
+    /// true if this counted it.
+    fn count_timeout(&self) -> bool {
+        let first = self.events.fetch_or(COUNTED, SeqCst) & COUNTED == 0;
+        if first {
+            Counts::add(&self.controls.counts.timed_out);
+        }
+        first
+    }
+
+    /// An adaptive limit takes a counted timeout as an overload (outside any lock).
+    fn sample_timeout(&self) {
+        if let Some(limit) = &self.controls.limit {
+            limit.sample(Sample::TimedOut);
+        }
+    }
+
     fn hand_over_if_wanted(&self, out: O) -> Step<O> {
         let (Some(again), Some(policy)) = (&self.again, &self.controls.retry) else {
             return Step::Done(out);
@@ -363,16 +380,10 @@ where
             // after this): the answer is `Cancelled`, and no timeout is counted.
             return Step::Aborted;
         }
-        if seen & (DEADLINE | ADOPTED | HANDED_OVER | CANCELLED) == 0 {
-            Counts::add(&self.controls.counts.timed_out);
-            if let Some(limit) = &self.controls.limit {
-                limit.sample(Sample::TimedOut);
-            }
-        } else if seen & (DEADLINE | CANCELLED) == DEADLINE {
-            // The alarm came first and counted; its cut may now find the attempt ended,
-            // and must not take the count back (the call did time out). Not for a dropped
-            // call: its cut is refused, and its count goes back.
-            self.events.fetch_or(EXPIRED, SeqCst);
+        if seen & (ADOPTED | HANDED_OVER | CANCELLED) == 0 && self.count_timeout() {
+            // Counted before the answer is seen, unless the alarm (which may have marked the
+            // deadline first) counted as its cut won. Not for a dropped call: nobody waits.
+            self.sample_timeout();
         }
         Step::Expired
     }
@@ -746,18 +757,14 @@ where
             // waits for the call any more.
             return;
         }
-        // Counted before the cut wakes the caller, who then finds it counted; taken back if
-        // the attempt had ended first, unless it ended expired: its worker found the deadline
-        // passed after this marked it, and left the count to this alarm.
-        let timed_out = &self.controls.counts.timed_out;
-        Counts::add(timed_out);
-        let cut = Abort::abort(self.attempt(), Cut::TimedOut);
-        if !cut && self.events.load(SeqCst) & EXPIRED == 0 {
-            timed_out.fetch_sub(1, Relaxed);
-            return;
-        }
-        if let Some(limit) = &self.controls.limit {
-            limit.sample(Sample::TimedOut);
+        // Counted under the attempt's lock as the cut wins, before the caller can see its
+        // answer; a cut that loses (the attempt had ended: if it ended expired, its worker
+        // counted) counts nothing.
+        let mut counted = false;
+        self.attempt()
+            .cut_off(Cut::TimedOut, || counted = self.count_timeout());
+        if counted {
+            self.sample_timeout();
         }
     }
 
