@@ -834,7 +834,8 @@ fn timeouts_counted_as_answered(
 /// a caller that has its answer finds exactly the timeouts answered counted, whether the
 /// deadline passes before a worker takes the attempt (a 1 ns deadline: the alarm and the
 /// worker race to end it) or as the program ends (a deadline about as long as the program:
-/// the alarm races the answer). Before, the alarm counted first and took its count back when
+/// the alarm races the answer), or in a retry the first attempt handed over. Before, the
+/// alarm counted first and took its count back when
 /// its cut lost, or counted after the worker's `TimedOut` was already visible.
 #[test]
 fn a_retried_caller_reads_exactly_the_timeouts_answered() {
@@ -856,7 +857,21 @@ fn a_retried_caller_reads_exactly_the_timeouts_answered() {
             .asyncify(spin)
             .timeout(Duration::from_micros(20))
             .retry(Retry::new(2).retry_if(|_: &u32| false));
-        for (name, program) in [("expired", &expired), ("racing", &racing)] {
+        // Every attempt asks for another: the deadline lands in an attempt or a backoff of the
+        // call the first attempt hands over to.
+        let handed = pool
+            .asyncify(spin)
+            .timeout(Duration::from_micros(60))
+            .retry(
+                Retry::new(3)
+                    .backoff(Duration::from_micros(10), Duration::from_micros(10))
+                    .retry_if(|_: &u32| true),
+            );
+        for (name, program) in [
+            ("expired", &expired),
+            ("racing", &racing),
+            ("handed over", &handed),
+        ] {
             timeouts_counted_as_answered(
                 |i| program.call(i),
                 || program.stats().timed_out,

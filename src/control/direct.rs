@@ -23,8 +23,9 @@
 //!   nothing ended the call first (a deadline, an abort, a drop, a stop); only then does the
 //!   new call start. Refused, it is dropped unstarted and the attempt's output is the answer.
 //! * After `HANDED_OVER`, every event goes to the new call.
-//! * `DEADLINE` has one owner, who counts the timeout: the alarm (which cuts the attempt
-//!   off), the worker that finds the deadline passed as it starts the attempt, or a call that
+//! * The timeout is counted once (`COUNTED`), under the attempt's cell's lock, before the
+//!   caller can see its answer: by the alarm as its cut wins, or by the worker that finds the
+//!   deadline passed as it starts the attempt, whichever comes first; or by a call that
 //!   adopted the attempt (with its own entry on the timer). Nobody counts it for a call whose
 //!   handle was dropped first.
 
@@ -227,7 +228,8 @@ where
     }
 
     /// Counts the first attempt's timeout, unless it is counted already (see [`COUNTED`]):
-    /// true if this counted it.
+    /// true if this counted it. Called under the attempt's lock (so that the alarm's cut,
+    /// which answers the caller under it, finds the count made if this set `COUNTED`).
     fn count_timeout(&self) -> bool {
         let first = self.events.fetch_or(COUNTED, SeqCst) & COUNTED == 0;
         if first {
@@ -380,9 +382,11 @@ where
             // after this): the answer is `Cancelled`, and no timeout is counted.
             return Step::Aborted;
         }
-        if seen & (ADOPTED | HANDED_OVER | CANCELLED) == 0 && self.count_timeout() {
-            // Counted before the answer is seen, unless the alarm (which may have marked the
-            // deadline first) counted as its cut won. Not for a dropped call: nobody waits.
+        // Counted before the answer is seen, unless the alarm (which may have marked the
+        // deadline first) counted as its cut won; under the attempt's lock, where that cut
+        // answers the caller. Not for a dropped call: nobody waits.
+        let wanted = seen & (ADOPTED | HANDED_OVER | CANCELLED) == 0;
+        if wanted && self.attempt().locked(|| self.count_timeout()) {
             self.sample_timeout();
         }
         Step::Expired
@@ -716,9 +720,9 @@ where
             return next.is_some_and(|next| next.abort(cut));
         }
         if event == ABORTED && seen & (DEADLINE | ADOPTED) == DEADLINE {
-            // The deadline came first: whoever marked it (the alarm, or the worker that found
-            // it passed) cuts the attempt and counts the timeout, or the attempt had ended.
-            // A cut here as well would answer `Cancelled` to a call counted as timed out.
+            // The deadline came first: the alarm cuts the attempt, or the worker found it
+            // passed, and one of them counts the timeout, or the attempt had ended. A cut
+            // here as well would answer `Cancelled` to a call counted as timed out.
             return false;
         }
         Abort::abort(self.attempt(), cut)

@@ -158,6 +158,13 @@ impl<F, T> Cell<F, T> {
         lock(&self.slot)
     }
 
+    /// Runs `f` under the cell's lock (pool code, no user code: from inside the running job, a
+    /// count that a cut's [`cut_off`](Self::cut_off) must find made, or not begun).
+    pub(crate) fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _slot = self.lock();
+        f()
+    }
+
     /// How an aborted job ended (read under the lock, where `abort` sets it).
     fn cut(&self) -> Cut {
         if self.flag(CUT_BY_DEADLINE) {
