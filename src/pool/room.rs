@@ -327,7 +327,11 @@ mod loom_tests {
 
     impl Wake for Flag {
         fn wake(self: std::sync::Arc<Self>) {
-            self.0.store(true, SeqCst);
+            // A read-modify-write, as an executor's wake-up is (a task's state word). With a
+            // plain store, loom can order the store before the task's own swap that it ran
+            // after, so that the swap read the value before it (tokio-rs/loom#282, "loom does
+            // not respect modification order"): a wake-up that no execution can lose.
+            self.0.swap(true, SeqCst);
         }
     }
 
@@ -392,6 +396,72 @@ mod loom_tests {
                 "the late waiter missed a freed slot"
             );
             assert!(!room.handing.load(SeqCst), "a wake-up is still asked for");
+        });
+    }
+
+    /// A handle whose task is polled again while the queue stays full calls `register_once`
+    /// with its first registration, while a worker frees the only slot, wakes the waiters,
+    /// and another caller takes the slot. The poll starts as a woken task's does, with its
+    /// wake-up consumed if one came. After it, the task has the slot, or is woken again, or is still
+    /// registered for the next wake-up: a poll never skips registering because of a
+    /// registration that a wake-up has already consumed (it would sleep with nobody to wake it).
+    #[test]
+    fn a_task_polled_again_as_a_release_wakes_is_not_left_asleep() {
+        loom::model(|| {
+            let room = Arc::new(Room::new(Some(1)));
+            assert!(room.try_take());
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let mut registered = None;
+            let cx = std::task::Context::from_waker(&waker);
+            // The first poll: registers, retries, finds none (nobody has freed one yet).
+            assert!(room.register_once(&cx, &mut registered));
+            assert!(!room.try_take());
+            let releaser = {
+                let room = room.clone();
+                thread::spawn(move || {
+                    room.release();
+                    room.try_take() // another caller, which may get the slot first
+                })
+            };
+            // The second poll, racing the release; it starts as an executor's does, taking the
+            // task's wake-up if one came (a read of it, as an executor's is).
+            flag.0.swap(false, SeqCst);
+            let took = room.register_once(&cx, &mut registered) && room.try_take();
+            let rival_took = releaser.join().unwrap();
+            assert!(!(took && rival_took), "two took the only slot");
+            let still = registered
+                .as_ref()
+                .is_some_and(|(round, _)| room.still_registered(*round));
+            assert!(
+                took || flag.0.load(SeqCst) || still,
+                "the task sleeps with nobody to wake it"
+            );
+        });
+    }
+
+    /// A handle holds its job while the pool closes (`drop_held`): the job is refused to it or
+    /// dropped by the close, never kept with nobody to drop it, and its handle answers
+    /// `ShutDown` either way.
+    #[test]
+    fn a_job_held_as_the_pool_closes_is_dropped_or_refused() {
+        loom::model(|| {
+            let room = Arc::new(Room::new(Some(1)));
+            let (job, mut handle) = crate::job::new_job(|| 7u32, Default::default(), 1);
+            let closer = {
+                let room = room.clone();
+                thread::spawn(move || room.drop_held())
+            };
+            let held = room.hold(job);
+            closer.join().unwrap();
+            match held {
+                Ok(held) => assert!(lock(&held).is_none(), "the close left a held job"),
+                Err(job) => drop(job),
+            }
+            match handle.poll_with(None) {
+                std::task::Poll::Ready(Err(e)) => assert!(e.is_shut_down(), "{e:?}"),
+                other => panic!("the handle of a dropped job: {other:?}"),
+            }
         });
     }
 
