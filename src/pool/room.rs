@@ -329,8 +329,8 @@ mod loom_tests {
         fn wake(self: std::sync::Arc<Self>) {
             // A read-modify-write, as an executor's wake-up is (a task's state word). With a
             // plain store, loom can order the store before the task's own swap that it ran
-            // after, so that the swap read the value before it (tokio-rs/loom#282, "loom does
-            // not respect modification order"): a wake-up that no execution can lose.
+            // after, so that the swap read the value before it (a known gap in loom's model of
+            // modification order, loom's issue 282): a wake-up that no execution can lose.
             self.0.swap(true, SeqCst);
         }
     }
