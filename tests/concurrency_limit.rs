@@ -286,3 +286,50 @@ fn program_stats_time_the_wait_at_the_limit_and_the_run() {
     );
     assert!(stats.wait.max < HANG);
 }
+
+/// An adaptive limit shrinks on a timeout of an attempt that held a slot, and not on one of a
+/// call that timed out waiting for a slot in the program's own line (the limit was too small
+/// for that call, not too large for the backend), as its docs say.
+#[test]
+fn an_adaptive_limit_shrinks_on_a_timed_out_attempt_not_on_a_timeout_in_its_line() {
+    let pool = WorkerPool::new(4);
+    let (holding, cut) = (Gate::new(), Gate::new());
+    let (h, c) = (Arc::clone(&holding), Arc::clone(&cut));
+    let p = pool
+        .asyncify(move |mode: u8| match mode {
+            1 => h.wait(),
+            2 => c.wait(),
+            _ => {}
+        })
+        .adaptive_concurrency(1, 10, Overload::when(|_: &()| false));
+    assert_eq!(wait(p.call(0)), Ok(()));
+    assert_eq!(
+        p.stats().concurrency_limit,
+        Some(2),
+        "one good sample raised it"
+    );
+    let holders: Vec<_> = (0..2).map(|_| p.call(1)).collect();
+    common::spin_until("both slots held", || p.stats().in_flight == 2);
+    let timed = p.timeout(Duration::from_millis(5));
+    assert!(wait(timed.call(0)).unwrap_err().is_timed_out());
+    assert_eq!(
+        p.stats().concurrency_limit,
+        Some(2),
+        "a timeout in the line shrank the limit"
+    );
+    holding.open();
+    for h in holders {
+        assert_eq!(wait(h), Ok(()));
+    }
+    // Now with a slot: the attempt runs, and its deadline cuts it off. The holders' two good
+    // answers raised the limit to 3 first; a cut takes a tenth, at least one.
+    // (The sample that moves the limit is taken as the answer is given, not before it.)
+    common::spin_until("the holders' samples", || {
+        p.stats().concurrency_limit == Some(3)
+    });
+    assert!(wait(timed.call(2)).unwrap_err().is_timed_out());
+    common::spin_until("a timed-out attempt shrinking the limit", || {
+        p.stats().concurrency_limit == Some(2)
+    });
+    cut.open();
+}

@@ -340,3 +340,48 @@ fn an_abort_as_the_first_attempt_hands_over_answers_cancelled() {
         "aborted calls that answered otherwise: {wrong:?}"
     );
 }
+
+/// A backoff too long for an `Instant` to hold (`Duration::MAX`, or a base of 3·2⁶² s with
+/// jitter) waits for ever: the call stays in its backoff, holding no worker, until its pool
+/// shuts down, which answers it with its last output. With a deadline, such a backoff is not
+/// made (it would end past the deadline): the call answers its last output at once. Before the
+/// fix, with no deadline, a backoff of `Duration::MAX` gave up at once while one of 2⁴⁰ s waited,
+/// and a jittered one past an `Instant` gave up or waited at random (129 of 200 gave up).
+#[test]
+fn a_backoff_past_what_an_instant_holds_waits_for_ever() {
+    let huge = Duration::from_secs(3 << 62);
+    for (name, base, jitter) in [("MAX", Duration::MAX, false), ("3·2⁶² s", huge, true)] {
+        let pool = WorkerPool::new(2);
+        let policy = || {
+            Retry::new(u32::MAX)
+                .backoff(base, Duration::MAX)
+                .jitter(jitter)
+                .retry_if(|_: &u32| true)
+        };
+        let forever = pool.asyncify(|x: u32| x).retry(policy());
+        let handles: Vec<_> = (0..50).map(|i| forever.call(i)).collect();
+        spin_until("the first attempts", || pool.stats().completed == 50);
+        // (Their retries are decided right after: a call that gave up would be answered now.)
+        std::thread::sleep(ms(100));
+        let answered = handles.iter().filter(|h| h.is_finished()).count();
+        assert_eq!(
+            answered, 0,
+            "{name}: calls gave up a backoff with no deadline"
+        );
+        assert_eq!(forever.stats().attempts, 50, "{name}");
+        // With a deadline, the backoff is not made: the first output is the answer.
+        let bounded = pool.asyncify(|x: u32| x + 1).timeout(HANG).retry(policy());
+        for i in 0..50 {
+            assert_eq!(wait(bounded.call(i)), Ok(i + 1), "{name}");
+        }
+        assert_eq!(bounded.stats().retries, 0, "{name}");
+        common::assert_shutdown_returns(&pool);
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(
+                wait(h),
+                Ok(i as u32),
+                "{name}: the last output at the close"
+            );
+        }
+    }
+}

@@ -347,3 +347,23 @@ fn a_nested_call_racing_with_shutdown_never_hangs() {
     }
     eprintln!("{outcomes:?} rounds on 1 and 2 threads");
 }
+
+/// `shutdown_timeout(Duration::ZERO)` on an idle pool looks once: `Ok` only if every thread had
+/// already left (every stop hook has run by then), else the error, after which the threads
+/// still leave on their own and a later `shutdown_timeout` waits for them.
+#[test]
+fn a_zero_shutdown_timeout_on_an_idle_pool_loses_nothing() {
+    for _ in 0..20 {
+        let (pool, stopped) = counted_pool(2);
+        assert_eq!(wait(pool.spawn(|| 1)), Ok(1));
+        match pool.shutdown_timeout(std::time::Duration::ZERO) {
+            Ok(()) => assert_eq!(stopped.load(SeqCst), 2, "Ok before every thread left"),
+            // (A worker looking for its next job holds a place for a moment: `running` may
+            // show it.)
+            Err(e) => assert!(e.running() <= 2 && e.threads() <= 2, "{e}"),
+        }
+        assert_eq!(pool.shutdown_timeout(HANG), Ok(()));
+        assert_eq!(stopped.load(SeqCst), 2);
+        assert_eq!(pool.stats().live_threads, 0);
+    }
+}

@@ -41,6 +41,17 @@ pub(super) type Attempted<O> = Step<O>;
 /// close (see [`Call::watch_close`]).
 const WATCH: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// `now + wait`, or, past what an `Instant` holds, an instant at least half as far ahead as
+/// the latest one it holds (for a wait that long: never, in effect).
+fn saturating_after(now: Instant, mut wait: Duration) -> Instant {
+    loop {
+        match now.checked_add(wait) {
+            Some(until) => return until,
+            None => wait /= 2, // (it fits by `Duration::ZERO` at the latest)
+        }
+    }
+}
+
 /// What a call is made of, however it starts.
 pub(super) struct Parts<R> {
     pub(super) registry: Arc<Registry>,
@@ -686,8 +697,11 @@ where
             kept => return self.end_with(st, outcome, kept),
         };
         let wait = policy.map_or(Duration::ZERO, |p| p.backoff(st.attempts));
-        let until = Instant::now().checked_add(wait);
-        let in_time = until.is_some_and(|u| self.deadline.is_none_or(|d| u < d));
+        // A backoff past what an `Instant` holds ends as late as one holds: never, in effect
+        // (the call waits until it is dropped, aborted or its pool closes), and past any
+        // deadline, so with one it is not made.
+        let until = saturating_after(Instant::now(), wait);
+        let in_time = self.deadline.is_none_or(|d| until < d);
         if !in_time {
             st.stage = Stage::Waiting(input);
             return self.end(st, outcome);
@@ -695,7 +709,6 @@ where
         st.stage = Stage::Waiting(input);
         st.last = Some(outcome);
         if wait > Duration::ZERO {
-            let until = until.expect("checked above");
             let alarm: Weak<dyn Alarm> = Arc::downgrade(&(Arc::clone(self) as Arc<dyn Alarm>));
             match self.registry.timer.at(until, alarm) {
                 Ok(key) => {

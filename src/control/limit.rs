@@ -44,8 +44,9 @@ use crate::limits::ADAPTIVE_BACKOFF_RATIO;
 use crate::sync::{fence, lock, AtomicUsize, Mutex};
 
 /// The overload signal of [`AsyncProgram::adaptive_concurrency`](crate::AsyncProgram::adaptive_concurrency):
-/// which ended attempts tell that the backend has more than it can take. A call that timed out
-/// always counts as one; a panic never does.
+/// which ended attempts tell that the backend has more than it can take. An attempt cut off by
+/// its deadline always counts as one (a call that timed out waiting for a slot, before its
+/// attempt, does not); a panic never does.
 ///
 /// # Examples
 ///

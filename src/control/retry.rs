@@ -84,7 +84,10 @@ impl<O> Retry<O> {
     }
 
     /// The first backoff (`base`) and the longest (`cap`). `Duration::ZERO` for both retries at
-    /// once; `Duration::MAX` is fine (the backoff saturates at `cap`).
+    /// once; `Duration::MAX` is fine (the backoff saturates at `cap`). A backoff longer than an
+    /// `Instant` can hold waits for ever, holding no worker: until the call is dropped or
+    /// aborted, or its pool shuts down (which answers it with its last output). With a
+    /// deadline, a backoff that would end past it is not made: the last output is the answer.
     ///
     /// # Examples
     ///

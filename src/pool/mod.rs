@@ -369,6 +369,12 @@ impl WorkerPool {
     /// the job they run and exit after it; the jobs still queued then will not run, and their
     /// callers are told [`JobError::ShutDown`](crate::JobError::ShutDown) at once.
     ///
+    /// `Ok` means every thread has left (its `on_thread_stop` hook has run, its per-worker
+    /// states are dropped). `Duration::ZERO` looks once without waiting, so even on an idle
+    /// pool, whose threads take a moment to wake and leave, it usually gives the error: nothing
+    /// was lost, and the threads leave on their own right after (a later `shutdown` waits for
+    /// them).
+    ///
     /// # Examples
     ///
     /// ```

@@ -180,7 +180,9 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// multiplicative decrease, as TCP's congestion control and Netflix's concurrency-limits
     /// do: it starts at `min`, grows by one per round of good answers while it is in use, and
     /// shrinks by a tenth (at least one) on each answer that `overload` flags (a 429, an answer slower than a
-    /// bound) and on each timeout. Otherwise as [`concurrency_limit`](Self::concurrency_limit).
+    /// bound) and on each timeout of an attempt that held a slot, queued or running (not of a
+    /// call that timed out waiting for a slot: the limit was too small for it, not too large for
+    /// the backend). Otherwise as [`concurrency_limit`](Self::concurrency_limit).
     /// Its current value is in [`stats`](Self::stats), and each move is a `tracing` event at
     /// debug level (target `asyncify_pool::adaptive`, field `limit`).
     ///
