@@ -313,7 +313,8 @@ pub struct ShutdownTimeout {
 impl ShutdownTimeout {
     /// The jobs still running when time ran out: the places in the pool taken then, as
     /// [`Stats::running`](crate::Stats::running) counts them (a worker between two jobs holds
-    /// one for a moment as it looks for the next, so an idle pool may show one).
+    /// one for a moment as it looks for the next, so an idle pool may show up to one per
+    /// worker).
     ///
     /// # Examples
     ///

@@ -324,9 +324,11 @@ fn an_adaptive_limit_shrinks_on_a_timed_out_attempt_not_on_a_timeout_in_its_line
     // Now with a slot: the attempt runs, and its deadline cuts it off. The holders' two good
     // answers raised the limit to 3 first; a cut takes a tenth, at least one.
     // (The sample that moves the limit is taken as the answer is given, not before it.)
-    common::spin_until("the holders' samples", || {
-        p.stats().concurrency_limit == Some(3)
-    });
+    common::spin_until(
+        "the limit at 3 after the holders' two good answers (it stays lower if the timeout in \
+         the line shrank it)",
+        || p.stats().concurrency_limit == Some(3),
+    );
     assert!(wait(timed.call(2)).unwrap_err().is_timed_out());
     common::spin_until("a timed-out attempt shrinking the limit", || {
         p.stats().concurrency_limit == Some(2)

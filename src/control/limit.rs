@@ -5,7 +5,7 @@
 //! # Adaptive: additive increase, multiplicative decrease
 //!
 //! Every attempt that ends is a sample. An overloaded one (the [`Overload`] signal says so, or
-//! the call timed out) multiplies the limit by 0.9 (by at least 1), down to `min`; a good one,
+//! the deadline cut the attempt off, queued or running) multiplies the limit by 0.9 (by at least 1), down to `min`; a good one,
 //! while the limit is in use (at least half of it taken), counts towards an increase of 1 once
 //! `limit` good samples have been seen, up to `max`. That is TCP's congestion avoidance
 //! (one more per round trip's worth of successes, a cut on loss) with the 0.9 cut of Netflix's
@@ -44,9 +44,9 @@ use crate::limits::ADAPTIVE_BACKOFF_RATIO;
 use crate::sync::{fence, lock, AtomicUsize, Mutex};
 
 /// The overload signal of [`AsyncProgram::adaptive_concurrency`](crate::AsyncProgram::adaptive_concurrency):
-/// which ended attempts tell that the backend has more than it can take. An attempt cut off by
-/// its deadline always counts as one (a call that timed out waiting for a slot, before its
-/// attempt, does not); a panic never does.
+/// which ended attempts tell that the backend has more than it can take. An attempt that its
+/// deadline cut off, queued or running, always counts as one (a call that timed out waiting
+/// for a slot, before its attempt, does not); a panic never does.
 ///
 /// # Examples
 ///

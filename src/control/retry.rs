@@ -86,8 +86,10 @@ impl<O> Retry<O> {
     /// The first backoff (`base`) and the longest (`cap`). `Duration::ZERO` for both retries at
     /// once; `Duration::MAX` is fine (the backoff saturates at `cap`). A backoff longer than an
     /// `Instant` can hold waits for ever, holding no worker: until the call is dropped or
-    /// aborted, or its pool shuts down (which answers it with its last output). With a
-    /// deadline, a backoff that would end past it is not made: the last output is the answer.
+    /// aborted, or its pool shuts down (which answers it with its last output); a detached
+    /// call, which nobody can drop, keeps its input until an `AbortHandle` or the shutdown
+    /// ends it. With a deadline, a backoff that would end past it is not made: the last output
+    /// is the answer.
     ///
     /// # Examples
     ///

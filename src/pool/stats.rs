@@ -185,7 +185,8 @@ pub struct Stats {
     /// Jobs running now: places in the pool taken. A job waiting inside another job, run by the
     /// waiting worker (or a spare thread for it), shares the waiter's place and counts once. A
     /// worker takes its place before it takes a job off the queue, so one that finds the queue
-    /// empty holds a place for a moment with no job.
+    /// empty holds a place for a moment with no job (an idle pool may show up to one per
+    /// worker).
     pub running: usize,
     /// Jobs that ran and returned, their output delivered to the caller (or, for a
     /// [detached](crate::JobHandle::detach) handle, dropped as asked).
