@@ -4,12 +4,12 @@
 mod common;
 
 use std::panic::catch_unwind;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use asyncify_pool::{deadline, Overload, RateLimiter, Retry, WorkerPool};
-use common::{wait, Gauge};
+use common::{spin_until, wait, Gauge, HANG};
 
 fn counter() -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(0))
@@ -250,4 +250,201 @@ fn adaptive_one_to_usize_max_under_load() {
     assert_eq!(s.in_flight, 0);
     assert_eq!((s.calls, s.attempts), (5000, 5000));
     assert!(s.concurrency_limit.unwrap() >= 1);
+}
+
+/// Stacked options: the later replaces the earlier, both ways (a zero timeout over no limit,
+/// no limit over a zero timeout; an endless retry policy under one of a single attempt).
+#[test]
+fn stacked_timeouts_and_retry_policies_the_last_one_wins() {
+    let pool = WorkerPool::new(1);
+    let base = pool.asyncify(|_: u32| deadline().is_some());
+    assert_eq!(
+        wait(base.timeout(Duration::ZERO).timeout(Duration::MAX).call(0)),
+        Ok(false),
+        "Duration::MAX after a zero timeout: no deadline"
+    );
+    let err = wait(base.timeout(Duration::MAX).timeout(Duration::ZERO).call(0)).unwrap_err();
+    assert!(err.is_timed_out(), "a zero timeout after no limit: {err:?}");
+
+    let runs = counter();
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |_: u32| r.fetch_add(1, SeqCst))
+        .retry(Retry::new(5).backoff(Duration::ZERO, Duration::ZERO).retry_if(|_| true))
+        .retry(Retry::new(0).retry_if(|_| true));
+    assert_eq!(wait(p.call(0)), Ok(0));
+    assert_eq!(runs.load(SeqCst), 1);
+    assert_eq!((p.stats().attempts, p.stats().retries), (1, 0));
+}
+
+/// Stacked rate limits: the later replaces the earlier (an hour's single token under no limit
+/// at all, and the other way round; a shared limiter over the program's own).
+#[test]
+fn stacked_rate_limits_the_last_one_wins() {
+    let pool = WorkerPool::new(2);
+    let base = pool.asyncify(|x: u32| x);
+    let unlimited = base
+        .rate_limit(1, Duration::from_secs(3600))
+        .rate_limit(u32::MAX, Duration::ZERO);
+    for i in 0..5 {
+        assert_eq!(unlimited.call(i).wait_timeout(HANG), Some(Ok(i)));
+    }
+    let strict = base
+        .rate_limit(u32::MAX, Duration::ZERO)
+        .rate_limit(1, Duration::from_secs(3600));
+    assert_eq!(strict.call(0).wait_timeout(HANG), Some(Ok(0)));
+    // The second token of the hour is not there: the call waits in the line (and leaves it
+    // when dropped).
+    let mut second = strict.call(1);
+    assert_eq!(second.wait_timeout(Duration::from_millis(50)), None);
+    drop(second);
+    let key = RateLimiter::with_burst(1, Duration::ZERO, 1);
+    let shared = base
+        .rate_limit(1, Duration::from_secs(3600))
+        .with_rate_limiter(&key);
+    for i in 0..5 {
+        assert_eq!(shared.call(i).wait_timeout(HANG), Some(Ok(i)));
+    }
+}
+
+/// Stacked concurrency limits: the later replaces the earlier, an adaptive one a fixed one.
+#[test]
+fn stacked_concurrency_limits_the_last_one_wins() {
+    let pool = WorkerPool::new(4);
+    let gauge = Gauge::new();
+    let g = Arc::clone(&gauge);
+    let base = pool.asyncify(move |_: u32| g.hold());
+    let p = base.concurrency_limit(1).concurrency_limit(3);
+    assert_eq!(p.stats().concurrency_limit, Some(3));
+    let handles: Vec<_> = (0..6).map(|i| p.call(i)).collect();
+    gauge.drive(6, 3);
+    for h in handles {
+        wait(h).unwrap();
+    }
+    assert_eq!(gauge.state().max, 3);
+    let p = base
+        .concurrency_limit(3)
+        .adaptive_concurrency(1, 1, Overload::when(|_: &usize| false));
+    assert_eq!(p.stats().concurrency_limit, Some(1));
+}
+
+/// A call with a zero timeout never starts, so it takes no token: twenty of them leave the
+/// hour's only token for the next call.
+#[test]
+fn zero_timeout_calls_take_no_token() {
+    let pool = WorkerPool::new(1);
+    let key = RateLimiter::new(1, Duration::from_secs(3600));
+    let base = pool.asyncify(|x: u32| x);
+    let zero = base.with_rate_limiter(&key).timeout(Duration::ZERO);
+    for i in 0..20 {
+        assert!(wait(zero.call(i)).unwrap_err().is_timed_out());
+    }
+    let mut next = base.with_rate_limiter(&key).call(7);
+    assert_eq!(next.wait_timeout(HANG), Some(Ok(7)), "a zero timeout spent the token");
+}
+
+/// Fifty attempts under `u32::MAX` allowed, an hour's deadline: every attempt sees the same
+/// deadline, the call's.
+#[test]
+fn every_attempt_sees_one_deadline() {
+    let pool = WorkerPool::new(2);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let p = pool
+        .asyncify(move |_: u32| {
+            let mut s = s.lock().unwrap();
+            s.push(deadline());
+            s.len()
+        })
+        .retry(
+            Retry::new(u32::MAX)
+                .backoff(Duration::ZERO, Duration::from_micros(10))
+                .retry_if(|n: &usize| *n < 50),
+        )
+        .timeout(Duration::from_secs(3600));
+    assert_eq!(wait(p.call(0)), Ok(50));
+    assert_eq!(p.stats().attempts, 50);
+    let seen = seen.lock().unwrap();
+    assert!(seen[0].is_some());
+    assert!(seen.iter().all(|d| *d == seen[0]), "deadlines moved: {seen:?}");
+}
+
+/// An input that counts its clones and drops.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>, Arc<AtomicUsize>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, SeqCst);
+        Counted(Arc::clone(&self.0), Arc::clone(&self.1))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, SeqCst);
+    }
+}
+
+/// "The input is cloned for each attempt but the last": `Retry::new(0)` and `(1)` never
+/// clone it, `(3)` twice when all three run, on the short way and on the gated one (a limit
+/// and a rate the first attempt waits for); every copy and the original are dropped once.
+#[test]
+fn input_clones_at_the_attempt_extremes() {
+    let pool = WorkerPool::new(2);
+    for gated in [false, true] {
+        for (attempts, runs, clones) in [(0u32, 1u64, 0usize), (1, 1, 0), (2, 2, 1), (3, 3, 2)] {
+            let n = counter();
+            let c = Arc::clone(&n);
+            let mut p = pool.asyncify(move |_: Counted| c.fetch_add(1, SeqCst)).retry(
+                Retry::new(attempts)
+                    .backoff(Duration::ZERO, Duration::ZERO)
+                    .retry_if(|_| true),
+            );
+            if gated {
+                p = p
+                    .concurrency_limit(usize::MAX)
+                    .rate_limit(1, Duration::from_millis(1));
+            }
+            let (cloned, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let got = wait(p.call(Counted(Arc::clone(&cloned), Arc::clone(&dropped))));
+            let case = format!("Retry::new({attempts}), gated: {gated}");
+            assert_eq!(got, Ok(runs - 1), "{case}");
+            assert_eq!(n.load(SeqCst), runs, "{case}");
+            assert_eq!(cloned.load(SeqCst), clones, "{case}");
+            spin_until("every copy dropped", || dropped.load(SeqCst) == clones + 1);
+        }
+    }
+}
+
+/// Inside a job of a one-thread pool, a call whose 1 ns deadline has passed is not run by
+/// its waiter (a nested wait runs queued jobs itself), with `wait()` or a zero
+/// `wait_timeout`, with or without an endless retry policy.
+#[test]
+fn a_nested_wait_never_runs_an_expired_call() {
+    let pool = WorkerPool::new(1);
+    let runs = counter();
+    let r = Arc::clone(&runs);
+    let p = pool
+        .asyncify(move |x: u32| {
+            r.fetch_add(1, SeqCst);
+            x
+        })
+        .timeout(Duration::from_nanos(1));
+    let retried = p.retry(
+        Retry::new(u32::MAX)
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .retry_if(|_| true),
+    );
+    let (a, b) = (p.clone(), retried.clone());
+    let (plain, endless) = wait(pool.spawn(move || {
+        let plain = a.call(1).wait();
+        let mut h = b.call(2);
+        let endless = h.wait_timeout(Duration::ZERO).or_else(|| h.wait_timeout(HANG));
+        (plain, endless)
+    }))
+    .unwrap();
+    assert!(plain.unwrap_err().is_timed_out());
+    assert!(endless.expect("not answered").unwrap_err().is_timed_out());
+    assert_eq!(runs.load(SeqCst), 0);
 }
