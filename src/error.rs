@@ -289,7 +289,8 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
-/// [`WorkerPool::shutdown_timeout`](crate::WorkerPool::shutdown_timeout) ran out of time.
+/// [`WorkerPool::shutdown_timeout`](crate::WorkerPool::shutdown_timeout) ran out of time, or
+/// was called on a thread of the pool (which cannot wait for itself): not every thread has left.
 ///
 /// # Examples
 ///
@@ -311,7 +312,8 @@ pub struct ShutdownTimeout {
 }
 
 impl ShutdownTimeout {
-    /// The jobs still running when time ran out: the places in the pool taken then, as
+    /// The jobs still running when time ran out (or when it was called on a thread of the
+    /// pool, counting the job that called it): the places in the pool taken then, as
     /// [`Stats::running`](crate::Stats::running) counts them (a worker between two jobs holds
     /// one for a moment as it looks for the next, so an idle pool may show up to one per
     /// worker).

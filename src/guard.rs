@@ -14,6 +14,10 @@
 //!   hook): the panic is reported through `tracing` and the pool goes on.
 //! * [`resume`] passes a panic that [`call`] caught on to the enclosing `call`, once the code
 //!   in between has cleaned up.
+//! * [`wake_soon`] and [`drop_soon`] end a job that never ran: at once (its work is dropped,
+//!   then its caller woken, who then finds everything let go of), or, inside
+//!   [`telling_all_first`], the work only once every caller of a set of such jobs has been
+//!   woken, so that one job's `Drop` that blocks keeps no other caller from being told.
 //!
 //! A payload is itself user code when dropped: its `Drop` may panic, and the new payload's
 //! `Drop` too. Disposal drops payloads one after another under the guard and, after
@@ -68,6 +72,93 @@ pub(crate) fn drop<V>(what: &'static str, value: V) {
 /// Wakes a user's waker (its `wake` may panic).
 pub(crate) fn wake(waker: Waker) {
     quietly("a waker", move || waker.wake());
+}
+
+/// Wakes the caller of a job that ends without running: at once, or, while the closure of a
+/// [`telling_all_first`] runs, once it has returned.
+pub(crate) fn wake_soon(waker: Waker) {
+    let mut later = Some(waker);
+    let _ = HELD_BACK.try_with(|held| {
+        if let Some(wakers) = held.borrow_mut().as_mut().and_then(|h| h.wakers.as_mut()) {
+            wakers.extend(later.take());
+        }
+    });
+    if let Some(waker) = later {
+        wake(waker);
+    }
+}
+
+/// Drops the work of a job that ends without running (user values: the program, its input,
+/// the caller's context): at once, or, inside a [`telling_all_first`], after it has woken
+/// every caller.
+pub(crate) fn drop_soon<V: Send + 'static>(what: &'static str, value: V) {
+    let mut later = Some(value);
+    let _ = HELD_BACK.try_with(|held| {
+        if let Some(held) = held.borrow_mut().as_mut() {
+            let value = later.take().expect("taken once");
+            held.values.push((what, Box::new(value)));
+        }
+    });
+    if let Some(value) = later {
+        drop(what, value);
+    }
+}
+
+/// Runs `f`, which ends many jobs at once (a pool letting go of the jobs it will not run): the
+/// wakers `f` hands to [`wake_soon`] wait until `f` returns, and are then all woken; the values
+/// handed to [`drop_soon`] until then, and while those wakers run, are dropped after the last
+/// of them, each through the guard. So one job's `Drop` that blocks keeps no other caller from
+/// being told. A waker that ends more calls as it runs (a retried call's driver, told that its
+/// attempt will not run) wakes their callers at once, and their values join the others. `f`
+/// itself is pool code.
+pub(crate) fn telling_all_first<R>(f: impl FnOnce() -> R) -> R {
+    /// Wakes and drops what the scope held and puts back the outer scope, also if `f` unwinds.
+    struct Scope(Option<HeldBack>);
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let wakers = HELD_BACK
+                .try_with(|held| held.borrow_mut().as_mut().and_then(|h| h.wakers.take()))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for waker in wakers {
+                wake(waker);
+            }
+            let held = HELD_BACK
+                .try_with(|held| held.replace(self.0.take()))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for (what, value) in held.values {
+                drop(what, value);
+            }
+        }
+    }
+
+    let scope = HeldBack {
+        wakers: Some(Vec::new()),
+        values: Vec::new(),
+    };
+    let outer = HELD_BACK
+        .try_with(|held| held.replace(Some(scope)))
+        .ok()
+        .flatten();
+    let _scope = Scope(outer);
+    f()
+}
+
+/// What a [`telling_all_first`] holds back: the wakers while its closure runs (`None` once
+/// they are being woken), the values until the end.
+#[derive(Default)]
+struct HeldBack {
+    wakers: Option<Vec<Waker>>,
+    values: Vec<(&'static str, Box<dyn Any + Send>)>,
+}
+
+thread_local! {
+    /// The innermost [`telling_all_first`] running on this thread, if any.
+    static HELD_BACK: std::cell::RefCell<Option<HeldBack>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Tells the application, through `tracing`, that something went wrong that nobody could be
@@ -138,6 +229,95 @@ mod tests {
         let out = call(|| -> u8 { std::panic::panic_any(Hydra) });
         assert_eq!(out, Err("<panic payload is not a string>".to_owned()));
         assert_eq!(DROPS.load(SeqCst), MAX_NESTED_PAYLOADS);
+    }
+
+    /// Records, in order, the wake-ups and drops it sees.
+    #[derive(Clone, Default)]
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Noted(Log, &'static str);
+
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            self.0 .0.lock().unwrap().push(format!("drop {}", self.1));
+        }
+    }
+
+    struct Woken(Log, &'static str);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0 .0.lock().unwrap().push(format!("wake {}", self.1));
+        }
+    }
+
+    fn waker(log: &Log, name: &'static str) -> Option<Waker> {
+        Some(Waker::from(std::sync::Arc::new(Woken(log.clone(), name))))
+    }
+
+    /// A waker that, as it is woken, ends another call: hands over that call's value and
+    /// waker, as a retried call's driver does when its attempt is revoked.
+    struct EndsAnother(Log);
+
+    impl std::task::Wake for EndsAnother {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0 .0.lock().unwrap().push("wake driver".to_owned());
+            drop_soon("b", Noted(self.0.clone(), "b"));
+            wake_soon(waker(&self.0, "b").unwrap());
+        }
+    }
+
+    #[test]
+    fn outside_a_scope_a_job_that_never_ran_is_let_go_of_at_once() {
+        let log = Log::default();
+        drop_soon("a", Noted(log.clone(), "a"));
+        wake_soon(waker(&log, "a").unwrap());
+        assert_eq!(*log.0.lock().unwrap(), ["drop a", "wake a"]);
+    }
+
+    #[test]
+    fn telling_all_first_wakes_every_caller_before_any_work_is_dropped_even_as_it_unwinds() {
+        let log = Log::default();
+        let got = telling_all_first(|| {
+            drop_soon("a", Noted(log.clone(), "a"));
+            wake_soon(waker(&log, "a").unwrap());
+            drop_soon("c", Noted(log.clone(), "c"));
+            wake_soon(Waker::from(std::sync::Arc::new(EndsAnother(log.clone()))));
+            assert!(log.0.lock().unwrap().is_empty(), "held back until the end");
+            7
+        });
+        assert_eq!(got, 7);
+        // The caller the driver's wake-up ended is woken then, still before any value is
+        // dropped.
+        let order = [
+            "wake a",
+            "wake driver",
+            "wake b",
+            "drop a",
+            "drop c",
+            "drop b",
+        ];
+        assert_eq!(*log.0.lock().unwrap(), order);
+        // Nested: the inner scope lets go of its own at its end, the outer keeps holding.
+        log.0.lock().unwrap().clear();
+        telling_all_first(|| {
+            drop_soon("outer", Noted(log.clone(), "outer"));
+            telling_all_first(|| drop_soon("inner", Noted(log.clone(), "inner")));
+            assert_eq!(*log.0.lock().unwrap(), ["drop inner"]);
+        });
+        assert_eq!(*log.0.lock().unwrap(), ["drop inner", "drop outer"]);
+        // A scope that unwinds still lets go of all, and after it, at once again.
+        log.0.lock().unwrap().clear();
+        let unwound = catch_unwind(AssertUnwindSafe(|| {
+            telling_all_first(|| {
+                drop_soon("d", Noted(log.clone(), "d"));
+                wake_soon(waker(&log, "d").unwrap());
+                panic!("pool code failed");
+            })
+        }));
+        assert!(unwound.is_err());
+        drop_soon("e", Noted(log.clone(), "e"));
+        assert_eq!(*log.0.lock().unwrap(), ["wake d", "drop d", "drop e"]);
     }
 
     #[test]

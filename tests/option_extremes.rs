@@ -270,7 +270,11 @@ fn stacked_timeouts_and_retry_policies_the_last_one_wins() {
     let r = Arc::clone(&runs);
     let p = pool
         .asyncify(move |_: u32| r.fetch_add(1, SeqCst))
-        .retry(Retry::new(5).backoff(Duration::ZERO, Duration::ZERO).retry_if(|_| true))
+        .retry(
+            Retry::new(5)
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .retry_if(|_| true),
+        )
         .retry(Retry::new(0).retry_if(|_| true));
     assert_eq!(wait(p.call(0)), Ok(0));
     assert_eq!(runs.load(SeqCst), 1);
@@ -340,7 +344,11 @@ fn zero_timeout_calls_take_no_token() {
         assert!(wait(zero.call(i)).unwrap_err().is_timed_out());
     }
     let mut next = base.with_rate_limiter(&key).call(7);
-    assert_eq!(next.wait_timeout(HANG), Some(Ok(7)), "a zero timeout spent the token");
+    assert_eq!(
+        next.wait_timeout(HANG),
+        Some(Ok(7)),
+        "a zero timeout spent the token"
+    );
 }
 
 /// Fifty attempts under `u32::MAX` allowed, an hour's deadline: every attempt sees the same
@@ -366,7 +374,10 @@ fn every_attempt_sees_one_deadline() {
     assert_eq!(p.stats().attempts, 50);
     let seen = seen.lock().unwrap();
     assert!(seen[0].is_some());
-    assert!(seen.iter().all(|d| *d == seen[0]), "deadlines moved: {seen:?}");
+    assert!(
+        seen.iter().all(|d| *d == seen[0]),
+        "deadlines moved: {seen:?}"
+    );
 }
 
 /// An input that counts its clones and drops.
@@ -396,11 +407,13 @@ fn input_clones_at_the_attempt_extremes() {
         for (attempts, runs, clones) in [(0u32, 1u64, 0usize), (1, 1, 0), (2, 2, 1), (3, 3, 2)] {
             let n = counter();
             let c = Arc::clone(&n);
-            let mut p = pool.asyncify(move |_: Counted| c.fetch_add(1, SeqCst)).retry(
-                Retry::new(attempts)
-                    .backoff(Duration::ZERO, Duration::ZERO)
-                    .retry_if(|_| true),
-            );
+            let mut p = pool
+                .asyncify(move |_: Counted| c.fetch_add(1, SeqCst))
+                .retry(
+                    Retry::new(attempts)
+                        .backoff(Duration::ZERO, Duration::ZERO)
+                        .retry_if(|_| true),
+                );
             if gated {
                 p = p
                     .concurrency_limit(usize::MAX)
@@ -440,7 +453,9 @@ fn a_nested_wait_never_runs_an_expired_call() {
     let (plain, endless) = wait(pool.spawn(move || {
         let plain = a.call(1).wait();
         let mut h = b.call(2);
-        let endless = h.wait_timeout(Duration::ZERO).or_else(|| h.wait_timeout(HANG));
+        let endless = h
+            .wait_timeout(Duration::ZERO)
+            .or_else(|| h.wait_timeout(HANG));
         (plain, endless)
     }))
     .unwrap();

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 
-use asyncify_pool::{JobError, JobHandle, WorkerPool};
-use common::{occupy, spin_until, wait, HANG};
+use std::time::Duration;
+
+use asyncify_pool::{JobError, JobHandle, Retry, WorkerPool};
+use common::{occupy, spin_until, wait, Gate, HANG};
 
 /// A pool whose `on_thread_stop` hook counts the threads that have exited.
 fn counted_pool(threads: usize) -> (WorkerPool, Arc<AtomicUsize>) {
@@ -366,4 +368,115 @@ fn a_zero_shutdown_timeout_on_an_idle_pool_loses_nothing() {
         assert_eq!(stopped.load(SeqCst), 2);
         assert_eq!(pool.stats().live_threads, 0);
     }
+}
+
+/// An input whose `Drop` says it began, then blocks until its gate opens.
+#[derive(Clone)]
+struct BlocksOnDrop(Arc<Gate>, Arc<AtomicBool>);
+
+impl Drop for BlocksOnDrop {
+    fn drop(&mut self) {
+        self.1.store(true, SeqCst);
+        self.0.wait();
+    }
+}
+
+/// When `shutdown_timeout` runs out of time, the queued jobs' callers are told `ShutDown` at
+/// once, all of them, even while the `Drop` of one queued job's input blocks: the inputs are
+/// dropped after every caller was told, on the thread that shut down, which returns once they
+/// are. The blocking input is a plain call's, a call with a deadline's, or one with a retry
+/// policy's (whose attempt goes straight to the queue, or is driven by the call, which learns
+/// of the shutdown as the pool wakes it and then tells its own caller); behind it wait a
+/// plain job and a call with a deadline.
+#[test]
+fn a_blocking_drop_in_the_abandoned_queue_keeps_no_other_caller_from_being_told() {
+    for kind in ["call", "timeout", "retry", "driven"] {
+        let pool = WorkerPool::new(1);
+        let (stuck_gate, stuck) = occupy(&pool, 1);
+        let (drop_gate, dropping) = (Gate::new(), Arc::new(AtomicBool::new(false)));
+        let input = BlocksOnDrop(Arc::clone(&drop_gate), Arc::clone(&dropping));
+        let program = pool.asyncify(|_: BlocksOnDrop| 1u32);
+        let first = match kind {
+            "call" => program.call(input),
+            "timeout" => program.timeout(Duration::from_secs(3600)).call(input),
+            "retry" => program.retry(Retry::new(2)).call(input),
+            _ => program.retry(Retry::new(2).retry_panics(true)).call(input),
+        };
+        let second = pool.spawn(|| 2u32);
+        let third = pool
+            .asyncify(|x: u32| x)
+            .timeout(Duration::from_secs(3600))
+            .call(3);
+        // Their callers wait on threads of their own, so that telling them takes a wake-up.
+        let (told_tx, told_rx) = mpsc::channel();
+        for (i, handle) in [(1, second), (2, third)] {
+            let told_tx = told_tx.clone();
+            std::thread::spawn(move || {
+                let _ = told_tx.send((i, handle.wait().map_err(|e| e.is_shut_down())));
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20)); // (so that they are waiting)
+        let closer = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.shutdown_timeout(Duration::from_millis(20)))
+        };
+        spin_until("the blocking drop to begin", || dropping.load(SeqCst));
+        // (A quarter of what the gates wait before they call it a hang: they open first.)
+        let mut told: Vec<_> = (0..2)
+            .filter_map(|_| told_rx.recv_timeout(HANG / 4).ok())
+            .collect();
+        told.sort();
+        let returned_while_blocked = closer.is_finished();
+        drop_gate.open();
+        stuck_gate.open();
+        let shut = closer.join().unwrap();
+        for s in stuck {
+            wait(s).unwrap();
+        }
+        assert_eq!(
+            told,
+            [(1, Err(true)), (2, Err(true))],
+            "{kind}: the callers behind a blocking drop were not told"
+        );
+        assert!(
+            !returned_while_blocked,
+            "{kind}: returned before the input was dropped"
+        );
+        assert_eq!(shut.map_err(|e| e.running()), Err(1), "{kind}");
+        assert!(wait(first).unwrap_err().is_shut_down(), "{kind}");
+    }
+}
+
+/// In a thread's stop hook, `shutdown_timeout` cannot wait for that thread: it returns the
+/// error at once, even with no limit, and the pool still shuts down.
+#[test]
+fn shutdown_timeout_in_a_stop_hook_returns_the_error_at_once() {
+    let pool_of_hook = Arc::new(std::sync::OnceLock::<WorkerPool>::new());
+    let (tx, rx) = mpsc::channel();
+    let (of_hook, tx) = (Arc::clone(&pool_of_hook), Mutex::new(tx));
+    let pool = WorkerPool::builder()
+        .threads(2)
+        .on_thread_stop(move |_| {
+            if let Some(pool) = of_hook.get() {
+                let got = pool.shutdown_timeout(Duration::MAX);
+                let _ = tx.lock().unwrap().send(got.is_err());
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(pool_of_hook.set(pool.clone()).is_ok());
+    assert_eq!(wait(pool.spawn(|| 5)), Ok(5));
+    let closer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.shutdown_timeout(HANG))
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            rx.recv_timeout(HANG),
+            Ok(true),
+            "a stop hook's shutdown_timeout"
+        );
+    }
+    assert_eq!(closer.join().unwrap(), Ok(()));
+    assert_eq!(pool.stats().live_threads, 0);
 }

@@ -771,18 +771,21 @@ where
         self.release(ending);
     }
 
-    fn release<V>(&self, ending: Ending<V>) {
+    /// Lets go of what an ended call held, then wakes its caller. (When the pool lets go of
+    /// many calls at once, the values go after every caller is woken: see
+    /// `guard::telling_all_first`.)
+    fn release<V: Send + 'static>(&self, ending: Ending<V>) {
         for key in ending.keys.into_iter().flatten() {
             self.registry.timer.cancel(key);
         }
-        guard::drop("a finished call's values", ending.values);
+        guard::drop_soon("a finished call's values", ending.values);
         match ending.left {
             Some(InLine::Limit) => self.controls.limit.iter().for_each(|l| l.left()),
             Some(InLine::Rate) => self.controls.rate.iter().for_each(|r| r.rate().left()),
             None => {}
         }
         if let Some(waker) = ending.waker {
-            guard::wake(waker);
+            guard::wake_soon(waker);
         }
     }
 

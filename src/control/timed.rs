@@ -136,7 +136,7 @@ where
                 }
                 self.cancel_entry();
                 if let Some(waker) = waker {
-                    guard::wake(waker);
+                    guard::wake_soon(waker);
                 }
                 // The queue entry may be the last owner, with the caller's context in it.
                 guard::drop("a finished job's context", self);

@@ -227,7 +227,7 @@ where
         };
         if let Some(waker) = self.take_queued(cut.error(), &mut once) {
             if let Some(waker) = waker {
-                guard::wake(waker);
+                guard::wake_soon(waker);
             }
             return true; // it was queued: it never runs
         }
@@ -271,7 +271,7 @@ where
         self.flags.fetch_or(DONE, Relaxed);
         let waker = slot.side.take_waker();
         drop(slot);
-        guard::drop("the work of a job that never ran", work);
+        guard::drop_soon("the work of a job that never ran", work);
         Some(waker)
     }
 
@@ -402,7 +402,7 @@ where
         match self.take_queued(error, || {}) {
             Some(waker) => {
                 if let Some(waker) = waker {
-                    guard::wake(waker);
+                    guard::wake_soon(waker);
                 }
                 true
             }

@@ -212,8 +212,9 @@ impl Job {
 
 fn discard(cell: Arc<dyn Runnable>) -> bool {
     let husk = !cell.revoke(JobError::shut_down()) && cell.is_husk();
-    // Possibly the cell's last owner, holding the caller's context (user values).
-    guard::drop("a discarded job", cell);
+    // Possibly the cell's last owner, holding the caller's context (user values): after the
+    // other callers are told, when the pool lets go of many jobs at once.
+    guard::drop_soon("a discarded job", cell);
     husk
 }
 

@@ -365,9 +365,18 @@ impl WorkerPool {
     ///
     /// # Errors
     ///
-    /// [`ShutdownTimeout`] if threads were still running when time ran out. They go on with
-    /// the job they run and exit after it; the jobs still queued then will not run, and their
-    /// callers are told [`JobError::ShutDown`](crate::JobError::ShutDown) at once.
+    /// [`ShutdownTimeout`] if not every thread has left:
+    ///
+    /// * Time ran out with threads still running. They go on with the job they run and exit
+    ///   after it; the jobs still queued then will not run, and their callers are told
+    ///   [`JobError::ShutDown`](crate::JobError::ShutDown) at once, all of them before any of
+    ///   those jobs is dropped (their inputs' `Drop`s run on this thread, after the callers are
+    ///   told, and this call returns once they have).
+    /// * It was called on a thread of this pool (inside one of its jobs or hooks), which cannot
+    ///   wait for its own thread, whatever the timeout (`Duration::MAX` too): it closes the
+    ///   pool and gives the error at once, and abandons nothing. The other threads run what
+    ///   was queued and leave, as after [`shutdown`](Self::shutdown) there. (In the stop hook
+    ///   of the last thread, which no longer counts itself, `threads()` may be 0.)
     ///
     /// `Ok` means every thread has left (its `on_thread_stop` hook has run, its per-worker
     /// states are dropped). `Duration::ZERO` looks once without waiting, so even on an idle
@@ -401,8 +410,12 @@ impl WorkerPool {
         let registry = self.registry();
         registry.close();
         if on_thread_of(registry.id) {
-            // A thread of the pool cannot wait for itself; the others drain and leave.
-            return Ok(());
+            // A thread of the pool cannot wait for itself, so not every thread has left: the
+            // others drain the queue and leave.
+            return Err(ShutdownTimeout {
+                running: registry.permits.load().1,
+                threads: registry.stats().live_threads,
+            });
         }
         if registry.wait_gone(deadline) {
             return Ok(());

@@ -385,17 +385,20 @@ impl Registry {
     }
 
     /// After a shutdown ran out of time: takes the jobs still queued out, so that their callers
-    /// are told `ShutDown` now instead of waiting behind a job that may never return. They are
-    /// dropped outside every lock.
+    /// are told `ShutDown` now instead of waiting behind a job that may never return. Every
+    /// caller is told first; then the jobs are dropped, outside every lock (a `Drop` that
+    /// blocks holds up this thread, not the other callers' answers).
     pub(super) fn abandon_queued(&self) {
         let Some(rx) = lock(&self.ctrl).rx.clone() else {
             return;
         };
-        for job in rx.try_iter() {
-            if job.discard() {
-                self.husks.fetch_sub(1, Relaxed);
+        guard::telling_all_first(|| {
+            for job in rx.try_iter() {
+                if job.discard() {
+                    self.husks.fetch_sub(1, Relaxed);
+                }
             }
-        }
+        });
     }
 
     /// Waits until every thread of the pool has left, or `deadline` passes; then joins them.
