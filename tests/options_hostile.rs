@@ -823,3 +823,115 @@ fn a_slow_copy_at_the_call_takes_none_of_the_deadlines_time() {
     assert_eq!((stats.calls, stats.attempts, stats.timed_out), (1, 1, 0));
     assert_eq!(stats.in_flight, 0);
 }
+
+/// A call cut off in the queue by its deadline gives its concurrency slot back before its
+/// input is dropped: an input whose `Drop` blocks holds no slot of the program's limit. With
+/// a deadline only, and with a retry policy too.
+#[test]
+fn a_blocking_drop_of_a_cut_off_input_holds_no_slot() {
+    for retried in [false, true] {
+        let pool = WorkerPool::new(1);
+        let (busy_gate, busy) = common::occupy(&pool, 1);
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let dropping = Arc::new(AtomicBool::new(false));
+        let mut program = pool
+            .asyncify(|_: SignalsDrop| ())
+            .concurrency_limit(1)
+            .timeout(Duration::from_millis(20));
+        if retried {
+            program = program.retry(Retry::new(2));
+        }
+        let queued = program.call(SignalsDrop {
+            dropping: Arc::clone(&dropping),
+            inner: SlowDrop {
+                slow: true,
+                gate: Arc::clone(&gate),
+            },
+        });
+        common::spin_until("the cut-off input's drop to begin", || {
+            dropping.load(SeqCst)
+        });
+        let in_flight = program.stats().in_flight;
+        open(&gate);
+        drop(queued);
+        busy_gate.open();
+        for b in busy {
+            common::wait(b).unwrap();
+        }
+        assert_eq!(
+            in_flight, 0,
+            "retried {retried}: the slot waited for the input's Drop"
+        );
+    }
+}
+
+/// A call that holds a slot of its program's limit while it waits in a rate limiter's line,
+/// and times out there, gives the slot back before its input is dropped: an input whose `Drop`
+/// blocks holds no slot.
+#[test]
+fn a_blocking_drop_of_an_input_timed_out_in_a_rate_line_holds_no_slot() {
+    let pool = WorkerPool::new(1);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    // The input: hold the worker until released, or carry a value whose `Drop` blocks.
+    let limited = pool
+        .asyncify(move |input: Option<SignalsDrop>| {
+            if input.is_none() {
+                let _ = released.lock().unwrap().recv_timeout(BOUND);
+            }
+        })
+        .concurrency_limit(1)
+        .rate_limit(1, Duration::from_secs(3600));
+    // The hour's token and the slot, until released: the call behind waits in the limit's
+    // line, then, with the slot, in the rate limiter's, until its deadline.
+    let first = limited.call(None);
+    let dropping = Arc::new(AtomicBool::new(false));
+    let timed = limited.timeout(Duration::from_millis(200));
+    let behind = timed.call(Some(SignalsDrop {
+        dropping: Arc::clone(&dropping),
+        inner: SlowDrop {
+            slow: true,
+            gate: Arc::clone(&gate),
+        },
+    }));
+    drop(release);
+    assert_eq!(common::wait(first), Ok(()));
+    common::spin_until("the timed-out input's drop to begin", || {
+        dropping.load(SeqCst)
+    });
+    let stats = timed.stats();
+    open(&gate);
+    let answer = common::wait(behind);
+    assert!(matches!(&answer, Err(e) if e.is_timed_out()), "{answer:?}");
+    assert_eq!(
+        stats.waited_for_rate, 1,
+        "it waited in the rate limiter's line"
+    );
+    assert_eq!(stats.in_flight, 0, "the slot waited for the input's Drop");
+}
+
+/// A [`SlowDrop`] that says when its `Drop` begins; its copies (a retried call's attempt
+/// gets one) do too.
+struct SignalsDrop {
+    dropping: Arc<AtomicBool>,
+    inner: SlowDrop,
+}
+
+impl Clone for SignalsDrop {
+    fn clone(&self) -> Self {
+        SignalsDrop {
+            dropping: Arc::clone(&self.dropping),
+            inner: SlowDrop {
+                slow: self.inner.slow,
+                gate: Arc::clone(&self.inner.gate),
+            },
+        }
+    }
+}
+
+impl Drop for SignalsDrop {
+    fn drop(&mut self) {
+        self.dropping.store(true, SeqCst);
+    }
+}

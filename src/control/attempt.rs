@@ -90,13 +90,18 @@ impl Attempt {
     where
         O: Send + 'static,
     {
+        // One capture, a tuple, whose fields drop in order: a job dropped unrun (cut off in
+        // the queue, abandoned at shutdown) gives its slot and token back before the user's
+        // values go, so a `Drop` of theirs that blocks holds no capacity.
+        let parts = (self, input, run, then, expired);
         move || {
+            let (plan, input, run, then, expired) = parts;
             let Attempt {
                 slot,
                 token,
                 deadline,
                 sampled,
-            } = self;
+            } = plan;
             let timed = sampled.is_some() || slot.as_ref().is_some_and(Slot::wants_latency);
             // One clock read for the deadline and the timing.
             let started = (timed || deadline.is_some()).then(Instant::now);

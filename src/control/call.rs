@@ -313,10 +313,12 @@ where
 }
 
 /// What an ended call lets go of, after its lock is released: values of the user's (`V`),
-/// timer entries, the caller's waker, and the line it was waiting in.
+/// the slot and token it held, timer entries, the caller's waker, and the line it was waiting
+/// in.
 #[must_use]
 struct Ending<V> {
     values: V,
+    gates: (Option<Slot>, Option<Token>),
     keys: [Option<TimerKey>; 3],
     waker: Option<Waker>,
     left: Option<InLine>,
@@ -752,13 +754,12 @@ where
             values: (
                 old,
                 result,
-                st.slot.take(),
-                st.token.take(),
                 st.copy.take(),
                 st.last.take(),
                 st.detached_self.take(),
                 kept,
             ),
+            gates: (st.slot.take(), st.token.take()),
             keys: [
                 st.deadline_key.take(),
                 st.watch.take(),
@@ -771,13 +772,15 @@ where
         self.release(ending);
     }
 
-    /// Lets go of what an ended call held, then wakes its caller. (When the pool lets go of
-    /// many calls at once, the values go after every caller is woken: see
-    /// `guard::telling_all_first`.)
+    /// Lets go of what an ended call held, then wakes its caller: first what is the pool's
+    /// (the timer entries, the slot and the token), so that a `Drop` of the user's values that
+    /// blocks holds no capacity, then those values. (When the pool lets go of many calls at
+    /// once, the values go after every caller is woken: see `guard::telling_all_first`.)
     fn release<V: Send + 'static>(&self, ending: Ending<V>) {
         for key in ending.keys.into_iter().flatten() {
             self.registry.timer.cancel(key);
         }
+        drop(ending.gates);
         guard::drop_soon("a finished call's values", ending.values);
         match ending.left {
             Some(InLine::Limit) => self.controls.limit.iter().for_each(|l| l.left()),
@@ -990,11 +993,10 @@ where
         let ending = Ending {
             values: (
                 std::mem::replace(&mut st.stage, Stage::Closed),
-                st.slot.take(),
-                st.token.take(),
                 st.copy.take(),
                 st.last.take(),
             ),
+            gates: (st.slot.take(), st.token.take()),
             keys: [
                 st.deadline_key.take(),
                 st.watch.take(),
