@@ -385,3 +385,37 @@ fn an_abort_of_a_job_on_a_spare_thread_keeps_the_bound() {
     assert!(wait(outer).unwrap().unwrap_err().is_cancelled());
     assert_eq!(wait(next), Ok(false), "a second job ran beside the spare");
 }
+
+/// A dropped handle's job that still runs is not finished, whichever way its call goes: a
+/// plain call, a call with a deadline, one with a retry policy on the short way, and one
+/// driven by its call (a policy that retries panics). `AbortHandle::is_finished` turns true
+/// only once the program returns.
+#[test]
+fn a_running_job_whose_handle_was_dropped_is_not_finished_until_it_returns() {
+    for kind in ["call", "timeout", "retry", "driven"] {
+        let pool = WorkerPool::new(1);
+        let release = Gate::new();
+        let (started_tx, started) = mpsc::channel();
+        let started_tx = std::sync::Mutex::new(started_tx);
+        let r = Arc::clone(&release);
+        let program = pool.asyncify(move |_: u32| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            r.wait();
+        });
+        let handle = match kind {
+            "call" => program.call(0),
+            "timeout" => program.timeout(HANG).call(0),
+            "retry" => program.retry(asyncify_pool::Retry::new(2)).call(0),
+            _ => program
+                .retry(asyncify_pool::Retry::new(2).retry_panics(true))
+                .call(0),
+        };
+        started.recv_timeout(HANG).unwrap();
+        let abort = handle.abort_handle();
+        drop(handle);
+        let early = abort.is_finished();
+        release.open();
+        assert!(!early, "{kind}: finished while the program still ran");
+        spin_until("the job to finish", || abort.is_finished());
+    }
+}

@@ -990,6 +990,18 @@ where
     fn cancel(&self) {
         self.finished.store(true, Release);
         let mut st = self.lock();
+        // The attempt may still run: `AbortHandle::is_finished` waits for it, as after an
+        // abort. (One out with its poller is dropped by it, unfinished or not.)
+        let abort = match &st.stage {
+            Stage::Attempt {
+                handle: Some(h), ..
+            } => Some(h.abort_handle()),
+            _ => None,
+        };
+        let old = match abort {
+            Some(abort) => st.attempt_abort.replace(abort),
+            None => None,
+        };
         let ending = Ending {
             values: (
                 std::mem::replace(&mut st.stage, Stage::Closed),
@@ -1008,7 +1020,7 @@ where
         let waker = st.waker.take();
         drop(st);
         self.release(ending);
-        guard::drop("a waker", waker);
+        guard::drop("a waker", (waker, old));
     }
 
     fn revoke(&self, error: JobError) -> bool {
