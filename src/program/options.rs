@@ -52,7 +52,11 @@ impl<P: ?Sized> AsyncProgram<P> {
     /// the caller's captured overrides and span, with a backoff between them during which the
     /// call waits on the pool's timer, holding no worker. The input is cloned for each attempt
     /// but the last: for the first, at the call, on the caller's thread, before the call takes
-    /// a concurrency slot or a rate token and before its [`timeout`](Self::timeout) starts.
+    /// a concurrency slot or a rate token and before its [`timeout`](Self::timeout) starts;
+    /// for a later one, on the worker that runs that attempt, which by then holds the attempt's
+    /// slot and token (so a `Clone` that waits for a call of this program under a full
+    /// [`concurrency_limit`](Self::concurrency_limit) waits for its own slot: a cycle of waits,
+    /// like a job that holds every slot and waits on this program).
     /// [`stats`](Self::stats) counts attempts and retries. Replaces an earlier policy.
     ///
     /// A [`batch`](Self::batch) of the program runs each item once: the policy applies to
