@@ -313,12 +313,11 @@ where
 }
 
 /// What an ended call lets go of, after its lock is released: values of the user's (`V`),
-/// the slot and token it held, timer entries, the caller's waker, and the line it was waiting
-/// in.
+/// timer entries, the caller's waker, and the line it was waiting in. (The slot and token it
+/// held go back before: see [`Call::end_with`].)
 #[must_use]
 struct Ending<V> {
     values: V,
-    gates: (Option<Slot>, Option<Token>),
     keys: [Option<TimerKey>; 3],
     waker: Option<Waker>,
     left: Option<InLine>,
@@ -759,7 +758,6 @@ where
                 st.detached_self.take(),
                 kept,
             ),
-            gates: (st.slot.take(), st.token.take()),
             keys: [
                 st.deadline_key.take(),
                 st.watch.take(),
@@ -768,19 +766,21 @@ where
             waker: st.waker.take(),
             left: st.in_line.take(),
         };
+        // The slot and the token go back before the user's values are dropped, so that a
+        // `Drop` of theirs that blocks holds no capacity.
+        let gates = (st.slot.take(), st.token.take());
         drop(st);
+        drop(gates);
         self.release(ending);
     }
 
-    /// Lets go of what an ended call held, then wakes its caller: first what is the pool's
-    /// (the timer entries, the slot and the token), so that a `Drop` of the user's values that
-    /// blocks holds no capacity, then those values. (When the pool lets go of many calls at
-    /// once, the values go after every caller is woken: see `guard::telling_all_first`.)
+    /// Lets go of what an ended call held (its timer entries, then the user's values), then
+    /// wakes its caller. (When the pool lets go of many calls at once, the values go after
+    /// every caller is woken: see `guard::telling_all_first`.)
     fn release<V: Send + 'static>(&self, ending: Ending<V>) {
         for key in ending.keys.into_iter().flatten() {
             self.registry.timer.cancel(key);
         }
-        drop(ending.gates);
         guard::drop_soon("a finished call's values", ending.values);
         match ending.left {
             Some(InLine::Limit) => self.controls.limit.iter().for_each(|l| l.left()),
@@ -1008,7 +1008,6 @@ where
                 st.copy.take(),
                 st.last.take(),
             ),
-            gates: (st.slot.take(), st.token.take()),
             keys: [
                 st.deadline_key.take(),
                 st.watch.take(),
@@ -1018,7 +1017,9 @@ where
             left: st.in_line.take(),
         };
         let waker = st.waker.take();
+        let gates = (st.slot.take(), st.token.take());
         drop(st);
+        drop(gates); // (before the user's values: see `end_with`)
         self.release(ending);
         guard::drop("a waker", (waker, old));
     }
