@@ -26,7 +26,10 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Waker;
+
+use crate::sync::StaticAtomicUsize;
 
 /// How many payloads in a row (each dropped, panicking with the next) disposal drops before it
 /// leaks the last one.
@@ -77,6 +80,9 @@ pub(crate) fn wake(waker: Waker) {
 /// Wakes the caller of a job that ends without running: at once, or, while the closure of a
 /// [`telling_all_first`] runs, once it has returned.
 pub(crate) fn wake_soon(waker: Waker) {
+    if SCOPES.load(Relaxed) == 0 {
+        return wake(waker);
+    }
     let mut later = Some(waker);
     let _ = HELD_BACK.try_with(|held| {
         if let Some(wakers) = held.borrow_mut().as_mut().and_then(|h| h.wakers.as_mut()) {
@@ -92,6 +98,9 @@ pub(crate) fn wake_soon(waker: Waker) {
 /// the caller's context): at once, or, inside a [`telling_all_first`], after it has woken
 /// every caller.
 pub(crate) fn drop_soon<V: Send + 'static>(what: &'static str, value: V) {
+    if SCOPES.load(Relaxed) == 0 {
+        return drop(what, value);
+    }
     let mut later = Some(value);
     let _ = HELD_BACK.try_with(|held| {
         if let Some(held) = held.borrow_mut().as_mut() {
@@ -117,6 +126,7 @@ pub(crate) fn telling_all_first<R>(f: impl FnOnce() -> R) -> R {
 
     impl Drop for Scope {
         fn drop(&mut self) {
+            let _counted = Counted;
             let wakers = HELD_BACK
                 .try_with(|held| held.borrow_mut().as_mut().and_then(|h| h.wakers.take()))
                 .ok()
@@ -136,6 +146,16 @@ pub(crate) fn telling_all_first<R>(f: impl FnOnce() -> R) -> R {
         }
     }
 
+    /// Takes the scope off [`SCOPES`] once it has let go of all it held.
+    struct Counted;
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            SCOPES.fetch_sub(1, Relaxed);
+        }
+    }
+
+    SCOPES.fetch_add(1, Relaxed);
     let scope = HeldBack {
         wakers: Some(Vec::new()),
         values: Vec::new(),
@@ -155,6 +175,11 @@ struct HeldBack {
     wakers: Option<Vec<Waker>>,
     values: Vec<(&'static str, Box<dyn Any + Send>)>,
 }
+
+/// How many [`telling_all_first`] scopes run now, on any thread: while none does (nearly
+/// always), [`wake_soon`] and [`drop_soon`] act at once without looking at [`HELD_BACK`]. A
+/// thread sees its own scope's count in program order.
+static SCOPES: StaticAtomicUsize = StaticAtomicUsize::new(0);
 
 thread_local! {
     /// The innermost [`telling_all_first`] running on this thread, if any.

@@ -15,8 +15,8 @@ pub(crate) use std::sync::{
     Condvar, Mutex, MutexGuard, RwLock,
 };
 
-/// For process-wide statics (pool ids, the address of tracing's static dispatcher): loom's
-/// atomics cannot be statics, and no model involves these two.
+/// For process-wide statics (pool ids, the address of tracing's static dispatcher, the count
+/// of `guard`'s scopes): loom's atomics cannot be statics, and no model involves these.
 pub(crate) use std::sync::atomic::{
     AtomicU64 as StaticAtomicU64, AtomicUsize as StaticAtomicUsize,
 };
