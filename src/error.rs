@@ -309,6 +309,8 @@ impl std::error::Error for SettingsError {}
 pub struct ShutdownTimeout {
     pub(crate) running: usize,
     pub(crate) threads: usize,
+    /// Called on a thread of the pool, which cannot wait for itself (no time ran out).
+    pub(crate) on_pool_thread: bool,
 }
 
 impl ShutdownTimeout {
@@ -345,15 +347,44 @@ impl ShutdownTimeout {
     pub fn threads(&self) -> usize {
         self.threads
     }
+
+    /// True if `shutdown_timeout` was called on a thread of the pool (inside one of its jobs
+    /// or hooks), which cannot wait for its own thread: it gave this error at once, whatever
+    /// the timeout, and abandoned nothing. False if time ran out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = asyncify_pool::WorkerPool::new(1);
+    /// let inner = pool.clone();
+    /// let err = pool
+    ///     .spawn(move || inner.shutdown_timeout(std::time::Duration::MAX))
+    ///     .wait()
+    ///     .unwrap()
+    ///     .unwrap_err();
+    /// assert!(err.called_on_pool_thread());
+    /// ```
+    pub fn called_on_pool_thread(&self) -> bool {
+        self.on_pool_thread
+    }
 }
 
 impl fmt::Display for ShutdownTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "shutdown timed out with {} job(s) still running on {} thread(s)",
-            self.running, self.threads
-        )
+        if self.on_pool_thread {
+            write!(
+                f,
+                "shutdown cannot wait on a thread of the pool itself: {} job(s) still running on \
+                 {} thread(s)",
+                self.running, self.threads
+            )
+        } else {
+            write!(
+                f,
+                "shutdown timed out with {} job(s) still running on {} thread(s)",
+                self.running, self.threads
+            )
+        }
     }
 }
 

@@ -92,9 +92,24 @@ fn shutdown_from_inside_a_job_closes_without_deadlock() {
     assert!(closed);
     // A thread of the pool cannot wait for itself: not every thread has left, and
     // `shutdown_timeout` says so at once (this job's own place and thread).
+    let again = again.map_err(|e| {
+        (
+            e.running(),
+            e.threads(),
+            e.called_on_pool_thread(),
+            e.to_string(),
+        )
+    });
     assert_eq!(
-        again.map_err(|e| (e.running(), e.threads())),
-        Err((1, 1)),
+        again,
+        Err((
+            1,
+            1,
+            true,
+            "shutdown cannot wait on a thread of the pool itself: 1 job(s) still running on 1 \
+             thread(s)"
+                .to_owned()
+        )),
         "shutdown_timeout inside a job returns the error at once"
     );
     assert!(refused.unwrap_err().is_shut_down());
@@ -223,6 +238,7 @@ fn a_job_that_never_returns_blocks_only_its_own_thread() {
         .shutdown_timeout(Duration::from_millis(50))
         .unwrap_err();
     assert_eq!((err.running(), err.threads()), (1, 1));
+    assert!(!err.called_on_pool_thread(), "time ran out");
     assert_eq!(
         err.to_string(),
         "shutdown timed out with 1 job(s) still running on 1 thread(s)"

@@ -415,6 +415,7 @@ impl WorkerPool {
             return Err(ShutdownTimeout {
                 running: registry.permits.load().1,
                 threads: registry.stats().live_threads,
+                on_pool_thread: true,
             });
         }
         if registry.wait_gone(deadline) {
@@ -423,6 +424,7 @@ impl WorkerPool {
         let timeout = ShutdownTimeout {
             running: registry.permits.load().1,
             threads: registry.stats().live_threads,
+            on_pool_thread: false,
         };
         // Outside every lock: each job dropped tells its caller `ShutDown`.
         registry.abandon_queued();
