@@ -135,6 +135,32 @@ fn gated(
     .boxed()
 }
 
+/// A driven call of [`gated`] on a one-thread pool, its attempt running (held by `gate`).
+struct Running {
+    pool: WorkerPool,
+    gate: Arc<Gate>,
+    p: asyncify_pool::BoxProgram<Counted, u32>,
+    drops: Arc<AtomicUsize>,
+    h: JobHandle<u32>,
+}
+
+fn a_running_driven_call() -> Running {
+    let pool = WorkerPool::new(1);
+    let gate = Gate::new();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let p = gated(&pool, &gate, &runs);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let h = p.call(Counted::new(&drops));
+    spin_until("running", || runs.load(SeqCst) == 1);
+    Running {
+        pool,
+        gate,
+        p,
+        drops,
+        h,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // AbortHandle::is_finished after the JobHandle is dropped while the attempt runs.
 
@@ -233,13 +259,13 @@ fn driven_from_a_limit_line_dropped_while_running_is_not_finished() {
 /// Abort (not drop) while running: is_finished false until the attempt returns.
 #[test]
 fn driven_aborted_while_running_is_finished_only_after_return() {
-    let pool = WorkerPool::new(1);
-    let gate = Gate::new();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let p = gated(&pool, &gate, &runs);
-    let drops = Arc::new(AtomicUsize::new(0));
-    let h = p.call(Counted::new(&drops));
-    spin_until("running", || runs.load(SeqCst) == 1);
+    let Running {
+        pool: _pool,
+        gate,
+        p,
+        drops,
+        h,
+    } = a_running_driven_call();
     let abort = h.abort_handle();
     abort.abort();
     let out = w(h);
@@ -252,7 +278,6 @@ fn driven_aborted_while_running_is_finished_only_after_return() {
     spin_until("inputs dropped", || drops.load(SeqCst) == 2);
 }
 
-// ---------------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------------
 // Aborts, drops and detaches at each waiting point.
 
@@ -1221,13 +1246,13 @@ fn a_waker_in_the_abandon_that_shuts_down_again() {
 /// its end, its output and inputs are dropped, nothing stays behind.
 #[test]
 fn detached_while_running_across_a_shutdown_timeout() {
-    let pool = WorkerPool::new(1);
-    let gate = Gate::new();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let p = gated(&pool, &gate, &runs);
-    let drops = Arc::new(AtomicUsize::new(0));
-    let h = p.call(Counted::new(&drops));
-    spin_until("running", || runs.load(SeqCst) == 1);
+    let Running {
+        pool,
+        gate,
+        p,
+        drops,
+        h,
+    } = a_running_driven_call();
     let abort = h.abort_handle();
     h.detach();
     assert_eq!(
